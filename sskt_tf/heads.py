@@ -1,0 +1,149 @@
+"""Auxiliary heads: map the target's stage outputs to one source's label space."""
+
+import keras
+
+from sskt_tf.errors import UserError
+
+HEAD_NAMES = ("linear", "transfer_module")
+
+
+@keras.saving.register_keras_serializable(package="sskt_tf")
+class LinearHead(keras.layers.Layer):
+    """Dense layer on the globally pooled last stage: the reference's `Linear(features, classes)`.
+
+    Args:
+        num_classes: size of the source's label space.
+        feature_key: which stage output to pool.
+
+    Call arguments:
+        features: dict of stage outputs, as the backbones return.
+    """
+
+    def __init__(self, num_classes, feature_key="stage3", **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.feature_key = feature_key
+
+        # === Layers ===
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        # The logits of an auxiliary head are compared with source logits in float32.
+        self.dense = keras.layers.Dense(self.num_classes, dtype="float32", name="logits")
+
+    def build(self, features_shape):
+        shape = features_shape[self.feature_key]
+        self.pool.build(shape)
+        self.dense.build((shape[0], shape[-1]))
+
+    def call(self, features):
+        return self.dense(self.pool(features[self.feature_key]))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "feature_key": self.feature_key})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sskt_tf")
+class TransferModule(keras.layers.Layer):
+    """The SSKT transfer module: a bottleneck branch per stage, pooled, averaged, then Dense.
+
+    Each branch is conv1x1 -> BN -> ReLU -> conv3x3 (stride 2) -> BN -> ReLU ->
+    conv1x1 -> BN -> ReLU, with `middle_channels` then `out_channels` filters;
+    the branches are globally average-pooled, their mean goes to a Dense layer.
+    For CIFAR ResNets (stage widths 16/32/64) this is middle 32, out 64, as in
+    the reference code (models/small_resnet.py, lines 39-80).
+
+    Args:
+        num_classes: size of the source's label space.
+        out_channels: width of every branch's output (the last stage's width).
+        middle_channels: bottleneck width; default `out_channels // 2`.
+        stage_keys: the stage outputs that get a branch.
+        sync_bn: BatchNorm statistics over all replicas.
+
+    Call arguments:
+        features: dict of stage outputs, as the backbones return.
+
+    Reference: S. Hong, J. Yoon, J. Kim, M.-K. Choi, "Self-Supervised Knowledge
+    Transfer via Loosely Supervised Auxiliary Tasks", WACV 2022.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        out_channels,
+        middle_channels=None,
+        stage_keys=("stage1", "stage2", "stage3"),
+        sync_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.out_channels = int(out_channels)
+        self.middle_channels = int(middle_channels or out_channels // 2)
+        self.stage_keys = tuple(stage_keys)
+        self.sync_bn = bool(sync_bn)
+
+        # === Layers ===
+        self.branches = [self._branch(key) for key in self.stage_keys]
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.dense = keras.layers.Dense(self.num_classes, dtype="float32", name="logits")
+
+    def _branch(self, key):
+        layers = []
+        for i, (filters, size, stride) in enumerate(
+            [(self.middle_channels, 1, 1), (self.middle_channels, 3, 2), (self.out_channels, 1, 1)]
+        ):
+            layers += [
+                keras.layers.Conv2D(
+                    filters,
+                    size,
+                    strides=stride,
+                    padding="same",
+                    use_bias=False,
+                    kernel_initializer="he_normal",
+                    name=f"{key}_conv{i}",
+                ),
+                keras.layers.BatchNormalization(
+                    momentum=0.9, epsilon=1e-5, synchronized=self.sync_bn, name=f"{key}_bn{i}"
+                ),
+                keras.layers.ReLU(name=f"{key}_relu{i}"),
+            ]
+        return keras.Sequential(layers, name=f"{key}_branch")
+
+    def build(self, features_shape):
+        for key, branch in zip(self.stage_keys, self.branches):
+            branch.build(features_shape[key])
+        self.dense.build((None, self.out_channels))
+
+    def call(self, features, training=None):
+        pooled = [
+            self.pool(branch(features[key], training=training))
+            for key, branch in zip(self.stage_keys, self.branches)
+        ]
+        return self.dense(keras.ops.mean(keras.ops.stack(pooled, axis=0), axis=0))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "out_channels": self.out_channels,
+                "middle_channels": self.middle_channels,
+                "stage_keys": self.stage_keys,
+                "sync_bn": self.sync_bn,
+            }
+        )
+        return config
+
+
+def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False):
+    """Builds the auxiliary head `kind` (the `--aux_head` flag) for a backbone with `stage_channels`."""
+    if kind == "linear":
+        last = list(stage_channels)[-1]
+        return LinearHead(num_classes, feature_key=last, name=name)
+    if kind == "transfer_module":
+        keys = tuple(stage_channels)
+        return TransferModule(
+            num_classes, out_channels=stage_channels[keys[-1]], stage_keys=keys, sync_bn=sync_bn, name=name
+        )
+    raise UserError(f"--aux_head={kind} is not a known head. Allowed: {', '.join(HEAD_NAMES)}.")

@@ -1,0 +1,27 @@
+"""Target networks, by name. Every backbone takes raw [0, 255] images and returns named stage outputs."""
+
+from sskt_tf.errors import UserError
+from sskt_tf.models.cifar_resnet import CifarResNet
+from sskt_tf.models.layers import ImageNormalization
+
+# name -> constructor(input_shape) of a backbone whose outputs are {"stage1", "stage2", "stage3"}.
+def _cifar_resnet(depth):
+    def build(input_shape, sync_bn=False):
+        return CifarResNet(depth, input_shape, sync_bn=sync_bn, name=f"resnet{depth}")
+
+    return build
+
+
+_BACKBONES = {f"resnet{depth}": _cifar_resnet(depth) for depth in (20, 32, 44, 56, 110)}
+
+MODEL_NAMES = tuple(_BACKBONES)
+
+
+def get_backbone(name, input_shape, sync_bn=False):
+    """Builds the backbone called `name` (the `--model` flag) for images of `input_shape`."""
+    if name not in _BACKBONES:
+        raise UserError(f"--model={name} is not a known target network. Allowed: {', '.join(MODEL_NAMES)}.")
+    return _BACKBONES[name](tuple(input_shape), sync_bn=sync_bn)
+
+
+__all__ = ["CifarResNet", "ImageNormalization", "MODEL_NAMES", "get_backbone"]

@@ -1,0 +1,71 @@
+"""Tests of the target networks: published parameter counts, stage outputs, option-A shortcuts."""
+
+import keras
+import numpy as np
+import pytest
+
+from sskt_tf.errors import UserError
+from sskt_tf.models import CifarResNet, ImageNormalization, get_backbone
+from sskt_tf.models.cifar_resnet import OptionAShortcut
+
+# Trainable parameters with a 10-class classifier. Published (He et al. 2016, table 6): 0.27M, 0.46M,
+# 0.66M, 0.85M, 1.7M (rounded); the exact integers are those of the widely used PyTorch
+# re-implementation (akamaster/pytorch_resnet_cifar10), counted independently of this code.
+EXACT = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
+PUBLISHED_MILLIONS = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7}
+
+
+def trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize("depth", sorted(EXACT))
+def test_parameter_counts(depth):
+    backbone = get_backbone(f"resnet{depth}", (32, 32, 3))
+    count = trainable_count(backbone) + 64 * 10 + 10  # + the classifier Dense(64 -> 10)
+    assert count == EXACT[depth]
+    # The published figure is the exact count rounded to two significant digits.
+    assert float(f"{count / 1e6:.2g}") == PUBLISHED_MILLIONS[depth]
+
+
+def test_stage_outputs_are_named_and_shaped():
+    backbone = CifarResNet(20)
+    features = backbone(np.zeros((2, 32, 32, 3), np.float32))
+    assert {k: tuple(v.shape) for k, v in features.items()} == {
+        "stage1": (2, 32, 32, 16),
+        "stage2": (2, 16, 16, 32),
+        "stage3": (2, 8, 8, 64),
+    }
+    assert backbone.stage_channels == {"stage1": 16, "stage2": 32, "stage3": 64}
+    # 3 blocks per stage x 2 convs + stem = 19 convolutions (+ classifier = 20 layers).
+    assert sum(isinstance(l, keras.layers.Conv2D) for l in backbone.layers) == 19
+
+
+def test_option_a_shortcut_is_strided_identity_with_zero_channels():
+    x = np.random.RandomState(0).randn(2, 4, 4, 16).astype(np.float32)
+    y = OptionAShortcut(2, 32)(x).numpy()
+    assert y.shape == (2, 2, 2, 32)
+    np.testing.assert_array_equal(y[..., 8:24], x[:, ::2, ::2, :])
+    assert not y[..., :8].any() and not y[..., 24:].any()
+
+
+def test_image_normalization_matches_imagenet_formula():
+    x = np.array([[[[0.0, 127.5, 255.0]]]], np.float32)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(ImageNormalization()(x).numpy(), (x / 255.0 - mean) / std, rtol=1e-5)
+
+
+def test_config_round_trip_gives_the_same_network():
+    backbone = CifarResNet(20, input_shape=(None, None, 3), name="r20")
+    clone = CifarResNet.from_config(backbone.get_config())
+    clone.set_weights(backbone.get_weights())
+    x = np.random.RandomState(1).uniform(0, 255, (2, 24, 24, 3)).astype(np.float32)
+    np.testing.assert_allclose(clone(x)["stage3"].numpy(), backbone(x)["stage3"].numpy(), rtol=1e-6)
+    assert clone.get_config() == backbone.get_config()
+
+
+def test_unknown_depth_and_name():
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        CifarResNet(21)
+    with pytest.raises(UserError, match="--model=resnet18.*resnet20"):
+        get_backbone("resnet18", (32, 32, 3))
