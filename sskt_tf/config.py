@@ -1,0 +1,213 @@
+"""The run configuration: absl flags, turned at once into one frozen `Config`.
+
+Library code receives a `Config` (or plain arguments), never FLAGS.
+"""
+
+import dataclasses
+import fractions
+import json
+
+from absl import flags
+
+from sskt_tf import heads, losses, models, sources
+from sskt_tf.errors import UserError
+
+LR_SCHEDULES = ("multistep", "cosine", "constant")
+STRATEGIES = ("auto", "one_device", "mirrored")
+JIT_CHOICES = ("auto", "true", "false")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a training run depends on. Written to `<output_dir>/config.json`."""
+
+    # Data.
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    image_size: tuple[int, int] | None = None
+    train_subset: int | None = None
+    # Target.
+    model: str = "resnet20"
+    target_loss: str = "ce"
+    # Sources and auxiliary tasks.
+    sources: tuple[str, ...] = ()
+    aux_head: str = "linear"
+    alpha: tuple[float, ...] = (0.1,)
+    temperature: tuple[float, ...] = (3.0,)
+    aux_loss: str = "ce"
+    kd_reduction: str = "batchmean"
+    source_scale: float = 7 / 3
+    source_bn: str = "inference"
+    # Recipe.
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    steps_per_epoch: int | None = None
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "multistep"
+    lr_milestones: tuple[int, ...] = (60, 120, 160)
+    lr_gamma: float = 0.2
+    seed: int = 0
+    # Execution and outputs.
+    strategy: str = "auto"
+    sync_bn: bool = False
+    jit_compile: str = "auto"
+    output_dir: str = "runs/default"
+    overwrite: bool = False
+    verbose: int = 1
+
+    def __post_init__(self):
+        _check_config(self)
+
+    @staticmethod
+    def _expand(values, n):
+        return tuple(values) * n if len(values) == 1 else tuple(values)
+
+    @property
+    def source_alphas(self):
+        """One alpha per source."""
+        return self._expand(self.alpha, len(self.sources))
+
+    @property
+    def source_temperatures(self):
+        """One temperature per source."""
+        return self._expand(self.temperature, len(self.sources))
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def _check_config(c):
+    def bad(message):
+        raise UserError(message)
+
+    n = len(c.sources)
+    for flag, values in (("alpha", c.alpha), ("temperature", c.temperature)):
+        if len(values) not in (1, max(n, 1)):
+            bad(f"--{flag}={','.join(map(str, values))}: give one value or one per source ({n} sources).")
+    if any(t <= 0 for t in c.temperature):
+        bad(f"--temperature must be > 0. Received: {c.temperature}.")
+    if any(a < 0 for a in c.alpha):
+        bad(f"--alpha must be >= 0. Received: {c.alpha}.")
+    if len(set(c.sources)) != n:
+        bad(f"--sources lists a source twice: {','.join(c.sources)}.")
+    for name, value in (("epochs", c.epochs), ("batch_size", c.batch_size)):
+        if value < 1:
+            bad(f"--{name} must be >= 1. Received: {value}.")
+    if c.eval_batch_size is not None and c.eval_batch_size < 1:
+        bad(f"--eval_batch_size must be >= 1. Received: {c.eval_batch_size}.")
+    if c.steps_per_epoch is not None and c.steps_per_epoch < 1:
+        bad(f"--steps_per_epoch must be >= 1. Received: {c.steps_per_epoch}.")
+    if c.source_scale <= 0:
+        bad(f"--source_scale must be > 0. Received: {c.source_scale}.")
+    if c.lr <= 0 or c.weight_decay < 0 or not 0 <= c.momentum < 1 or c.lr_gamma <= 0:
+        bad(
+            "--lr must be > 0, --weight_decay >= 0, --momentum in [0, 1), --lr_gamma > 0. Received: "
+            f"lr={c.lr}, weight_decay={c.weight_decay}, momentum={c.momentum}, lr_gamma={c.lr_gamma}."
+        )
+    if list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m < 1 for m in c.lr_milestones):
+        bad(f"--lr_milestones must be increasing positive epochs. Received: {','.join(map(str, c.lr_milestones))}.")
+    if c.image_size is not None and (len(c.image_size) != 2 or min(c.image_size) < 1):
+        bad(f"--image_size must be one or two positive integers. Received: {c.image_size}.")
+
+
+def define_flags():
+    """Defines the training flags on absl's global FLAGS (once; safe to call again)."""
+    if "dataset" in flags.FLAGS:
+        return
+    d = Config()
+    # Data.
+    flags.DEFINE_string("dataset", d.dataset, "cifar10 | cifar100 (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes].")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).")
+    flags.DEFINE_list("image_size", None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).")
+    flags.DEFINE_integer("train_subset", None, "Train on a fixed random subset of this many examples (quick experiments).")
+    # Target.
+    flags.DEFINE_enum("model", d.model, models.MODEL_NAMES, "Target network.")
+    flags.DEFINE_enum("target_loss", d.target_loss, losses.TARGET_LOSSES, "Loss of the target task.")
+    # Sources.
+    flags.DEFINE_list("sources", [], "Comma-separated source specs (empty: scratch): <application>:imagenet, <application>:/path/weights.h5, <application>:random[:classes], /path/model.keras.")
+    flags.DEFINE_enum("aux_head", d.aux_head, heads.HEAD_NAMES, "Auxiliary head on the target for each source.")
+    flags.DEFINE_list("alpha", ["0.1"], "Weight of the auxiliary losses: one value, or one per source.")
+    flags.DEFINE_list("temperature", ["3"], "Softmax temperature T of the auxiliary losses: one value, or one per source.")
+    flags.DEFINE_enum("aux_loss", d.aux_loss, losses.AUX_LOSSES, "ce: T^2 * soft-label cross-entropy; kd: T^2 * KL.")
+    flags.DEFINE_enum("kd_reduction", d.kd_reduction, losses.KD_REDUCTIONS, "For --aux_loss=kd: batchmean (true KL) or mean (PyTorch KLDivLoss() default of the reference code: / classes).")
+    flags.DEFINE_string("source_scale", "7/3", "Sources see the (augmented) batch resized by this factor (a number or a fraction), floor per side: 32 -> 74, 96 -> 224.")
+    flags.DEFINE_enum("source_bn", d.source_bn, sources.SOURCE_BN_MODES, "inference: sources use their moving BatchNorm statistics; batch: batch statistics, as the reference code (statistics never updated).")
+    # Recipe.
+    flags.DEFINE_integer("epochs", d.epochs, "Training epochs.")
+    flags.DEFINE_integer("batch_size", d.batch_size, "Global training batch size (divided over replicas).")
+    flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size (default: --batch_size).")
+    flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: training examples // batch size).")
+    flags.DEFINE_float("lr", d.lr, "Peak learning rate of SGD.")
+    flags.DEFINE_float("momentum", d.momentum, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", d.weight_decay, "Coupled L2 (added to the gradient before momentum, as PyTorch SGD) on every target weight.")
+    flags.DEFINE_enum("lr_schedule", d.lr_schedule, LR_SCHEDULES, "multistep: x lr_gamma at each of --lr_milestones; cosine: to 0 over the run; constant.")
+    flags.DEFINE_list("lr_milestones", [str(m) for m in d.lr_milestones], "Epochs at which multistep multiplies the learning rate by --lr_gamma (ignored by the other schedules).")
+    flags.DEFINE_float("lr_gamma", d.lr_gamma, "Multistep decay factor.")
+    flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order and augmentation.")
+    # Execution and outputs.
+    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored.")
+    flags.DEFINE_bool("sync_bn", d.sync_bn, "Synchronise the target's BatchNorm statistics across replicas.")
+    flags.DEFINE_enum("jit_compile", d.jit_compile, JIT_CHOICES, "XLA compilation of the steps (auto: on GPU/TPU only).")
+    flags.DEFINE_string("output_dir", d.output_dir, "Where the run writes config.json, metrics.csv, TensorBoard logs, checkpoints, target.keras, results.json.")
+    flags.DEFINE_bool("overwrite", d.overwrite, "Allow writing into an --output_dir that holds another or a finished run.")
+    flags.DEFINE_integer("verbose", d.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def _numbers(flag, values, kind):
+    try:
+        return tuple(kind(v) for v in values)
+    except ValueError:
+        raise UserError(f"--{flag}={','.join(values)}: expected {kind.__name__} values.") from None
+
+
+def _fraction(flag, text):
+    try:
+        return float(fractions.Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--{flag}={text}: expected a number or a fraction such as 7/3.") from None
+
+
+def from_flags(fl=flags.FLAGS):
+    """The frozen `Config` of parsed flags; raises UserError for values that contradict each other."""
+    if fl["kd_reduction"].present and fl.aux_loss != "kd":
+        raise UserError(f"--kd_reduction={fl.kd_reduction} only applies to --aux_loss=kd; received --aux_loss={fl.aux_loss}.")
+    image_size = None
+    if fl.image_size:
+        size = _numbers("image_size", fl.image_size, int)
+        image_size = size * 2 if len(size) == 1 else size
+    return Config(
+        dataset=fl.dataset,
+        data_dir=fl.data_dir,
+        image_size=image_size,
+        train_subset=fl.train_subset,
+        model=fl.model,
+        target_loss=fl.target_loss,
+        sources=tuple(s.strip() for s in fl.sources if s.strip()),
+        aux_head=fl.aux_head,
+        alpha=_numbers("alpha", fl.alpha, float),
+        temperature=_numbers("temperature", fl.temperature, float),
+        aux_loss=fl.aux_loss,
+        kd_reduction=fl.kd_reduction,
+        source_scale=_fraction("source_scale", fl.source_scale),
+        source_bn=fl.source_bn,
+        epochs=fl.epochs,
+        batch_size=fl.batch_size,
+        eval_batch_size=fl.eval_batch_size,
+        steps_per_epoch=fl.steps_per_epoch,
+        lr=fl.lr,
+        momentum=fl.momentum,
+        weight_decay=fl.weight_decay,
+        lr_schedule=fl.lr_schedule,
+        lr_milestones=_numbers("lr_milestones", fl.lr_milestones, int),
+        lr_gamma=fl.lr_gamma,
+        seed=fl.seed,
+        strategy=fl.strategy,
+        sync_bn=fl.sync_bn,
+        jit_compile=fl.jit_compile,
+        output_dir=fl.output_dir,
+        overwrite=fl.overwrite,
+        verbose=fl.verbose,
+    )

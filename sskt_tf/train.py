@@ -1,0 +1,160 @@
+"""Trains a target network with SSKT (or from scratch when --sources is empty).
+
+    python -m sskt_tf.train --flagfile=flags/cifar.cfg [--output_dir=runs/cifar] [--flag=value ...]
+
+Writes to --output_dir: config.json (the resolved configuration), metrics.csv, tensorboard/,
+checkpoints/{last,best}.keras (the target alone, per epoch), backup/ (resumption state while
+training; a run started again with the same command resumes at the last finished epoch),
+target.keras, and results.json (final test metrics, wall time, training images/second).
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import keras  # noqa: E402
+from absl import app  # noqa: E402
+
+from sskt_tf import callbacks as callbacks_lib  # noqa: E402
+from sskt_tf import config as config_lib  # noqa: E402
+from sskt_tf import data as data_lib  # noqa: E402
+from sskt_tf import distribute, optim, sskt  # noqa: E402
+from sskt_tf.errors import UserError  # noqa: E402
+
+_RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose")
+
+
+def prepare_output_dir(config):
+    """Creates --output_dir and writes config.json; refuses to mix two runs in one directory.
+
+    The same configuration in a directory without results.json is the same run: it resumes.
+    """
+    out = config.output_dir
+    os.makedirs(out, exist_ok=True)
+    config_path = os.path.join(out, "config.json")
+    if not config.overwrite:
+        if os.path.exists(os.path.join(out, "results.json")):
+            raise UserError(
+                f"--output_dir={out} holds a finished run (results.json); choose another directory "
+                "or pass --overwrite to replace it."
+            )
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                previous = json.load(f)
+            current = json.loads(config.to_json())
+            changed = sorted(k for k in current if k not in _RUN_ONLY_FIELDS and previous.get(k) != current[k])
+            if changed:
+                raise UserError(
+                    f"--output_dir={out} holds a run with other settings ({', '.join(changed)}); choose another "
+                    "directory, or pass --overwrite to start over there."
+                )
+    else:
+        # A stale backup would otherwise be restored into the new run.
+        shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+        for name in ("metrics.csv", "results.json"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    _write_json(config_path, json.loads(config.to_json()))
+
+
+def _write_json(path, value):
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(f"{path}.tmp", path)
+
+
+def build_callbacks(config, throughput):
+    out = config.output_dir
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(out, "backup"), save_freq="epoch"),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
+        callbacks_lib.TargetCheckpoint(os.path.join(out, "checkpoints")),
+        throughput,
+    ]
+
+
+def _jit(value):
+    return {"auto": "auto", "true": True, "false": False}[value]
+
+
+def write_results(config, model, data, history, throughput, wall_seconds):
+    """Evaluates the final model, saves the target alone and writes results.json."""
+    test = model.evaluate(data.test, verbose=0, return_dict=True)
+    target = model.target_model(name=f"{config.model}_target")
+    callbacks_lib.atomic_save(target, os.path.join(config.output_dir, "target.keras"))
+    results = {
+        "test": {k: float(v) for k, v in test.items()},
+        "epochs_completed": len(history.history.get("loss", [])),
+        "wall_time_seconds": wall_seconds,
+        "train_images_per_second": throughput.images_per_second(),
+        "train_images_per_second_after_first_epoch": throughput.images_per_second(skip_first=True),
+        "num_train": data.num_train,
+        "num_test": data.num_test,
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
+        "image_size": list(data.image_size),
+        "target_parameters": int(target.count_params()),
+        "sources": [{"spec": s.spec, "classes": s.num_classes, "input_size": list(s.image_size)} for s in model.sources],
+    }
+    _write_json(os.path.join(config.output_dir, "results.json"), results)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull).")
+    start = time.perf_counter()
+    config = config_lib.from_flags()
+    prepare_output_dir(config)
+    keras.utils.set_random_seed(config.seed)
+    strategy = distribute.get_strategy(config.strategy)
+    distribute.check_batch_size(config.batch_size, strategy)
+    data = data_lib.load(
+        config.dataset,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        data_dir=config.data_dir,
+        image_size=config.image_size,
+        seed=config.seed,
+        train_subset=config.train_subset,
+    )
+    steps_per_epoch = config.steps_per_epoch or data.steps_per_epoch
+    with strategy.scope():
+        model = sskt.build_model(config, data.image_size, data.num_classes)
+        model.compile(optimizer=optim.build_optimizer(config, steps_per_epoch), jit_compile=_jit(config.jit_compile))
+    throughput = callbacks_lib.Throughput(config.batch_size)
+    history = model.fit(
+        data.train,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=data.test,
+        callbacks=build_callbacks(config, throughput),
+        verbose=config.verbose,
+    )
+    results = write_results(config, model, data, history, throughput, time.perf_counter() - start)
+    print(f"test: {json.dumps(results['test'])}; outputs in {config.output_dir}")
+    return results
+
+
+def _main_or_error(argv):
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    config_lib.define_flags()
+    app.run(_main_or_error)
+
+
+if __name__ == "__main__":
+    run()
