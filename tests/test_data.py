@@ -1,0 +1,432 @@
+"""Tests for sskt_tf.data: augmentation, folder/synthetic/TFDS sources, fail-fast offline."""
+
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from sskt_tf import data
+from sskt_tf.errors import UserError
+
+
+# ---------------------------------------------------------------- augment_batch
+
+
+def _random_images(b, h=8, w=8, seed=0):
+    # Values >= 1 so zero padding can be told apart from image content.
+    return np.random.default_rng(seed).integers(1, 256, size=(b, h, w, 3), dtype=np.uint8)
+
+
+def _candidates(image, padding):
+    """Every (dy, dx, flipped) crop torchvision's RandomCrop+flip could produce."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+    out = {}
+    for dy in range(2 * padding + 1):
+        for dx in range(2 * padding + 1):
+            crop = padded[dy:dy + h, dx:dx + w]
+            out[(dy, dx, False)] = crop
+            out[(dy, dx, True)] = crop[:, ::-1]
+    return out
+
+
+def _recover(images, outputs, padding):
+    """For each output, the list of (dy, dx, flipped) that reproduce it exactly."""
+    found = []
+    for image, output in zip(images, outputs):
+        found.append([k for k, c in _candidates(image, padding).items()
+                      if np.array_equal(c.astype(np.float32), output)])
+    return found
+
+
+def test_augment_batch_shape_dtype():
+    images = _random_images(5, 6, 7)
+    out = data.augment_batch(images, tf.constant([1, 2]))
+    assert out.shape == (5, 6, 7, 3)
+    assert out.dtype == tf.float32
+    out_f = data.augment_batch(tf.constant(images, tf.float32), tf.constant([1, 2], tf.int64))
+    assert out_f.dtype == tf.float32
+    # Same seed, uint8 or float input: same crops.
+    np.testing.assert_array_equal(out.numpy(), out_f.numpy())
+
+
+def test_augment_batch_is_crop_of_zero_padded_image_possibly_flipped():
+    padding = 2  # 25 offsets x 2 flips to check by brute force.
+    images = _random_images(512)
+    out = data.augment_batch(images, tf.constant([7, 11]), padding=padding).numpy()
+    found = _recover(images, out, padding)
+    assert all(len(f) == 1 for f in found), "every output must be exactly one crop/flip"
+    params = [f[0] for f in found]
+    # Offsets cover [0, 2p]^2 (each of 25 appears with prob ~1 in 512 draws) and nothing else.
+    assert {(dy, dx) for dy, dx, _ in params} == {
+        (dy, dx) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)}
+    flips = np.mean([f for _, _, f in params])
+    assert 0.4 < flips < 0.6
+
+
+def test_augment_batch_default_padding_four():
+    images = _random_images(256, seed=3)
+    out = data.augment_batch(images, tf.constant([0, 5])).numpy()
+    params = [f[0] for f in _recover(images, out, 4)]
+    assert len(params) == 256
+    assert max(max(dy, dx) for dy, dx, _ in params) == 8
+    assert min(min(dy, dx) for dy, dx, _ in params) == 0
+
+
+def test_augment_batch_randomness_is_per_image():
+    images = np.repeat(_random_images(1), 64, axis=0)
+    out = data.augment_batch(images, tf.constant([3, 4])).numpy()
+    distinct = {o.tobytes() for o in out}
+    assert len(distinct) > 20  # One crop for the whole batch would give 1.
+    flipped = [f[0][2] for f in _recover(images, out, 4)]
+    assert any(flipped) and not all(flipped)
+
+
+def test_augment_batch_seed_determinism():
+    images = _random_images(32)
+    a = data.augment_batch(images, tf.constant([1, 2])).numpy()
+    b = data.augment_batch(images, tf.constant([1, 2])).numpy()
+    c = data.augment_batch(images, tf.constant([1, 3])).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_augment_batch_zero_padding_visible():
+    images = np.full((64, 8, 8, 3), 200, np.uint8)
+    out = data.augment_batch(images, tf.constant([9, 9])).numpy()
+    # Offset (4, 4) is the only crop without padding: probability 1/81 per image.
+    has_zero = [(o == 0).any() for o in out]
+    assert sum(has_zero) > 50
+    assert set(np.unique(out)) <= {0.0, 200.0}
+    # The padding is zeros, a band of whole rows/columns at the edges.
+    for o in out:
+        nonzero_rows = np.where(o[:, :, 0].any(axis=1))[0]
+        nonzero_cols = np.where(o[:, :, 0].any(axis=0))[0]
+        block = o[nonzero_rows[0]:nonzero_rows[-1] + 1, nonzero_cols[0]:nonzero_cols[-1] + 1]
+        assert (block == 200).all()
+        assert len(nonzero_rows) >= 4 and len(nonzero_cols) >= 4
+
+
+def test_augment_batch_inside_tf_data_map_matches_eager():
+    images = _random_images(16)
+    seed = tf.constant([5, 6], tf.int64)
+    ds = tf.data.Dataset.from_tensors(images).map(lambda x: data.augment_batch(x, seed))
+    in_graph = next(iter(ds)).numpy()
+    eager = data.augment_batch(images, seed).numpy()
+    np.testing.assert_array_equal(in_graph, eager)
+    assert all(len(f) == 1 for f in _recover(images, in_graph, 4))
+
+
+# ------------------------------------------------------------------------ folders
+
+
+def _write_png(path, pixels):
+    tf.io.write_file(path, tf.io.encode_png(pixels))
+
+
+def _make_tree(root, train_counts=None, test_counts=None, size=(8, 8)):
+    """Writes PNG images; returns {path: pixels} and the per-split {class: count}."""
+    train_counts = train_counts or {"cat": 3, "ant": 2, "bee": 4}
+    test_counts = test_counts or {"cat": 1, "ant": 2, "bee": 1}
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for split, counts in (("train", train_counts), ("test", test_counts)):
+        for cls, n in counts.items():
+            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+            for i in range(n):
+                p = os.path.join(root, split, cls, f"{i:03d}.png")
+                pixels[p] = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+                _write_png(p, pixels[p])
+    return pixels
+
+
+def _label_of(path, class_names):
+    return class_names.index(os.path.basename(os.path.dirname(path)))
+
+
+def _match(image, pixels):
+    hits = [p for p, px in pixels.items() if np.array_equal(px.astype(np.float32), image)]
+    assert len(hits) == 1, "image must equal exactly one file"
+    return hits[0]
+
+
+def test_folder_dataset_contents(tmp_path):
+    pixels = _make_tree(str(tmp_path))
+    # Non-image files and hidden folders are ignored.
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    os.makedirs(tmp_path / "test" / ".ipynb_checkpoints")
+    ds = data.load(f"folder:{tmp_path}", batch_size=2, augment=False)
+    assert ds.class_names == ("ant", "bee", "cat")
+    assert ds.num_classes == 3
+    assert (ds.num_train, ds.num_test, ds.steps_per_epoch) == (9, 4, 4)
+    assert ds.image_size == (8, 8)
+
+    test_seen = []
+    for images, labels in ds.test:
+        assert images.dtype == tf.float32 and labels.dtype == tf.int32
+        for image, label in zip(images.numpy(), labels.numpy()):
+            path = _match(image, pixels)
+            assert "/test/" in path
+            assert label == _label_of(path, ds.class_names)
+            test_seen.append(path)
+    assert len(test_seen) == 4 and len(set(test_seen)) == 4
+
+    # One epoch (4 batches of 2 out of 9): distinct training files with their labels.
+    train_seen = []
+    for images, labels in ds.train.take(4):
+        assert images.shape == (2, 8, 8, 3)
+        for image, label in zip(images.numpy(), labels.numpy()):
+            path = _match(image, pixels)
+            assert "/train/" in path
+            assert label == _label_of(path, ds.class_names)
+            train_seen.append(path)
+    assert len(set(train_seen)) == 8
+
+
+def test_folder_dataset_augmented_train_batch(tmp_path):
+    _make_tree(str(tmp_path))
+    ds = data.load(f"folder:{tmp_path}", batch_size=2, eval_batch_size=3)
+    images, labels = next(iter(ds.train))
+    assert images.shape == (2, 8, 8, 3) and images.dtype == tf.float32
+    assert labels.shape == (2,) and labels.dtype == tf.int32
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255.0
+    assert [int(b[0].shape[0]) for b in ds.test] == [3, 1]
+
+
+def test_folder_dataset_reads_jpeg_and_resizes(tmp_path):
+    pixels = _make_tree(str(tmp_path))
+    jpeg_path = str(tmp_path / "test" / "ant" / "x.jpg")
+    tf.io.write_file(jpeg_path, tf.io.encode_jpeg(np.full((8, 8, 3), 120, np.uint8)))
+    ds = data.load(f"folder:{tmp_path}", batch_size=2, image_size=(4, 6))
+    assert ds.image_size == (4, 6) and ds.num_test == 5
+    images = np.concatenate([b[0].numpy() for b in ds.test])
+    assert images.shape == (5, 4, 6, 3)
+    assert next(iter(ds.train))[0].shape == (2, 4, 6, 3)
+    # Test order is class then file name: ant/000.png is first.
+    first = pixels[str(tmp_path / "test" / "ant" / "000.png")]
+    expected = np.round(tf.image.resize(first, (4, 6), method="bilinear").numpy())
+    np.testing.assert_array_equal(images[0], np.clip(expected, 0, 255))
+    # JPEG of a flat colour stays (nearly) flat after decoding and resizing.
+    assert np.abs(images[2] - 120).max() <= 3
+
+
+def test_folder_dataset_size_from_first_image(tmp_path):
+    _make_tree(str(tmp_path), size=(6, 10))
+    ds = data.load(f"folder:{tmp_path}", batch_size=2)
+    assert ds.image_size == (6, 10)
+    assert next(iter(ds.test))[0].shape[1:] == (6, 10, 3)
+
+
+def _error(fn):
+    with pytest.raises(UserError) as info:
+        fn()
+    return str(info.value)
+
+
+def test_folder_dataset_errors(tmp_path):
+    missing = tmp_path / "nope"
+    assert str(missing) in _error(lambda: data.load(f"folder:{missing}", batch_size=2))
+
+    root = tmp_path / "d"
+    _make_tree(str(root))
+    load = lambda: data.load(f"folder:{root}", batch_size=2)  # noqa: E731
+
+    os.rename(root / "test", tmp_path / "test_saved")
+    assert str(root / "test") in _error(load)
+    os.rename(tmp_path / "test_saved", root / "test")
+
+    os.makedirs(root / "test" / "dog")
+    message = _error(load)
+    assert str(root / "test") in message and "dog" in message
+    os.makedirs(root / "train" / "dog")
+    (root / "train" / "dog" / "readme.txt").write_text("no images here")
+    assert str(root / "train" / "dog") in _error(load)
+    os.remove(root / "train" / "dog" / "readme.txt")
+    os.rmdir(root / "train" / "dog")
+    os.rmdir(root / "test" / "dog")
+
+    bad = root / "train" / "bee" / "broken.jpg"
+    bad.write_bytes(b"<html>404</html>")
+    assert str(bad) in _error(load)
+    bad.write_bytes(b"")
+    assert str(bad) in _error(load)
+    os.remove(bad)
+    data.load(f"folder:{root}", batch_size=2)  # Back to a valid tree.
+
+    assert "--batch_size=10" in _error(lambda: data.load(f"folder:{root}", batch_size=10))
+
+    empty = tmp_path / "empty"
+    os.makedirs(empty / "train")
+    os.makedirs(empty / "test")
+    assert str(empty / "train") in _error(lambda: data.load(f"folder:{empty}", batch_size=2))
+    os.rmdir(empty / "train")
+    assert str(empty / "train") in _error(lambda: data.load(f"folder:{empty}", batch_size=2))
+
+
+# ---------------------------------------------------------------------- synthetic
+
+
+def _arrays(ds, batches=None):
+    source = ds if batches is None else ds.take(batches)
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in source])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_synthetic_shapes_and_classes():
+    ds = data.load("synthetic", batch_size=64)
+    assert (ds.num_train, ds.num_test, ds.num_classes, ds.steps_per_epoch) == (512, 128, 10, 8)
+    assert ds.image_size == (32, 32) and len(ds.class_names) == 10
+    x, y = _arrays(ds.test)
+    assert x.shape == (128, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    assert np.array_equal(np.bincount(y), np.full(10, 12.8).astype(int) + (np.arange(10) < 8))
+
+    ds3 = data.load("synthetic:3", batch_size=16, image_size=(12, 20))
+    x, y = _arrays(ds3.test)
+    assert ds3.num_classes == 3 and set(y) == {0, 1, 2}
+    assert x.shape == (128, 12, 20, 3)
+    assert next(iter(ds3.train))[0].shape == (16, 12, 20, 3)
+
+
+def test_synthetic_deterministic_from_seed():
+    a = data.load("synthetic", batch_size=32, seed=1)
+    b = data.load("synthetic", batch_size=32, seed=1)
+    c = data.load("synthetic", batch_size=32, seed=2)
+    np.testing.assert_array_equal(_arrays(a.test)[0], _arrays(b.test)[0])
+    assert not np.array_equal(_arrays(a.test)[0], _arrays(c.test)[0])
+    # The augmented, shuffled training stream too (several epochs' worth of batches).
+    ta, tb, tc = (_arrays(d.train, 20) for d in (a, b, c))
+    np.testing.assert_array_equal(ta[0], tb[0])
+    np.testing.assert_array_equal(ta[1], tb[1])
+    assert not np.array_equal(ta[0], tc[0])
+
+
+def test_synthetic_is_learnable():
+    ds = data.load("synthetic", batch_size=64, augment=False)
+    x, y = _arrays(ds.train, ds.steps_per_epoch)
+    means = np.stack([x[y == c].mean(axis=0) for c in range(10)])
+    tx, ty = _arrays(ds.test)
+    distances = ((tx[:, None] - means[None]) ** 2).sum(axis=(2, 3, 4))
+    accuracy = np.mean(distances.argmin(axis=1) == ty)
+    assert accuracy > 0.9  # Chance is 0.1.
+
+
+def test_synthetic_bad_class_count():
+    for name in ("synthetic:1", "synthetic:abc", "synthetic:1000"):
+        assert "synthetic:10" in _error(lambda: data.load(name, batch_size=8))
+
+
+# ------------------------------------------------------------ training stream shape
+
+
+def _ids(images):
+    return [im.tobytes() for im in images]
+
+
+def test_train_epochs_cover_all_and_reshuffle():
+    ds = data.load("synthetic", batch_size=64, augment=False)
+    x, _ = _arrays(ds.train, 2 * ds.steps_per_epoch)
+    again, _ = _arrays(data.load("synthetic", batch_size=64, augment=False).train,
+                       ds.steps_per_epoch)
+    epoch1, epoch2 = _ids(x[:512]), _ids(x[512:])
+    assert len(set(epoch1)) == 512 and set(epoch1) == set(epoch2)
+    assert epoch1 != epoch2  # Reshuffled each epoch.
+    assert epoch1 == _ids(again)  # Same seed, same order.
+
+
+def test_train_subset():
+    full = data.load("synthetic", batch_size=8, augment=False)
+    all_ids = set(_ids(_arrays(full.train, full.steps_per_epoch)[0]))
+
+    def subset_ids(seed):
+        ds = data.load("synthetic", batch_size=8, augment=False, train_subset=40, seed=seed)
+        assert (ds.num_train, ds.steps_per_epoch) == (40, 5)
+        return set(_ids(_arrays(ds.train, 5)[0]))
+
+    a, b, c = subset_ids(0), subset_ids(0), subset_ids(1)
+    assert len(a) == 40 and a <= all_ids
+    assert a == b and a != c
+
+    assert "--train_subset=513" in _error(
+        lambda: data.load("synthetic", batch_size=8, train_subset=513))
+    assert "--train_subset=4" in _error(
+        lambda: data.load("synthetic", batch_size=8, train_subset=4))
+
+
+def test_bad_arguments():
+    message = _error(lambda: data.load("imagenet", batch_size=8))
+    for allowed in ("cifar10", "cifar100", "folder:", "synthetic"):
+        assert allowed in message
+    assert "imagenet" in message
+    assert "--batch_size" in _error(lambda: data.load("synthetic", batch_size=0))
+    assert "--image_size" in _error(lambda: data.load("synthetic", batch_size=8, image_size=(32,)))
+    assert "--batch_size=1000" in _error(lambda: data.load("synthetic", batch_size=1000))
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def test_network_available_on_local_ports():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    open_port = server.getsockname()[1]
+    try:
+        assert data.network_available("127.0.0.1", port=open_port, timeout=1)
+    finally:
+        server.close()
+    # Just closed, so nothing listens there any more.
+    start = time.monotonic()
+    assert not data.network_available("127.0.0.1", port=open_port, timeout=1)
+    assert time.monotonic() - start < 2
+
+
+def test_cifar_offline_fails_fast(tmp_path, monkeypatch):
+    probed = []
+    monkeypatch.setattr(data, "network_available", lambda host, **kw: probed.append(host) or False)
+    start = time.monotonic()
+    message = _error(lambda: data.load("cifar10", batch_size=8, data_dir=str(tmp_path)))
+    assert time.monotonic() - start < 10
+    assert probed == ["www.cs.toronto.edu"]
+    parts = ("--data_dir", "downloads/manual", "folder:", str(tmp_path), "cifar-10-binary.tar.gz")
+    for part in parts:
+        assert part in message
+
+
+def test_cifar_through_mocked_tfds(tmp_path, monkeypatch):
+    probed = []
+    monkeypatch.setattr(data, "network_available", lambda host, **kw: probed.append(host) or True)
+    with tfds.testing.mock_data(num_examples=20):
+        ds = data.load("cifar10", batch_size=8, eval_batch_size=6, data_dir=str(tmp_path))
+        names = tuple(tfds.builder("cifar10").info.features["label"].names)
+    # The mock reports the data as not prepared, so the probe ran and allowed TFDS.
+    assert probed == ["www.cs.toronto.edu"]
+    assert ds.num_classes == 10 and ds.class_names == names and len(names) == 10
+    assert (ds.num_train, ds.num_test, ds.steps_per_epoch, ds.image_size) == (20, 20, 2, (32, 32))
+    images, labels = next(iter(ds.train))
+    assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32
+    assert labels.dtype == tf.int32 and all(0 <= int(v) < 10 for v in labels)
+    assert [int(b[0].shape[0]) for b in ds.test] == [6, 6, 6, 2]
+
+
+def test_cifar_uses_manual_archive_without_probing(tmp_path, monkeypatch):
+    manual = tmp_path / "downloads" / "manual"
+    os.makedirs(manual)
+    (manual / "cifar-100-binary.tar.gz").write_bytes(b"stand-in; the mock never reads it")
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the network must not be probed when the archive is there")
+
+    monkeypatch.setattr(data, "network_available", no_probe)
+    calls = []
+    real_load = tfds.load
+    monkeypatch.setattr(tfds, "load", lambda *a, **kw: calls.append(kw) or real_load(*a, **kw))
+    with tfds.testing.mock_data(num_examples=12):
+        ds = data.load("cifar100", batch_size=4, data_dir=str(tmp_path), image_size=(16, 16))
+    assert ds.num_classes == 100 and ds.image_size == (16, 16)
+    config = calls[0]["download_and_prepare_kwargs"]["download_config"]
+    assert os.path.samefile(config.manual_dir, manual)
+    assert next(iter(ds.train))[0].shape == (4, 16, 16, 3)

@@ -1,0 +1,203 @@
+"""Tests of SSKTModel: which weights move, golden losses, coupled weight decay, replicas, saving, export."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sskt_tf import heads, losses, sources
+from sskt_tf.config import Config
+from sskt_tf.models import get_backbone
+from sskt_tf.sskt import SSKTModel, build_model
+
+RNG = np.random.RandomState(0)
+X = RNG.uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
+Y = (np.arange(16) % 10).astype(np.int32)
+
+
+def tiny_source_file(tmp_path, classes=5, name="tiny"):
+    """A small trained-looking source with BatchNorm, saved as .keras (raw images in, logits out)."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(classes)(x), name=name)
+    bn = model.layers[3]
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 8))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 8))
+    path = str(tmp_path / f"{name}.keras")
+    model.save(path)
+    return path
+
+
+def make_config(tmp_path, **overrides):
+    values = dict(
+        dataset="synthetic",
+        model="resnet20",
+        sources=(tiny_source_file(tmp_path),),
+        aux_head="transfer_module",
+        epochs=1,
+        batch_size=8,
+        output_dir=str(tmp_path / "run"),
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+def compiled(config, optimizer=None, jit_compile=False):
+    model = build_model(config, (32, 32), 10)
+    model.compile(optimizer=optimizer or keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
+    return model
+
+
+def snapshot(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def test_one_step_moves_the_target_and_never_the_sources(tmp_path):
+    model = compiled(make_config(tmp_path, source_bn="batch"))
+    source_before = snapshot(model.sources[0].weights)
+    target_before = snapshot(model.target_variables)
+    target_stats = [v for v in model.backbone.non_trainable_weights if "moving" in v.path]
+    stats_before = snapshot(target_stats)
+    history = model.fit(X, Y, batch_size=8, epochs=1, steps_per_epoch=1, verbose=0).history
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(source_before, model.sources[0].weights))
+    assert any("moving" in v.path for v in model.sources[0].weights)
+    assert all(not np.array_equal(a, v.numpy()) for a, v in zip(target_before, model.target_variables))
+    assert all(not np.array_equal(a, v.numpy()) for a, v in zip(stats_before, target_stats))
+    assert set(history) == {"loss", "target_loss", "aux_loss_tiny", "accuracy"}
+    assert all(np.isfinite(v[0]) for v in history.values())
+    # Only the target's variables are trainable at all.
+    assert {id(v) for v in model.trainable_variables} == {id(v) for v in model.target_variables}
+
+
+def test_logged_losses_equal_an_independent_computation(tmp_path):
+    config = make_config(
+        tmp_path,
+        sources=(tiny_source_file(tmp_path, 5, "s1"), tiny_source_file(tmp_path, 7, "s2")),
+        alpha=(0.1, 0.3),
+        temperature=(3.0, 2.0),
+    )
+    model = compiled(config)
+    # Same forward pass the step takes (training mode), before the update.
+    features = model.backbone(X[:8], training=True)
+    logits = model.classifier(model.pool(features["stage3"])).numpy()
+    aux = [h(features, training=True).numpy() for h in model.aux_heads]
+    src = [s.network(tf.image.resize(X[:8], s.image_size), training=False).numpy() for s in model.sources]
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    target = -log_softmax(logits)[np.arange(8), Y[:8]].mean()
+    terms = [
+        t * t * np.mean(np.sum(-np.exp(log_softmax(s / t)) * log_softmax(a / t), -1))
+        for s, a, t in zip(src, aux, (3.0, 2.0))
+    ]
+    # Reset the BN statistics the manual forward pass moved, so the step sees the same state.
+    history = compiled_same_weights_history(model, config)
+    assert history["target_loss"][0] == pytest.approx(target, rel=1e-4)
+    assert history["aux_loss_s1"][0] == pytest.approx(terms[0], rel=1e-4)
+    assert history["aux_loss_s2"][0] == pytest.approx(terms[1], rel=1e-4)
+    assert history["loss"][0] == pytest.approx(target + 0.1 * terms[0] + 0.3 * terms[1], rel=1e-4)
+
+
+def compiled_same_weights_history(model, config):
+    # Batch statistics in training mode do not depend on the moving statistics, so the loss of the
+    # first step is a function of the trainable weights only: train a fresh copy from them.
+    fresh = compiled(config)
+    fresh.set_weights(model.get_weights())
+    return fresh.fit(X[:8], Y[:8], batch_size=8, epochs=1, verbose=0, shuffle=False).history
+
+
+def test_coupled_weight_decay_is_added_to_the_gradient(tmp_path):
+    config = make_config(tmp_path, sources=(), weight_decay=0.01)
+    model = compiled(config, optimizer=keras.optimizers.SGD(0.5, momentum=0.0))
+    w0 = model.classifier.kernel.numpy().copy()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(losses.softmax_cross_entropy(Y[:8], model(X[:8], training=True)))
+    grad = tape.gradient(loss, model.classifier.kernel).numpy()
+    fresh = compiled(config, optimizer=keras.optimizers.SGD(0.5, momentum=0.0))
+    fresh.set_weights(model.get_weights())
+    fresh.fit(X[:8], Y[:8], batch_size=8, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(fresh.classifier.kernel.numpy(), w0 - 0.5 * (grad + 0.01 * w0), rtol=1e-4, atol=1e-6)
+
+
+def test_scratch_model_has_no_aux_terms(tmp_path):
+    model = compiled(make_config(tmp_path, sources=()))
+    history = model.fit(X, Y, batch_size=8, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "target_loss", "accuracy"}
+    assert history["loss"] == history["target_loss"]
+
+
+def test_top5_for_more_than_ten_classes(tmp_path):
+    model = build_model(make_config(tmp_path, sources=()), (32, 32), 100)
+    model.compile(optimizer="sgd")
+    assert "top5_accuracy" in model.evaluate(X, Y, verbose=0, return_dict=True)
+
+
+def test_jit_compile_matches_eager_graph(tmp_path):
+    config = make_config(tmp_path)
+    plain = compiled(config)
+    jitted = compiled(config, jit_compile=True)
+    jitted.set_weights(plain.get_weights())
+    h1 = plain.fit(X, Y, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    h2 = jitted.fit(X, Y, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    for key in h1:
+        assert h2[key][0] == pytest.approx(h1[key][0], rel=1e-4, abs=1e-5)
+
+
+def test_save_load_round_trip_and_target_extraction(tmp_path):
+    model = compiled(make_config(tmp_path, source_bn="batch"))
+    model.fit(X, Y, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "sskt.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, SSKTModel) and loaded.sources[0].source_bn == "batch"
+    np.testing.assert_allclose(loaded.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded.sources[0](X).numpy(), model.sources[0](X).numpy(), rtol=1e-5, atol=1e-5)
+    # Optimizer state came back too: training continues from the same iteration.
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
+    loaded.fit(X, Y, batch_size=8, epochs=1, verbose=0)
+
+    target = model.target_model()
+    names = {w.path.split("/")[0] for w in target.weights}
+    assert not any(n.startswith(("source_", "aux_")) for n in names)
+    assert len(target.weights) == len(model.backbone.weights) + 2
+    np.testing.assert_allclose(target.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-6)
+    target.save(str(tmp_path / "target.keras"))
+    reloaded = keras.saving.load_model(str(tmp_path / "target.keras"))
+    np.testing.assert_allclose(reloaded.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-6)
+
+
+def test_two_replicas_equal_one_replica(tmp_path, two_replicas):
+    """MirroredStrategy over 2 logical CPUs == 1 replica on the same global batch (synchronised BN).
+
+    A small learning rate: at 0.1 on random labels, float32 rounding (the synchronised variance is
+    E[x^2] - E[x]^2) is amplified step after step; at 0.01 the runs agree to about 1e-5, while a
+    replica-scaling mistake (gradients doubled or halved) moves the second epoch by more than 1e-2.
+    """
+    config = make_config(tmp_path, sync_bn=True, weight_decay=5e-4)
+    results = []
+    initial = None
+    for strategy in (tf.distribute.get_strategy(), two_replicas):
+        with strategy.scope():
+            model = compiled(config, optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        if initial is None:
+            initial = model.get_weights()
+        model.set_weights(initial)
+        assert model.distribute_strategy.num_replicas_in_sync == (1 if not results else 2)
+        ds = tf.data.Dataset.from_tensor_slices((X, Y)).batch(8)
+        history = model.fit(ds, epochs=2, verbose=0).history
+        results.append((history, snapshot(model.classifier.weights + model.aux_heads[0].dense.weights)))
+    (h1, w1), (h2, w2) = results
+    for key in h1:
+        np.testing.assert_allclose(h2[key], h1[key], rtol=1e-4, atol=1e-5)
+    # The layers after the last BatchNorm agree as tightly. (Convolutions before a synchronised
+    # BatchNorm agree to about 3e-4 only: Keras' gradient through the cross-replica statistics.)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
