@@ -144,9 +144,8 @@ class SSKTModel(keras.Model):
         total = target + sum((alpha * term for alpha, term in zip(self.alphas, aux)), 0.0)
         return total, target, aux
 
-    def _update_metrics(self, labels, logits, total=None, target=None, aux=()):
-        if total is not None:
-            self.loss_tracker.update_state(total)
+    def _update_metrics(self, labels, logits, total, target, aux=()):
+        self.loss_tracker.update_state(total)
         self.target_loss_tracker.update_state(target)
         for tracker, value in zip(self.aux_loss_trackers, aux):
             tracker.update_state(value)
@@ -175,16 +174,13 @@ class SSKTModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
-        # Evaluation scores the target alone; the sources would only add their cost.
+        # Evaluation scores the target alone; the sources would only add their cost. Its total loss
+        # is the target loss.
         images, labels = data[0], data[1]
         logits = self(images, training=False)
         target = tf.reduce_mean(self._target_loss_fn(labels, logits))
-        self._update_metrics(labels, logits, target=target)
-        target_mean = self.target_loss_tracker.result()
-        results = {"loss": target_mean, "target_loss": target_mean, "accuracy": self.accuracy_metric.result()}
-        if self.top5_metric is not None:
-            results["top5_accuracy"] = self.top5_metric.result()
-        return results
+        self._update_metrics(labels, logits, total=target, target=target)
+        return {m.name: m.result() for m in self.metrics if m not in self.aux_loss_trackers}
 
     # --- Config ------------------------------------------------------------------------------
 

@@ -137,6 +137,7 @@ def main(argv):
         validation_data=data.test,
         callbacks=build_callbacks(config, throughput),
         verbose=config.verbose,
+        shuffle=False,  # The pipeline shuffles, seeded.
     )
     results = write_results(config, model, data, history, throughput, time.perf_counter() - start)
     print(f"test: {json.dumps(results['test'])}; outputs in {config.output_dir}")

@@ -71,6 +71,8 @@ def test_one_step_moves_the_target_and_never_the_sources(tmp_path):
     assert all(not np.array_equal(a, v.numpy()) for a, v in zip(stats_before, target_stats))
     assert set(history) == {"loss", "target_loss", "aux_loss_tiny", "accuracy"}
     assert all(np.isfinite(v[0]) for v in history.values())
+    results = model.evaluate(X, Y, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "target_loss", "accuracy"} and results["loss"] == results["target_loss"] > 0
     # Only the target's variables are trainable at all.
     assert {id(v) for v in model.trainable_variables} == {id(v) for v in model.target_variables}
 
@@ -132,6 +134,9 @@ def test_scratch_model_has_no_aux_terms(tmp_path):
     history = model.fit(X, Y, batch_size=8, epochs=1, verbose=0).history
     assert set(history) == {"loss", "target_loss", "accuracy"}
     assert history["loss"] == history["target_loss"]
+    # Evaluation reports the target loss as the loss (Keras would otherwise log an unset tracker: 0).
+    results = model.evaluate(X, Y, verbose=0, return_dict=True)
+    assert results["loss"] == results["target_loss"] > 0
 
 
 def test_top5_for_more_than_ten_classes(tmp_path):

@@ -1,0 +1,28 @@
+"""sskt_tf: Self-Supervised Knowledge Transfer (Hong et al., WACV 2022) in Keras 3 / TensorFlow."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sskt_tf",
+    version="0.1.0",
+    description="Self-Supervised Knowledge Transfer via Loosely Supervised Auxiliary Tasks, in Keras 3 / TensorFlow.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["sskt_tf", "sskt_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.5",
+        "tensorflow-datasets>=4.9",
+        "keras-cv>=0.9",
+        "absl-py",
+        "numpy",
+        # tfds.load needs importlib_resources through etils[epath]; pip check does not notice it missing.
+        "etils[epath]",
+        "importlib_resources",
+        # tensorflow no longer brings TensorBoard, and every run writes TensorBoard logs.
+        "tensorboard",
+    ],
+    extras_require={"dev": ["pytest>=7"]},
+    entry_points={"console_scripts": ["sskt-train=sskt_tf.train:run"]},
+)

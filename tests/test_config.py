@@ -1,0 +1,67 @@
+"""Tests of flag parsing into the frozen Config: flagfiles, the paper recipe, contradictions."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+from absl import flags
+
+from sskt_tf import config as config_lib
+from sskt_tf.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+config_lib.define_flags()
+FLAGS = flags.FLAGS
+
+
+def parse(args, monkeypatch):
+    monkeypatch.chdir(ROOT)  # Nested --flagfile paths are relative to the repository root.
+    FLAGS.unparse_flags()
+    FLAGS(["sskt_tf.train", *args])
+    try:
+        return config_lib.from_flags()
+    finally:
+        FLAGS.unparse_flags()
+
+
+def test_cifar_flagfile_is_the_paper_recipe(monkeypatch):
+    config = parse(["--flagfile=flags/cifar.cfg"], monkeypatch)
+    assert (config.dataset, config.model, config.sources) == ("cifar10", "resnet20", ("resnet50:imagenet",))
+    assert (config.epochs, config.batch_size, config.lr, config.momentum, config.weight_decay) == (200, 128, 0.1, 0.9, 5e-4)
+    assert (config.lr_schedule, config.lr_milestones, config.lr_gamma) == ("multistep", (60, 120, 160), 0.2)
+    assert (config.source_alphas, config.source_temperatures, config.aux_loss) == ((0.1,), (3.0,), "ce")
+    assert config.source_scale == pytest.approx(7 / 3)
+    assert config.source_bn == "inference"
+    assert dataclasses.is_dataclass(config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    assert json.loads(config.to_json())["sources"] == ["resnet50:imagenet"]
+
+
+def test_scratch_flagfile_has_no_sources(monkeypatch):
+    assert parse(["--flagfile=flags/cifar_scratch.cfg"], monkeypatch).sources == ()
+
+
+def test_per_source_alpha_and_temperature(monkeypatch):
+    config = parse(["--sources=a.keras,b.keras", "--alpha=0.1,0.2", "--temperature=4", "--source_scale=2"], monkeypatch)
+    assert config.source_alphas == (0.1, 0.2) and config.source_temperatures == (4.0, 4.0)
+    assert config.source_scale == 2.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sources=a.keras,b.keras", "--alpha=0.1,0.2,0.3"], "--alpha=0.1,0.2,0.3: give one value or one per source"),
+        (["--aux_loss=ce", "--kd_reduction=mean"], "--kd_reduction=mean only applies to --aux_loss=kd"),
+        (["--temperature=0"], "--temperature must be > 0"),
+        (["--source_scale=7/0"], "--source_scale=7/0: expected a number or a fraction"),
+        (["--lr_milestones=120,60"], "--lr_milestones must be increasing"),
+        (["--sources=a.keras,a.keras"], "lists a source twice"),
+        (["--batch_size=0"], "--batch_size must be >= 1"),
+        (["--alpha=x"], "--alpha=x: expected float"),
+    ],
+)
+def test_bad_or_contradicting_flags(args, message, monkeypatch):
+    with pytest.raises(UserError, match=message.replace("+", "\\+").replace(".", "\\.")):
+        parse(args, monkeypatch)
