@@ -138,7 +138,7 @@ def test_bad_input_is_one_line_not_a_traceback(args, rc, message, tmp_path):
 
 def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch):
     args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch)
-    args.remove("--overwrite")
+    args[args.index("--overwrite")] = "--nooverwrite"  # smoke.cfg itself allows overwriting
     run_in_process(args, monkeypatch)
     before = (tmp_path / "run" / "results.json").read_text()
     with pytest.raises(UserError, match="holds a finished run"):
