@@ -97,14 +97,15 @@ class SSKTModel(keras.Model):
 
     # --- Forward -----------------------------------------------------------------------------
 
-    def call(self, images, training=False):
-        features = self.backbone(images, training=training)
+    def _target_logits(self, features):
         return self.classifier(self.pool(features[self.feature_key]))
+
+    def call(self, images, training=False):
+        return self._target_logits(self.backbone(images, training=training))
 
     def _forward_with_heads(self, images, training):
         features = self.backbone(images, training=training)
-        logits = self.classifier(self.pool(features[self.feature_key]))
-        return logits, [head(features, training=training) for head in self.aux_heads]
+        return self._target_logits(features), [head(features, training=training) for head in self.aux_heads]
 
     def build(self, input_shape):
         images = keras.ops.zeros((1, *input_shape[1:]))
@@ -124,8 +125,7 @@ class SSKTModel(keras.Model):
     def target_model(self, name=None):
         """The target alone: raw images -> logits, sharing this model's layers (no heads, no sources)."""
         inputs = keras.Input(self.backbone.input_shape[1:], name="images")
-        features = self.backbone(inputs)
-        outputs = self.classifier(self.pool(features[self.feature_key]))
+        outputs = self._target_logits(self.backbone(inputs))
         return keras.Model(inputs, outputs, name=name or f"{self.backbone.name}_target")
 
     # --- Steps -------------------------------------------------------------------------------
