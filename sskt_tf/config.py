@@ -56,6 +56,7 @@ class Config:
     jit_compile: str = "auto"
     output_dir: str = "runs/default"
     overwrite: bool = False
+    export: bool = False
     verbose: int = 1
 
     def __post_init__(self):
@@ -153,6 +154,7 @@ def define_flags():
     flags.DEFINE_enum("jit_compile", d.jit_compile, JIT_CHOICES, "XLA compilation of the steps (auto: on GPU/TPU only).")
     flags.DEFINE_string("output_dir", d.output_dir, "Where the run writes config.json, metrics.csv, TensorBoard logs, checkpoints, target.keras, results.json.")
     flags.DEFINE_bool("overwrite", d.overwrite, "Allow writing into an --output_dir that holds another or a finished run.")
+    flags.DEFINE_bool("export", d.export, "At the end, also export the target as a SavedModel to <output_dir>/saved_model (see sskt_tf.export).")
     flags.DEFINE_integer("verbose", d.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
 
@@ -209,5 +211,6 @@ def from_flags(fl=flags.FLAGS):
         jit_compile=fl.jit_compile,
         output_dir=fl.output_dir,
         overwrite=fl.overwrite,
+        export=fl.export,
         verbose=fl.verbose,
     )

@@ -23,9 +23,10 @@ from sskt_tf import callbacks as callbacks_lib  # noqa: E402
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import data as data_lib  # noqa: E402
 from sskt_tf import distribute, optim, sskt  # noqa: E402
+from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf.errors import UserError  # noqa: E402
 
-_RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose")
+_RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose", "export")
 
 
 def prepare_output_dir(config):
@@ -140,6 +141,8 @@ def main(argv):
         shuffle=False,  # The pipeline shuffles, seeded.
     )
     results = write_results(config, model, data, history, throughput, time.perf_counter() - start)
+    if config.export:
+        export_lib.export_saved_model(export_lib.load_trained(config.output_dir), os.path.join(config.output_dir, "saved_model"))
     print(f"test: {json.dumps(results['test'])}; outputs in {config.output_dir}")
     return results
 

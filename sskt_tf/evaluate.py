@@ -1,0 +1,302 @@
+"""Evaluates a trained target on a dataset's test split: metrics, a per-class table, a confusion matrix.
+
+    python -m sskt_tf.evaluate --model=runs/cifar [--dataset=cifar10] [--data_dir=...] [--output_dir=...]
+
+`--model` is a run directory or a `.keras` file (see `sskt_tf.export.load_trained`). For a run
+directory, `--dataset` and `--data_dir` default to the run's own (config.json) and images are
+resized to the size it was trained at (results.json).
+
+Single-label models: top-1 accuracy, top-5 accuracy when there are more than 5 classes (with 5 or
+fewer it is always 1), the mean cross-entropy (`loss`), and per class: support (test images),
+predicted (images predicted as the class), precision, recall (the accuracy on the class's images)
+and F1. Multi-label models (`--multi_label`, default from the run's `--target_loss=bce`): mean
+average precision over the classes (`mAP`; classes without a positive image are left out) and the
+average precision per class; single labels are read as one-hot.
+
+Writes to `--output_dir` (default: `<run dir>/evaluation/<dataset>`): `metrics.json`,
+`per_class.csv`, and for single-label models `confusion_matrix.csv` and `confusion_matrix.png`
+(rows: true class, columns: predicted class; colour: the row's fraction, numbers: counts).
+"""
+
+import csv
+import json
+import os
+import re
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from sskt_tf import data as data_lib  # noqa: E402
+from sskt_tf import export as export_lib  # noqa: E402
+from sskt_tf.errors import UserError  # noqa: E402
+
+DEFAULT_BATCH_SIZE = 256
+TOP5_MIN_CLASSES = 6
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    """`[C, C]` int64 counts: row = true class, column = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+def per_class_table(matrix):
+    """Per class: support, predicted, precision, recall, F1 (0 where undefined), from a confusion matrix."""
+    correct = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+    recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(correct), where=denominator > 0)
+    return {"support": support, "predicted": predicted, "precision": precision, "recall": recall, "f1": f1}
+
+
+def average_precision(targets, scores):
+    """Average precision of one class: sum over score thresholds of (recall step) * precision.
+
+    Tied scores count as one threshold (as scikit-learn's `average_precision_score`). Returns NaN
+    when there is no positive.
+    """
+    targets = np.asarray(targets, np.float64)
+    scores = np.asarray(scores, np.float64)
+    positives = targets.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, targets = scores[order], targets[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
+    true_positives = np.cumsum(targets)[last_of_tie]
+    precision = true_positives / (last_of_tie + 1)
+    recall_steps = np.diff(np.r_[0.0, true_positives]) / positives
+    return float(np.sum(recall_steps * precision))
+
+
+def single_label_metrics(labels, logits):
+    """Top-1 (and top-5 above 5 classes) accuracy and mean cross-entropy."""
+    labels = np.asarray(labels)
+    logits = np.asarray(logits, np.float64)
+    num_classes = logits.shape[1]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    metrics = {
+        "accuracy": float(np.mean(np.argmax(logits, axis=1) == labels)),
+        "loss": float(-np.mean(log_probs[np.arange(len(labels)), labels])),
+    }
+    if num_classes >= TOP5_MIN_CLASSES:
+        # A class is in the top 5 when fewer than 5 classes score strictly higher.
+        true_logit = logits[np.arange(len(labels)), labels][:, None]
+        metrics["top5_accuracy"] = float(np.mean((logits > true_logit).sum(axis=1) < 5))
+    return metrics
+
+
+# ------------------------------------------------------------------------------- picture
+
+
+def plot_confusion_matrix(matrix, class_names, path, title=""):
+    """Writes the confusion matrix as a PNG: colour = fraction of the row, numbers = counts.
+
+    Class names label both axes; with many classes the labels shrink and the counts are left out
+    (above 30 classes), so the picture stays legible up to CIFAR-100's 100 classes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(class_names)
+    rows = matrix.sum(axis=1, keepdims=True)
+    fractions = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    side = min(max(5.0, 0.45 * n + 2.5), 30.0)
+    label_size = 9 if n <= 20 else max(4.0, 9 - n / 20)
+    fig = Figure(figsize=(side + 1.2, side), dpi=120 if n <= 30 else 150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=label_size)
+    ax.set_yticks(range(n), labels=class_names, fontsize=label_size)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=max(5.0, label_size - 1),
+                            color="white" if fractions[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "dataset"
+
+
+def predict_logits(model, dataset):
+    """Logits and labels of one pass over a `(images, labels)` dataset, as numpy arrays."""
+    logits, labels = [], []
+    predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    for images, batch_labels in dataset:
+        logits.append(predict(images).numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_BATCH_SIZE, verbose=True):
+    """Evaluates `trained` (an `export.TrainedModel`) on the test split of `dataset`; writes the outputs.
+
+    Returns the dict written to `metrics.json`.
+    """
+    data = data_lib.load(
+        dataset,
+        batch_size=1,  # The training stream is not used; 1 fits any dataset.
+        eval_batch_size=batch_size,
+        data_dir=data_dir,
+        image_size=tuple(trained.image_size),
+        augment=False,
+    )
+    if data.num_classes != trained.num_classes:
+        raise UserError(
+            f"--dataset={dataset} has {data.num_classes} classes but the model has {trained.num_classes} "
+            "outputs; pass the dataset the model was trained on."
+        )
+    known_names = not all(name == f"class_{i}" for i, name in enumerate(trained.class_names))
+    if known_names and tuple(data.class_names) != tuple(trained.class_names):
+        raise UserError(
+            f"--dataset={dataset} names its classes {list(data.class_names)[:5]}... but the model was trained on "
+            f"{list(trained.class_names)[:5]}...; pass the dataset the model was trained on."
+        )
+    class_names = list(data.class_names)
+    logits, labels = predict_logits(trained.model, data.test)
+    os.makedirs(output_dir, exist_ok=True)
+    results = {
+        "model": trained.model_path,
+        "dataset": dataset,
+        "num_test": int(len(labels)),
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "image_size": list(trained.image_size),
+        "multi_label": trained.multi_label,
+    }
+    if trained.multi_label:
+        targets = labels if labels.ndim == 2 else np.eye(len(class_names))[labels]
+        probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        ap = np.array([average_precision(targets[:, c], probs[:, c]) for c in range(len(class_names))])
+        results["test"] = {"mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")}
+        table = {"support": targets.sum(axis=0).astype(np.int64), "average_precision": ap}
+    else:
+        matrix = confusion_matrix(labels, np.argmax(logits, axis=1), len(class_names))
+        results["test"] = single_label_metrics(labels, logits)
+        table = per_class_table(matrix)
+        _write_csv(
+            os.path.join(output_dir, "confusion_matrix.csv"),
+            ["true \\ predicted", *class_names],
+            [[name, *row] for name, row in zip(class_names, matrix.tolist())],
+        )
+        title = f"{os.path.basename(os.path.dirname(trained.model_path)) or trained.model_path} on {dataset}: " + (
+            f"accuracy {results['test']['accuracy']:.4f}"
+        )
+        results["confusion_matrix_png"] = plot_confusion_matrix(
+            matrix, class_names, os.path.join(output_dir, "confusion_matrix.png"), title=title
+        )
+    columns = list(table)
+    rows = [[name, *(_cell(table[c][i]) for c in columns)] for i, name in enumerate(class_names)]
+    _write_csv(os.path.join(output_dir, "per_class.csv"), ["class", *columns], rows)
+    results["per_class"] = {name: {c: _cell(table[c][i]) for c in columns} for i, name in enumerate(class_names)}
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    if verbose:
+        print(format_report(results, columns, rows, output_dir))
+    return results
+
+
+def _cell(value):
+    return int(value) if isinstance(value, (np.integer, int)) else round(float(value), 6)
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def format_report(results, columns, rows, output_dir):
+    """The printed summary: the metrics, then the per-class table."""
+    metrics = "  ".join(f"{k}={v:.4f}" for k, v in results["test"].items())
+    lines = [f"{results['model']} on {results['dataset']} ({results['num_test']} test images): {metrics}", ""]
+    width = max(len("class"), *(len(r[0]) for r in rows))
+    lines.append(f"{'class':<{width}}  " + "  ".join(f"{c:>{max(9, len(c))}}" for c in columns))
+    for row in rows:
+        cells = [
+            f"{v:>{max(9, len(c))}}" if isinstance(v, int) else f"{v:>{max(9, len(c))}.4f}" for c, v in zip(columns, row[1:])
+        ]
+        lines.append(f"{row[0]:<{width}}  " + "  ".join(cells))
+    lines += ["", f"written to {output_dir}: " + ", ".join(sorted(os.listdir(output_dir)))]
+    return "\n".join(lines)
+
+
+def run_evaluation(model, dataset=None, *, data_dir=None, output_dir=None, batch_size=DEFAULT_BATCH_SIZE, multi_label=None):
+    """What `python -m sskt_tf.evaluate` does: defaults from the run, then `evaluate`."""
+    trained = export_lib.load_trained(model, multi_label=multi_label)
+    dataset = dataset or trained.config.get("dataset")
+    if not dataset:
+        raise UserError(f"--dataset is needed: --model={model} is not in a run directory with a config.json to take it from.")
+    if data_dir is None and dataset == trained.config.get("dataset"):
+        data_dir = trained.config.get("data_dir")
+    if output_dir is None:
+        base = trained.run_dir or os.path.dirname(os.path.abspath(trained.model_path))
+        output_dir = os.path.join(base, "evaluation", _slug(dataset))
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1. Received: {batch_size}.")
+    return evaluate(trained, dataset, data_dir=data_dir, output_dir=output_dir, batch_size=batch_size)
+
+
+def define_flags():
+    if "output_dir" in flags.FLAGS:
+        return
+    flags.DEFINE_string("model", None, "Run directory (with target.keras) or .keras file.", required=True)
+    flags.DEFINE_string("dataset", None, "cifar10 | cifar100 | folder:<dir> | synthetic[:classes] (default: the run's).")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the run's, for the run's dataset).")
+    flags.DEFINE_string("output_dir", None, "Where to write metrics.json, per_class.csv, confusion_matrix.{csv,png} (default: <run dir>/evaluation/<dataset>).")
+    flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Evaluation batch size.")
+    flags.DEFINE_bool("multi_label", None, "Score as multi-label (mAP) instead of single-label (default: the run's --target_loss=bce).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull).")
+    fl = flags.FLAGS
+    run_evaluation(
+        fl.model, fl.dataset, data_dir=fl.data_dir, output_dir=fl.output_dir, batch_size=fl.batch_size, multi_label=fl.multi_label
+    )
+
+
+def _main_or_error(argv):
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    define_flags()
+    app.run(_main_or_error)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,171 @@
+"""Tests of sskt_tf.evaluate on a model whose every prediction is known by construction.
+
+The model classifies an image by the nearest of six class colours (a linear function of the mean
+colour), and the test images are plain colours, three of them deliberately of another class's
+colour, so the confusion matrix, precision and recall below are worked out by hand.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sskt_tf import evaluate
+from sskt_tf.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ["airplane", "cat", "dog", "frog", "ship", "truck"]
+COLOURS = np.array(
+    [[220, 220, 250], [200, 60, 20], [40, 200, 30], [10, 40, 230], [20, 20, 60], [240, 240, 10]], np.float64
+)
+SCALE = 20000.0  # logits = -(squared distance to each class colour) / (2 * SCALE) + a per-image constant.
+# (true class, colour of the image) for the 20 test images; three look like another class.
+TEST_SET = (
+    [("airplane", "airplane")] * 3
+    + [("cat", "cat")] * 4 + [("cat", "dog")]
+    + [("dog", "dog")] * 3
+    + [("frog", "frog")] * 3
+    + [("ship", "ship")] * 2 + [("ship", "airplane")]  # airplane's colour is the farthest from ship's: top-5 miss.
+    + [("truck", "truck")] * 2 + [("truck", "cat")]
+)
+CONFUSION = [  # rows: true class, columns: predicted class, in CLASSES order.
+    [3, 0, 0, 0, 0, 0],
+    [0, 4, 1, 0, 0, 0],
+    [0, 0, 3, 0, 0, 0],
+    [0, 0, 0, 3, 0, 0],
+    [1, 0, 0, 0, 2, 0],
+    [0, 1, 0, 0, 0, 2],
+]
+PRECISION = [3 / 4, 4 / 5, 3 / 4, 1, 1, 1]
+RECALL = [1, 4 / 5, 1, 1, 2 / 3, 2 / 3]
+
+
+def colour_model(size=(8, 8)):
+    inputs = keras.Input((*size, 3), name="images")
+    dense = keras.layers.Dense(len(CLASSES), name="classifier")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    dense.set_weights([(COLOURS.T / SCALE).astype(np.float32), (-(COLOURS**2).sum(1) / (2 * SCALE)).astype(np.float32)])
+    return model
+
+
+def image_colours():
+    """Each test image's colour; a different brightness offset per image keeps every score distinct."""
+    colours = np.array([COLOURS[CLASSES.index(look)] + i - 15 for i, (_, look) in enumerate(TEST_SET)])
+    assert colours.min() >= 0 and colours.max() <= 255
+    return colours
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "data"
+    for i, ((label, _), colour) in enumerate(zip(TEST_SET, image_colours())):
+        png = tf.io.encode_png(np.full((8, 8, 3), colour, np.uint8))
+        for split in ("train", "test"):
+            os.makedirs(data / split / label, exist_ok=True)
+            tf.io.write_file(str(data / split / label / f"{i:02d}.png"), png)
+    run = root / "run"
+    run.mkdir()
+    colour_model().save(run / "target.keras")
+    (run / "config.json").write_text(json.dumps({"dataset": f"folder:{data}", "data_dir": None, "target_loss": "ce"}))
+    (run / "results.json").write_text(json.dumps({"class_names": CLASSES, "image_size": [8, 8]}))
+    return run
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.reader(f))
+
+
+def test_metrics_table_and_confusion_matrix_of_a_known_model(run_dir, capsys):
+    results = evaluate.run_evaluation(str(run_dir))  # Dataset and image size from the run.
+    out = run_dir / "evaluation" / evaluate._slug(json.loads((run_dir / "config.json").read_text())["dataset"])
+    labels = np.array([CLASSES.index(label) for label, _ in TEST_SET])
+    distances = ((image_colours()[:, None, :] - COLOURS[None]) ** 2).sum(-1)
+    log_probs = -distances / (2 * SCALE)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    assert results["test"]["accuracy"] == pytest.approx(17 / 20)
+    assert results["test"]["top5_accuracy"] == pytest.approx(19 / 20)
+    assert results["test"]["loss"] == pytest.approx(-log_probs[np.arange(20), labels].mean(), rel=1e-5)
+    assert json.loads((out / "metrics.json").read_text())["test"] == results["test"]
+
+    assert read_csv(out / "confusion_matrix.csv") == [["true \\ predicted", *CLASSES]] + [
+        [name, *map(str, row)] for name, row in zip(CLASSES, CONFUSION)
+    ]
+    rows = read_csv(out / "per_class.csv")
+    assert rows[0] == ["class", "support", "predicted", "precision", "recall", "f1"]
+    for row, name, p, r, column in zip(rows[1:], CLASSES, PRECISION, RECALL, np.array(CONFUSION).T):
+        assert row[0] == name and int(row[1]) == sum(CONFUSION[CLASSES.index(name)]) and int(row[2]) == column.sum()
+        np.testing.assert_allclose([float(v) for v in row[3:]], [p, r, 2 * p * r / (p + r)], atol=1e-6)
+
+    png = tf.io.decode_png(tf.io.read_file(str(out / "confusion_matrix.png")))
+    assert png.shape[0] >= 500 and png.shape[1] >= 500 and png.shape[2] in (3, 4)
+    assert results["confusion_matrix_png"] == str(out / "confusion_matrix.png")
+    printed = capsys.readouterr().out
+    assert "accuracy=0.8500" in printed and "top5_accuracy=0.9500" in printed
+    assert "truck" in printed and "0.6667" in printed  # The table: truck's recall.
+
+
+def brute_force_average_precision(targets, scores):
+    """Mean, over the positives, of the precision among the images scored at least as high (no ties)."""
+    order = np.argsort(-scores)
+    hits = np.asarray(targets)[order]
+    ranks = np.nonzero(hits)[0] + 1
+    return np.mean(np.arange(1, len(ranks) + 1) / ranks)
+
+
+def test_multi_label_scores_mean_average_precision(run_dir, tmp_path):
+    results = evaluate.run_evaluation(str(run_dir), output_dir=str(tmp_path), multi_label=True)
+    distances = ((image_colours()[:, None, :] - COLOURS[None]) ** 2).sum(-1)
+    scores = 1 / (1 + np.exp(-(-distances / (2 * SCALE) + (image_colours() ** 2).sum(1, keepdims=True) / (2 * SCALE))))
+    targets = np.eye(6)[[CLASSES.index(label) for label, _ in TEST_SET]]
+    expected = [brute_force_average_precision(targets[:, c], scores[:, c]) for c in range(6)]
+    assert results["test"]["mAP"] == pytest.approx(np.mean(expected), rel=1e-6)
+    assert results["test"]["mAP"] < 1  # The three look-alikes cost precision.
+    rows = read_csv(tmp_path / "per_class.csv")
+    assert rows[0] == ["class", "support", "average_precision"]
+    np.testing.assert_allclose([float(r[2]) for r in rows[1:]], expected, atol=1e-6)
+    assert not (tmp_path / "confusion_matrix.png").exists()  # No confusion matrix for multi-label.
+
+
+def test_average_precision_golden_values():
+    assert evaluate.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    # Tied scores form one threshold (scikit-learn's convention): 0.5 * 1/2 + 0.5 * 2/3.
+    assert evaluate.average_precision([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert np.isnan(evaluate.average_precision([0, 0], [0.3, 0.1]))
+
+
+def test_top5_is_reported_only_above_five_classes():
+    logits = np.array([[3.0, 2, 1, 0, -1], [0, 1, 2, 3, 4]])
+    assert "top5_accuracy" not in evaluate.single_label_metrics([0, 0], logits)
+    # Class 5 scores lowest of 6 (rank 6: a miss); class 1 has 4 classes above it (rank 5: a hit).
+    metrics = evaluate.single_label_metrics([5, 1], np.array([[6.0, 5, 4, 3, 2, 1], [0, 1, 2, 3, 4, 5]]))
+    assert metrics["top5_accuracy"] == 0.5 and metrics["accuracy"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ("synthetic:3", "--dataset=synthetic:3 has 3 classes but the model has 6 outputs"),
+        ("synthetic:6", "--dataset=synthetic:6 names its classes"),
+    ],
+)
+def test_a_dataset_of_another_task_is_refused(run_dir, tmp_path, dataset, message):
+    with pytest.raises(UserError, match=message):
+        evaluate.run_evaluation(str(run_dir), dataset, output_dir=str(tmp_path))
+
+
+def test_cli_prints_the_metrics_and_the_table(run_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sskt_tf.evaluate", f"--model={run_dir / 'target.keras'}", f"--output_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy=0.8500" in proc.stdout and "precision" in proc.stdout and "airplane" in proc.stdout
+    assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "per_class.csv"]
