@@ -136,14 +136,25 @@ class TransferModule(keras.layers.Layer):
         return config
 
 
-def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False):
-    """Builds the auxiliary head `kind` (the `--aux_head` flag) for a backbone with `stage_channels`."""
+def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False, width=None):
+    """Builds the auxiliary head `kind` (the `--aux_head` flag) for a backbone with `stage_channels`.
+
+    Args:
+        kind: "linear" or "transfer_module".
+        num_classes: size of the source's label space.
+        stage_channels: the backbone's `{"stage1": channels, ...}`; every stage gets a branch.
+        name: layer name.
+        sync_bn: BatchNorm statistics over all replicas.
+        width: output width of the transfer module's branches (middle: half of it); default the
+            last stage's width, as the reference for CIFAR ResNets. The reference's ImageNet-style
+            targets use 1000 (their backbones' `transfer_width`).
+    """
     if kind == "linear":
         last = list(stage_channels)[-1]
         return LinearHead(num_classes, feature_key=last, name=name)
     if kind == "transfer_module":
         keys = tuple(stage_channels)
         return TransferModule(
-            num_classes, out_channels=stage_channels[keys[-1]], stage_keys=keys, sync_bn=sync_bn, name=name
+            num_classes, out_channels=width or stage_channels[keys[-1]], stage_keys=keys, sync_bn=sync_bn, name=name
         )
     raise UserError(f"--aux_head={kind} is not a known head. Allowed: {', '.join(HEAD_NAMES)}.")

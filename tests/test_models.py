@@ -67,5 +67,5 @@ def test_config_round_trip_gives_the_same_network():
 def test_unknown_depth_and_name():
     with pytest.raises(ValueError, match="6n \\+ 2"):
         CifarResNet(21)
-    with pytest.raises(UserError, match="--model=resnet18.*resnet20"):
-        get_backbone("resnet18", (32, 32, 3))
+    with pytest.raises(UserError, match="--model=resnet19.*resnet20"):
+        get_backbone("resnet19", (32, 32, 3))

@@ -126,7 +126,7 @@ def _cli(args, tmp_path):
     [
         (["--dataset=imagenet21k"], 2, "error: --dataset='imagenet21k' is not a known dataset"),
         (["--dataset=synthetic", "--sources=/nowhere/teacher.keras"], 2, "error: --sources: model file '/nowhere/teacher.keras' does not exist"),
-        (["--model=resnet18"], 1, "--model"),
+        (["--model=resnet19"], 1, "--model"),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(args, rc, message, tmp_path):

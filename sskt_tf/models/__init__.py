@@ -3,8 +3,10 @@
 from sskt_tf.errors import UserError
 from sskt_tf.models.cifar_resnet import CifarResNet
 from sskt_tf.models.layers import ImageNormalization
+from sskt_tf.models.resnet import ResNet, resnet_classifier
+from sskt_tf.models.vgg import VGG16BN
 
-# name -> constructor(input_shape) of a backbone whose outputs are {"stage1", "stage2", "stage3"}.
+# name -> constructor(input_shape, sync_bn) of a backbone whose outputs are {"stage1", ..., "stageN"}.
 def _cifar_resnet(depth):
     def build(input_shape, sync_bn=False):
         return CifarResNet(depth, input_shape, sync_bn=sync_bn, name=f"resnet{depth}")
@@ -12,7 +14,20 @@ def _cifar_resnet(depth):
     return build
 
 
+def _imagenet_resnet(depth):
+    def build(input_shape, sync_bn=False):
+        return ResNet(depth, input_shape, sync_bn=sync_bn, name=f"resnet{depth}")
+
+    return build
+
+
+def _vgg16_bn(input_shape, sync_bn=False):
+    return VGG16BN(input_shape, sync_bn=sync_bn, name="vgg16_bn")
+
+
 _BACKBONES = {f"resnet{depth}": _cifar_resnet(depth) for depth in (20, 32, 44, 56, 110)}
+_BACKBONES.update({f"resnet{depth}": _imagenet_resnet(depth) for depth in (18, 34, 50)})
+_BACKBONES["vgg16_bn"] = _vgg16_bn
 
 MODEL_NAMES = tuple(_BACKBONES)
 
@@ -24,4 +39,4 @@ def get_backbone(name, input_shape, sync_bn=False):
     return _BACKBONES[name](tuple(input_shape), sync_bn=sync_bn)
 
 
-__all__ = ["CifarResNet", "ImageNormalization", "MODEL_NAMES", "get_backbone"]
+__all__ = ["CifarResNet", "ImageNormalization", "MODEL_NAMES", "ResNet", "VGG16BN", "get_backbone", "resnet_classifier"]
