@@ -23,6 +23,7 @@ setup(
         # tensorflow no longer brings TensorBoard, and every run writes TensorBoard logs.
         "tensorboard",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    # torch only reads PyTorch checkpoints (python -m sskt_tf.convert_torch); a CPU build is enough.
+    extras_require={"dev": ["pytest>=7", "torch==2.13.0"], "torch": ["torch==2.13.0"]},
     entry_points={"console_scripts": ["sskt-train=sskt_tf.train:run"]},
 )

@@ -1,0 +1,232 @@
+"""Ports a torchvision-layout ResNet checkpoint (PyTorch) into a Keras `.keras` source.
+
+    python -m sskt_tf.convert_torch --arch resnet50 --num_classes 365 \
+        resnet50_places365.pth.tar resnet50_places365.keras
+
+The paper's sources are torchvision's ImageNet ResNet-50 (v1.5) and the CSAIL Places365
+ResNet-50, both PyTorch checkpoints; Keras Applications' ResNet50 is a different network (v1,
+caffe preprocessing). The converted model takes raw [0, 255] RGB images of any size (ImageNet
+mean/std inside, as torchvision's transforms) and returns logits, so `--sources=/path/x.keras`
+uses it as is. Reads plain state dicts (`.pth`), checkpoints that hold one under `state_dict`
+(`.pth.tar`), and `module.` prefixes of DataParallel. Needs torch: `pip install ".[torch]"`.
+"""
+
+import argparse
+import os
+import pickle
+import sys
+
+import numpy as np
+
+from sskt_tf.errors import UserError
+
+ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+# BatchNorm's step counter: PyTorch bookkeeping, not a weight.
+_IGNORED_SUFFIXES = (".num_batches_tracked",)
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise UserError(
+            'reading PyTorch checkpoints needs torch, which is not installed. Install it with pip install ".[torch]" '
+            "(or pip install torch; a CPU build is enough)."
+        ) from None
+    return torch
+
+
+def _to_numpy(value):
+    if hasattr(value, "detach"):  # a torch.Tensor; convert() itself does not need torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def load_state_dict(path, allow_pickle=False):
+    """Reads the state dict of a PyTorch checkpoint file as `{name: numpy array}`.
+
+    Args:
+        path: a `.pth` state dict, or a checkpoint dict holding it under `state_dict` (`.pth.tar`).
+        allow_pickle: unpickle arbitrary Python objects (`torch.load(weights_only=False)`);
+            only for trusted files that hold more than tensors and plain containers.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path!r} does not exist; pass the path of a downloaded .pth or .pth.tar file.")
+    torch = _import_torch()
+
+    def load(**extra):
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle, **extra)
+
+    try:
+        try:
+            checkpoint = load()
+        except UnicodeDecodeError:
+            # Checkpoints pickled by Python 2 (older Places365 releases) need latin1 strings.
+            checkpoint = load(encoding="latin1")
+    except pickle.UnpicklingError as e:
+        # torch's message is a paragraph; the line naming the refused object is the useful part.
+        lines = [l.split("WeightsUnpickler error:")[-1] for l in str(e).splitlines() if "WeightsUnpickler" in l]
+        reason = (lines or str(e).splitlines() or [""])[0].strip().split(". ")[0][:160]
+        raise UserError(
+            f"checkpoint {path!r} holds Python objects besides tensors, which are not loaded by default "
+            f"({reason}). If you trust the file, pass --allow_pickle."
+        ) from None
+    except Exception as e:
+        reason = (str(e).splitlines() or [""])[0][:160]
+        raise UserError(
+            f"could not read checkpoint {path!r} with torch.load ({type(e).__name__}: {reason}). "
+            "It must be a PyTorch .pth/.pth.tar file."
+        ) from None
+    if hasattr(checkpoint, "state_dict") and callable(checkpoint.state_dict):  # a whole nn.Module
+        checkpoint = checkpoint.state_dict()
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not any(hasattr(v, "shape") for v in checkpoint.values()):
+        keys = list(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise UserError(
+            f"checkpoint {path!r} holds no state dict (found {keys}); expected a dict of tensors, "
+            "or a dict with one under 'state_dict'."
+        )
+    return {k: _to_numpy(v) for k, v in checkpoint.items() if hasattr(v, "shape")}
+
+
+def _expected_tensors(layer):
+    """(torch key, torch shape, torch -> Keras array map) for each weight of `layer`, in Keras' order."""
+    import keras
+
+    module = layer.name.replace("_", ".")  # torchvision module path: layer1_0_conv1 -> layer1.0.conv1
+    if isinstance(layer, keras.layers.Conv2D):
+        kh, kw, cin, cout = layer.kernel.shape
+        # PyTorch (out, in, kh, kw) -> Keras (kh, kw, in, out).
+        return [(f"{module}.weight", (cout, cin, kh, kw), lambda w: w.transpose(2, 3, 1, 0))]
+    if isinstance(layer, keras.layers.BatchNormalization):
+        names = ("weight", "bias", "running_mean", "running_var")  # Keras: gamma, beta, moving mean/var
+        return [(f"{module}.{n}", tuple(v.shape), lambda w: w) for n, v in zip(names, layer.weights)]
+    if isinstance(layer, keras.layers.Dense):
+        cin, cout = layer.kernel.shape
+        return [(f"{module}.weight", (cout, cin), lambda w: w.T), (f"{module}.bias", (cout,), lambda w: w)]
+    raise TypeError(f"no PyTorch counterpart known for layer {layer.name!r} ({type(layer).__name__})")
+
+
+def convert(state_dict, arch, num_classes=None, name=None, origin="the state dict"):
+    """Builds the Keras ResNet `arch` and loads a torchvision-layout PyTorch state dict into it.
+
+    Every tensor of the state dict must find its weight and every Keras weight must be set,
+    otherwise a `UserError` names the offending tensor.
+
+    Args:
+        state_dict: `{name: tensor or array}` in torchvision's layout (`conv1.weight`,
+            `layer1.0.bn1.running_var`, `fc.bias`, ...); `module.` prefixes are removed.
+        arch: "resnet18", "resnet34", "resnet50", "resnet101" or "resnet152".
+        num_classes: classifier width; default the first dimension of `fc.weight`.
+        name: Keras model name; default `arch`.
+        origin: how error messages name the state dict (e.g. the checkpoint's path).
+
+    Returns:
+        A functional `keras.Model` from raw [0, 255] RGB images [N, H, W, 3] (any H, W) to logits.
+
+    Example:
+    >>> state_dict = torchvision.models.resnet50().state_dict()
+    >>> model = convert(state_dict, "resnet50")
+    >>> model.save("resnet50.keras")
+    """
+    from sskt_tf.models.resnet import resnet_classifier
+
+    if arch not in ARCHS:
+        raise UserError(f"--arch={arch} is not supported. Allowed: {', '.join(ARCHS)}.")
+    weights = {k.removeprefix("module."): _to_numpy(v) for k, v in state_dict.items()}
+    if num_classes is None:
+        if "fc.weight" not in weights:
+            raise UserError(f"{origin} has no fc.weight, so the number of classes is unknown; pass --num_classes.")
+        num_classes = int(weights["fc.weight"].shape[0])
+    model = resnet_classifier(ARCHS[arch], num_classes, name=name or arch)
+
+    used, missing, assigned = set(), [], 0
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        values = []
+        for key, shape, to_keras in _expected_tensors(layer):
+            if key not in weights:
+                missing.append(key)
+                continue
+            if tuple(weights[key].shape) != tuple(shape):
+                raise UserError(
+                    f"{origin}: tensor {key} has shape {tuple(weights[key].shape)}, but --arch={arch} "
+                    f"--num_classes={num_classes} needs {tuple(shape)}. Check --arch and --num_classes "
+                    "against the checkpoint."
+                )
+            value = to_keras(weights[key]).astype(np.float32)
+            values.append(value)
+            used.add(key)
+        if len(values) == len(layer.weights):
+            layer.set_weights(values)
+            assigned += len(values)
+    if missing:
+        raise UserError(
+            f"{origin} lacks {len(missing)} tensors that --arch={arch} needs (first: {', '.join(missing[:4])}). "
+            "Is it a torchvision-layout ResNet of that depth? Check --arch."
+        )
+    unknown = sorted(k for k in weights if k not in used and not k.endswith(_IGNORED_SUFFIXES))
+    if unknown:
+        raise UserError(
+            f"{origin} has {len(unknown)} tensors that --arch={arch} does not use (first: {', '.join(unknown[:4])}). "
+            "A deeper network or a different layout? Check --arch."
+        )
+    # Every variable, moving statistics included, must have come from the checkpoint.
+    if assigned != len(model.weights):
+        raise AssertionError(f"set {assigned} of {len(model.weights)} Keras weights")
+    return model
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m sskt_tf.convert_torch",
+        description="Port a torchvision-layout PyTorch ResNet checkpoint into a Keras .keras source "
+        "(raw [0, 255] RGB images in, logits out).",
+    )
+    parser.add_argument("--arch", required=True, choices=list(ARCHS), help="the checkpoint's architecture")
+    parser.add_argument(
+        "--num_classes",
+        type=int,
+        default=None,
+        help="classifier width (1000 ImageNet, 365 Places365); default: from fc.weight",
+    )
+    parser.add_argument(
+        "--allow_pickle",
+        action="store_true",
+        help="unpickle arbitrary Python objects in the checkpoint (torch.load weights_only=False); trusted files only",
+    )
+    parser.add_argument("checkpoint", help="PyTorch .pth (state dict) or .pth.tar (dict with 'state_dict')")
+    parser.add_argument("output", help="the .keras file to write")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if not args.output.endswith(".keras"):
+        raise UserError(f"output {args.output!r} must end in .keras (Keras 3 model file); e.g. {args.arch}.keras.")
+    state_dict = load_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
+    stem = os.path.splitext(os.path.basename(args.output))[0]
+    name = "".join(c if c.isalnum() else "_" for c in stem) or args.arch
+    model = convert(state_dict, args.arch, args.num_classes, name=name, origin=f"checkpoint {args.checkpoint!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    model.save(args.output)
+    parameters = sum(int(np.prod(w.shape)) for w in model.trainable_weights)  # as torch counts them
+    print(
+        f"wrote {args.output}: {args.arch}, {model.output_shape[-1]} classes, {parameters:,} parameters "
+        f"from {len(state_dict)} tensors of {args.checkpoint}; use it as --sources={args.output}"
+    )
+    return model
+
+
+def run():
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

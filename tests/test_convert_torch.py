@@ -1,0 +1,253 @@
+"""Tests of the PyTorch -> Keras ResNet converter: logits parity with torch, checkpoint formats, errors.
+
+The torch ResNets are written here (torchvision's layout and module names, v1.5 bottlenecks) so
+that the tests need torch but not torchvision.
+"""
+
+import argparse
+import sys
+
+import keras
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sskt_tf import convert_torch, sources
+from sskt_tf.errors import UserError
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, width, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, width, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)  # v1.5: stride here
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchResNet(nn.Module):
+    def __init__(self, block, layers, num_classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        for i, (width, n) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+            blocks = []
+            for b in range(n):
+                stride = 2 if (i > 1 and b == 0) else 1
+                downsample = None
+                if stride != 1 or cin != width * block.expansion:
+                    downsample = nn.Sequential(
+                        nn.Conv2d(cin, width * block.expansion, 1, stride, bias=False),
+                        nn.BatchNorm2d(width * block.expansion),
+                    )
+                blocks.append(block(cin, width, stride, downsample))
+                cin = width * block.expansion
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
+
+
+def random_torch_resnet(arch, num_classes, seed):
+    """A torch ResNet with random weights and non-trivial BatchNorm statistics, in eval mode.
+
+    Like a trained network, the last BatchNorm of each residual branch has small scales and the
+    running statistics roughly fit the data, so that the logits stay O(10) through 16 blocks
+    (random statistics blow them up to O(100), where float32 round-off alone exceeds 1e-4).
+    """
+    torch.manual_seed(seed)
+    net = TorchResNet(*ARCHS[arch], num_classes)
+    with torch.no_grad():
+        last_bn = "bn3" if ARCHS[arch][0] is Bottleneck else "bn2"
+        for name, m in net.named_modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(*((0.1, 0.5) if name.endswith(last_bn) else (0.5, 1.5)))
+                m.bias.normal_(0.0, 0.2)
+                m.momentum = None  # running statistics = the cumulative average over the batch below
+        net.train()
+        net(torch.randn(8, 3, 64, 64))
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.add_(torch.randn_like(m.running_mean) * 0.2 * m.running_var.sqrt())
+                m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.0))
+        net.fc.weight.mul_(5.0)  # logits of +-10 or so, as a trained classifier's
+        net.fc.bias.normal_(0.0, 0.5)
+    return net.eval()
+
+
+def torch_logits(net, images):
+    """torchvision's preprocessing: (x / 255 - mean) / std, NCHW."""
+    x = (images / 255.0 - MEAN) / STD
+    with torch.no_grad():
+        return net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def images(shape, seed=0):
+    return np.random.RandomState(seed).uniform(0, 255, shape).astype(np.float32)
+
+
+# arch -> classes, image batch (even sizes: where Keras' "same" padding would differ from torch's), seed.
+SETTINGS = {"resnet18": (10, (2, 112, 96, 3), 0), "resnet50": (365, (2, 64, 64, 3), 1)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """arch -> a random torch ResNet saved as a plain `.pth` state dict and as a Places365-style `.pth.tar`."""
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            num_classes, shape, seed = SETTINGS[arch]
+            net = random_torch_resnet(arch, num_classes, seed)
+            folder = tmp_path_factory.mktemp(arch)
+            pth, tar = folder / f"{arch}.pth", folder / f"{arch}_places365.pth.tar"
+            torch.save(net.state_dict(), pth)
+            # As the CSAIL file: a checkpoint dict, DataParallel's "module." prefixes, the pre-1.6 format.
+            state_dict = {f"module.{k}": v for k, v in net.state_dict().items()}
+            torch.save({"epoch": 90, "arch": arch, "state_dict": state_dict}, tar, _use_new_zipfile_serialization=False)
+            x = images(shape, seed)
+            made[arch] = argparse.Namespace(
+                arch=arch, num_classes=num_classes, net=net, pth=str(pth), tar=str(tar), x=x,
+                logits=torch_logits(net, x),
+            )
+        return made[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", sorted(SETTINGS))
+@pytest.mark.parametrize("fmt", ["pth", "tar"])
+def test_converted_logits_match_torch(checkpoints, arch, fmt):
+    ckpt = checkpoints(arch)
+    state_dict = convert_torch.load_state_dict(getattr(ckpt, fmt))
+    model = convert_torch.convert(state_dict, arch, ckpt.num_classes)
+    logits = model(ckpt.x).numpy()
+    diff = np.abs(logits - ckpt.logits).max()
+    print(f"{arch} {fmt}: max |keras - torch| = {diff:.2e} (largest |logit| {np.abs(ckpt.logits).max():.2f})")
+    assert diff < 1e-4
+    # The logits must vary across images and classes for the comparison to mean anything.
+    assert ckpt.logits.std() > 0.1 and np.abs(ckpt.logits[0] - ckpt.logits[1]).max() > 0.1
+    assert model.input_shape == (None, None, None, 3) and model.output_shape == (None, ckpt.num_classes)
+
+
+def test_cli_writes_a_source_that_build_source_accepts(checkpoints, tmp_path, capsys):
+    ckpt = checkpoints("resnet18")
+    out = tmp_path / "nested" / "resnet18_places365.keras"
+    convert_torch.main(["--arch", "resnet18", "--num_classes", "10", ckpt.tar, str(out)])
+    assert f"wrote {out}: resnet18, 10 classes" in capsys.readouterr().out
+    reloaded = keras.saving.load_model(str(out), compile=False)
+    np.testing.assert_allclose(reloaded(ckpt.x).numpy(), ckpt.logits, atol=1e-4, rtol=0)
+    # Free H and W: the source follows --source_scale (48 px targets -> 112 px).
+    source = sources.build_source(str(out), (48, 48), source_scale=7 / 3)
+    assert source.image_size == (112, 112) and source.num_classes == 10
+    x = images((2, 48, 48, 3), seed=3)
+    resized = keras.ops.convert_to_numpy(keras.ops.image.resize(x, (112, 112), interpolation="bilinear"))
+    np.testing.assert_allclose(source(x).numpy(), torch_logits(ckpt.net, resized), atol=1e-4, rtol=0)
+    # The reference's --source_bn=batch clones the network layer by layer.
+    assert tuple(sources.build_source(str(out), (48, 48), source_bn="batch")(x).shape) == (2, 10)
+
+
+def test_num_classes_defaults_to_the_checkpoint_classifier(checkpoints):
+    model = convert_torch.convert(checkpoints("resnet18").net.state_dict(), "resnet18")
+    assert model.output_shape == (None, 10) and model.name == "resnet18"
+
+
+def test_wrong_arch_or_num_classes_names_the_tensor(checkpoints):
+    state_dict = checkpoints("resnet18").net.state_dict()
+    wrong_classes = r"tensor fc\.weight has shape \(10, 512\).*--num_classes=1000 needs \(1000, 512\)"
+    with pytest.raises(UserError, match=wrong_classes):
+        convert_torch.convert(state_dict, "resnet18", 1000)
+    with pytest.raises(UserError, match=r"tensor layer1\.0\.conv1\.weight has shape \(64, 64, 3, 3\).*--arch=resnet50"):
+        convert_torch.convert(state_dict, "resnet50", 10)
+    with pytest.raises(UserError, match=r"lacks .* tensors that --arch=resnet34 needs \(first: layer1\.2\.conv1"):
+        convert_torch.convert(state_dict, "resnet34", 10)
+    with pytest.raises(UserError, match="--arch=resnet19 is not supported. Allowed: resnet18, resnet34, resnet50"):
+        convert_torch.convert(state_dict, "resnet19", 10)
+
+
+def test_unknown_and_missing_tensors_are_refused(checkpoints):
+    state_dict = dict(checkpoints("resnet18").net.state_dict())
+    extra = dict(state_dict, **{"aux.linear.weight": torch.zeros(3, 3)})
+    with pytest.raises(UserError, match=r"has 1 tensors that --arch=resnet18 does not use \(first: aux\.linear\.weight"):
+        convert_torch.convert(extra, "resnet18", 10)
+    del state_dict["layer3.1.bn2.running_var"]
+    with pytest.raises(UserError, match=r"lacks 1 tensors .*first: layer3\.1\.bn2\.running_var"):
+        convert_torch.convert(state_dict, "resnet18", 10)
+
+
+def test_file_errors(checkpoints, tmp_path, monkeypatch):
+    ckpt = checkpoints("resnet18")
+    with pytest.raises(UserError, match=r"checkpoint '.*nowhere\.pth' does not exist"):
+        convert_torch.load_state_dict(str(tmp_path / "nowhere.pth"))
+    with pytest.raises(UserError, match=r"must end in \.keras"):
+        convert_torch.main(["--arch", "resnet18", ckpt.pth, str(tmp_path / "out.h5")])
+    not_torch = tmp_path / "notes.pth"
+    not_torch.write_text("hello")
+    with pytest.raises(UserError, match="could not read checkpoint .*notes\\.pth.* with torch.load"):
+        convert_torch.load_state_dict(str(not_torch))
+    no_tensors = tmp_path / "no_tensors.pth"
+    torch.save({"epoch": 3}, no_tensors)
+    with pytest.raises(UserError, match=r"holds no state dict \(found \['epoch'\]\)"):
+        convert_torch.load_state_dict(str(no_tensors))
+    # A checkpoint with arbitrary Python objects loads only with --allow_pickle (torch.load weights_only).
+    pickled = tmp_path / "with_args.pth.tar"
+    torch.save({"state_dict": ckpt.net.state_dict(), "args": argparse.Namespace(lr=0.1)}, pickled)
+    refused = r"holds Python objects besides tensors.*\(Unsupported global: GLOBAL argparse\.Namespace.*--allow_pickle"
+    with pytest.raises(UserError, match=refused):
+        convert_torch.load_state_dict(str(pickled))
+    assert set(convert_torch.load_state_dict(str(pickled), allow_pickle=True)) == set(ckpt.net.state_dict())
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(UserError, match=r'needs torch, which is not installed.*pip install "\.\[torch\]"'):
+        convert_torch.load_state_dict(ckpt.pth)
+
+
+def test_command_line_reports_user_errors_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["convert_torch", "--arch", "resnet50", str(tmp_path / "missing.pth"), "x.keras"])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_torch.run()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint ") and "missing.pth' does not exist" in err and err.count("\n") == 1
