@@ -232,7 +232,13 @@ def build_model(config, image_size, num_classes):
         frozen.append(source)
         aux_heads.append(
             heads.build_head(
-                config.aux_head, source.num_classes, backbone.stage_channels, name=f"aux_{name}", sync_bn=config.sync_bn
+                config.aux_head,
+                source.num_classes,
+                backbone.stage_channels,
+                name=f"aux_{name}",
+                sync_bn=config.sync_bn,
+                # The reference widens ImageNet-style targets' branches to 1000 (backbone attribute).
+                width=getattr(backbone, "transfer_width", None),
             )
         )
     model = SSKTModel(
@@ -246,6 +252,7 @@ def build_model(config, image_size, num_classes):
         aux_loss=config.aux_loss,
         kd_reduction=config.kd_reduction,
         weight_decay=config.weight_decay,
+        feature_key=list(backbone.stage_channels)[-1],
         name="sskt",
     )
     model.build((None, *image_size, 3))

@@ -206,3 +206,14 @@ def test_two_replicas_equal_one_replica(tmp_path, two_replicas):
     # BatchNorm agree to about 3e-4 only: Keras' gradient through the cross-replica statistics.)
     for a, b in zip(w1, w2):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name, size, last", [("resnet18", 64, "stage4"), ("vgg16_bn", 32, "stage5")])
+def test_classifier_pools_the_last_stage_of_any_target(model_name, size, last, tmp_path):
+    config = make_config(tmp_path, model=model_name, aux_head="transfer_module")
+    model = build_model(config, (size, size), 10)
+    assert model.feature_key == last
+    assert model.classifier.kernel.shape[0] == model.backbone.stage_channels[last]
+    assert model.aux_heads[0].stage_keys[-1] == last
+    expected_width = getattr(model.backbone, "transfer_width", None) or model.backbone.stage_channels[last]
+    assert model.aux_heads[0].out_channels == expected_width
