@@ -91,6 +91,12 @@ class Datasets:
         num_train: training examples actually used (after `train_subset`).
         num_test: test examples.
         steps_per_epoch: `num_train // batch_size`.
+        train_from: `train_from(start_batch, extras=())` is `train` from its
+            `start_batch`-th batch on, the stream a resumed run must see; with `extras`
+            (arrays `[num_train, ...]` in the order of `train_ordered`), each batch is
+            `({"images": images, "extras": (extra batches, ...)}, labels)`.
+        train_ordered: `train_ordered(batch_size)` is one un-augmented pass over the
+            training examples in a fixed order, `(images float32, labels)`.
     """
 
     train: tf.data.Dataset
@@ -101,6 +107,8 @@ class Datasets:
     num_train: int
     num_test: int
     steps_per_epoch: int
+    train_from: Callable = dataclasses.field(repr=False, default=None)
+    train_ordered: Callable = dataclasses.field(repr=False, default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,8 +300,16 @@ def load(
             f"examples of --dataset={dataset}; use --batch_size <= {train_split.size}."
         )
 
+    def train_from(start_batch, extras=()):
+        return _train_pipeline(train_split, batch_size, seed, augment, cache, start_batch, extras)
+
+    def train_ordered(ordered_batch_size):
+        return _test_pipeline(train_split, ordered_batch_size, cache=False)
+
     return Datasets(
-        train=_train_pipeline(train_split, batch_size, seed, augment, cache),
+        train=train_from(0),
+        train_from=train_from,
+        train_ordered=train_ordered,
         test=_test_pipeline(source.test, eval_batch_size, cache),
         num_classes=len(source.class_names),
         class_names=source.class_names,
@@ -329,33 +345,63 @@ def _check_image_size(image_size) -> tuple[int, int]:
 
 
 def _train_pipeline(
-    split: _Split, batch_size: int, seed: int, augment: bool, cache: bool
+    split: _Split,
+    batch_size: int,
+    seed: int,
+    augment: bool,
+    cache: bool,
+    start_batch: int = 0,
+    extras: Sequence[np.ndarray] = (),
 ) -> tf.data.Dataset:
-    """Shuffled, repeated, batched and (optionally) augmented training stream."""
-    if cache:
-        ds = split.decoded().cache()
-        buffer = _shuffle_buffer(split.size, _image_bytes(ds.element_spec))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    else:
-        # Shuffling before decoding: for folders the elements are file names, so a
-        # full shuffle every epoch is free.
-        buffer = _shuffle_buffer(split.size, split.element_bytes)
-        ds = split.elements.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.repeat()
-        if split.decode is not None:
-            ds = ds.map(split.decode, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    """Shuffled, repeated, batched and (optionally) augmented training stream.
+
+    The stream is a function of `seed` and the position in it alone: data epoch e is
+    shuffled with a seed made of (seed, e), and batch i is augmented with seed
+    (seed, i). So it can be rebuilt from any batch on (`start_batch`), and a run
+    resumed after a crash sees exactly the batches an uninterrupted run sees.
+    """
+    extras = tuple(np.asarray(e) for e in extras)
+    for e in extras:
+        if len(e) != split.size:
+            raise ValueError(f"extras must have one row per training example ({split.size}); got {len(e)}")
+    elements = split.decoded().cache() if cache else split.elements
+    if extras:
+        # Attached before shuffling, so each example keeps its own rows.
+        if not cache:
+            elements = split.decoded()
+        elements = tf.data.Dataset.zip((elements, tf.data.Dataset.from_tensor_slices(extras))).map(
+            lambda example, rows: (*example, *rows)
+        )
+    decode = split.decode if (not cache and not extras) else None
+    element_bytes = _image_bytes(elements.element_spec) if decode is None else split.element_bytes
+    buffer = _shuffle_buffer(split.size, element_bytes)
+    batches_per_epoch = split.size // batch_size
+    start_epoch, skip = divmod(int(start_batch), batches_per_epoch)
+    seed64 = tf.constant(seed, tf.int64)
+
+    def epoch_batches(epoch):
+        # Shuffling before decoding (un-cached folders: file names) costs nothing.
+        ds = elements.shuffle(buffer, seed=seed64 * 1_000_003 + epoch, reshuffle_each_iteration=False)
+        if decode is not None:
+            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size, drop_remainder=True)
+
+    ds = tf.data.Dataset.counter(start=start_epoch, dtype=tf.int64).flat_map(epoch_batches).skip(skip)
     # One seed per batch, [seed, batch index]: the augmented stream then depends only on
     # `seed` and the position in the stream, not on thread timing or a global RNG.
-    batch_seeds = tf.data.Dataset.counter(dtype=tf.int64).map(
-        lambda i: tf.stack([tf.constant(seed, tf.int64), i])
+    batch_seeds = tf.data.Dataset.counter(start=int(start_batch), dtype=tf.int64).map(
+        lambda i: tf.stack([seed64, i])
     )
     ds = tf.data.Dataset.zip((ds, batch_seeds))
-    if augment:
-        fn = lambda batch, s: (augment_batch(batch[0], s), batch[1])  # noqa: E731
-    else:
-        fn = lambda batch, s: (tf.cast(batch[0], tf.float32), batch[1])  # noqa: E731
-    ds = ds.map(fn, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def finish(batch, batch_seed):
+        images, labels, rows = batch[0], batch[1], batch[2:]
+        images = augment_batch(images, batch_seed) if augment else tf.cast(images, tf.float32)
+        if rows:
+            return {"images": images, "extras": tuple(rows)}, labels
+        return images, labels
+
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -430,3 +430,27 @@ def test_cifar_uses_manual_archive_without_probing(tmp_path, monkeypatch):
     config = calls[0]["download_and_prepare_kwargs"]["download_config"]
     assert os.path.samefile(config.manual_dir, manual)
     assert next(iter(ds.train))[0].shape == (4, 16, 16, 3)
+
+
+def test_train_from_rebuilds_the_stream_at_any_position():
+    """A resumed run must see the batches an uninterrupted run sees, across data epochs too."""
+    datasets = data.load("synthetic", batch_size=64, seed=3)  # 512 examples: 8 batches per epoch
+    full = [(x.numpy(), y.numpy()) for x, y in datasets.train.take(14)]
+    resumed = [(x.numpy(), y.numpy()) for x, y in datasets.train_from(6).take(8)]
+    for (x1, y1), (x2, y2) in zip(full[6:], resumed):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    # Data epochs differ in order (labels of the first batches of epochs 0 and 1).
+    assert not np.array_equal(full[0][1], full[8][1])
+
+
+def test_extras_stay_with_their_examples():
+    datasets = data.load("synthetic", batch_size=32, seed=0, augment=False)
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in datasets.train_ordered(100)])
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    means = images.mean(axis=(1, 2, 3))
+    stream = datasets.train_from(0, extras=(means, labels * 10))
+    for x, y in stream.take(20):
+        assert set(x) == {"images", "extras"}
+        np.testing.assert_allclose(x["extras"][0].numpy(), x["images"].numpy().mean(axis=(1, 2, 3)), rtol=1e-5)
+        np.testing.assert_array_equal(x["extras"][1].numpy(), y.numpy() * 10)
