@@ -22,8 +22,17 @@ setup(
         "importlib_resources",
         # tensorflow no longer brings TensorBoard, and every run writes TensorBoard logs.
         "tensorboard",
+        # The confusion-matrix picture of python -m sskt_tf.evaluate (keras-cv's plot_image_gallery needs it too).
+        "matplotlib",
     ],
     # torch only reads PyTorch checkpoints (python -m sskt_tf.convert_torch); a CPU build is enough.
-    extras_require={"dev": ["pytest>=7", "torch==2.13.0"], "torch": ["torch==2.13.0"]},
-    entry_points={"console_scripts": ["sskt-train=sskt_tf.train:run"]},
+    extras_require={"dev": ["pytest>=7", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"], "torch": ["torch==2.13.0"]},
+    entry_points={
+        "console_scripts": [
+            "sskt-train=sskt_tf.train:run",
+            "sskt-export=sskt_tf.export:run",
+            "sskt-evaluate=sskt_tf.evaluate:run",
+            "sskt-predict=sskt_tf.predict:run",
+        ]
+    },
 )

@@ -28,6 +28,7 @@ stores the weights as int8 (dynamic-range quantization; activations stay float).
 are written beside it, `<name>.labels.txt`, one per line.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -277,13 +278,26 @@ def export_saved_model(trained, output_dir, *, top_k=DEFAULT_TOP_K):
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", dir=parent)
     try:
-        archive.write_out(staging, verbose=False)
+        with _quiet_tensorflow_logs():
+            archive.write_out(staging, verbose=False)
         _write_lines(os.path.join(staging, CLASS_NAMES_FILE), trained.class_names)
         shutil.rmtree(output_dir, ignore_errors=True)
         os.replace(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logs():
+    """Hides TensorFlow's INFO lines while saving ("Assets written to ...", renamed inputs)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _write_lines(path, lines):
@@ -323,7 +337,7 @@ def export_tflite(trained, output_path, *, quantize="none"):
     archive.add_endpoint(
         "serving_default", serve, input_signature=[tf.TensorSpec([None, *trained.image_size, 3], tf.uint8, name="images")]
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_tensorflow_logs():
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
         if quantize == "dynamic_int8":
