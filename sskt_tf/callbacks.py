@@ -1,6 +1,9 @@
 """Callbacks of a training run: outputs on disk, resumption, throughput."""
 
+import json
+import math
 import os
+import shutil
 import time
 
 import keras
@@ -75,3 +78,88 @@ class Throughput(keras.callbacks.Callback):
             seconds, steps = seconds[1:], steps[1:]
         total = sum(seconds)
         return sum(steps) * self.global_batch_size / total if total else 0.0
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """Saves the full training state after every epoch, atomically, for resumption.
+
+    Each save writes `epoch_<n>.weights.h5` (model and optimizer) through a temporary
+    file, then replaces the pointer `latest.json`, then deletes the older file: a crash
+    at any moment leaves a complete earlier state (unlike Keras' BackupAndRestore, whose
+    weights and metadata can disagree after a crash between the two writes). The
+    directory is deleted when training ends normally.
+
+    Restoring is `restore(model)`, called before `fit(initial_epoch=...)`, because the
+    data stream must also start where the interrupted run stopped.
+    """
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = directory
+        self._pointer = os.path.join(directory, "latest.json")
+
+    def saved_epoch(self):
+        """Epochs completed by the saved state; 0 when there is none."""
+        if not os.path.exists(self._pointer):
+            return 0
+        with open(self._pointer) as f:
+            return int(json.load(f)["epoch"])
+
+    def restore(self, model):
+        """Loads the saved state into `model` (built, compiled) and returns its epoch count."""
+        epoch = self.saved_epoch()
+        if epoch:
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(os.path.join(self.directory, f"epoch_{epoch}.weights.h5"))
+        return epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        previous = self.saved_epoch()
+        name = f"epoch_{epoch + 1}.weights.h5"
+        tmp = os.path.join(self.directory, f"tmp_{name}")
+        self.model.save_weights(tmp)
+        os.replace(tmp, os.path.join(self.directory, name))
+        with open(f"{self._pointer}.tmp", "w") as f:
+            json.dump({"epoch": epoch + 1, "weights": name}, f)
+        os.replace(f"{self._pointer}.tmp", self._pointer)
+        if previous and previous != epoch + 1:
+            os.remove(os.path.join(self.directory, f"epoch_{previous}.weights.h5"))
+
+    def on_train_end(self, logs=None):
+        if not self.model.stop_training:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch, step, global_step):
+        self.epoch, self.step, self.global_step = epoch, step, global_step
+        super().__init__(
+            f"the training loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} "
+            f"(global step {global_step + 1})"
+        )
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss by raising `NonFiniteLoss`.
+
+    Raising (instead of Keras' TerminateOnNaN, which lets the epoch end) skips every
+    `on_epoch_end`, so no checkpoint or backup is ever written from the diverged
+    weights: the last good state stays on disk.
+    """
+
+    def __init__(self, steps_per_epoch):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLoss(self._epoch, batch, self._epoch * self.steps_per_epoch + batch)

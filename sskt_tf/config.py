@@ -13,7 +13,10 @@ from sskt_tf import heads, losses, models, sources
 from sskt_tf.errors import UserError
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
-STRATEGIES = ("auto", "one_device", "mirrored")
+STRATEGIES = ("auto", "one_device", "mirrored", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+SOURCE_PRECISIONS = ("same", "float32", "float16", "bfloat16")
+SOFT_LABEL_CACHES = ("off", "clean")
 JIT_CHOICES = ("auto", "true", "false")
 
 
@@ -52,6 +55,13 @@ class Config:
     seed: int = 0
     # Execution and outputs.
     strategy: str = "auto"
+    tpu: str = ""
+    precision: str = "float32"
+    source_precision: str = "same"
+    soft_label_cache: str = "off"
+    soft_label_cache_dir: str | None = None
+    resume: bool = True
+    deterministic: bool = False
     sync_bn: bool = False
     jit_compile: str = "auto"
     output_dir: str = "runs/default"
@@ -110,6 +120,13 @@ def _check_config(c):
         )
     if list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m < 1 for m in c.lr_milestones):
         bad(f"--lr_milestones must be increasing positive epochs. Received: {','.join(map(str, c.lr_milestones))}.")
+    if c.soft_label_cache == "clean" and c.source_bn == "batch":
+        bad(
+            "--soft_label_cache=clean stores one logit vector per image, but --source_bn=batch makes it depend "
+            "on the rest of the batch; use --source_bn=inference or --soft_label_cache=off."
+        )
+    if c.tpu and c.strategy != "tpu":
+        bad(f"--tpu={c.tpu} only applies to --strategy=tpu; received --strategy={c.strategy}.")
     if c.image_size is not None and (len(c.image_size) != 2 or min(c.image_size) < 1):
         bad(f"--image_size must be one or two positive integers. Received: {c.image_size}.")
 
@@ -149,7 +166,14 @@ def define_flags():
     flags.DEFINE_float("lr_gamma", d.lr_gamma, "Multistep decay factor.")
     flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order and augmentation.")
     # Execution and outputs.
-    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored.")
+    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, tpu (TPUStrategy, see --tpu).")
+    flags.DEFINE_string("tpu", d.tpu, "TPU address for --strategy=tpu ('' = the local or Colab TPU).")
+    flags.DEFINE_enum("precision", d.precision, PRECISIONS, "Compute precision of the target (variables, logits and losses stay float32).")
+    flags.DEFINE_enum("source_precision", d.source_precision, SOURCE_PRECISIONS, "Compute precision of the frozen sources (same: as --precision). Their logits are cast to float32.")
+    flags.DEFINE_enum("soft_label_cache", d.soft_label_cache, SOFT_LABEL_CACHES, "off: sources see every augmented batch (faithful); clean: each source's logits are computed once on the un-augmented training images and reused (SSKT then costs about as much as scratch).")
+    flags.DEFINE_string("soft_label_cache_dir", None, "Where --soft_label_cache=clean stores logits (default <output_dir>/soft_label_cache); share it between runs with the same data and sources.")
+    flags.DEFINE_bool("resume", d.resume, "Save the training state after every epoch and resume from it when the same command runs again.")
+    flags.DEFINE_bool("deterministic", d.deterministic, "Bit-identical runs: TensorFlow op determinism (slower; turns XLA off).")
     flags.DEFINE_bool("sync_bn", d.sync_bn, "Synchronise the target's BatchNorm statistics across replicas.")
     flags.DEFINE_enum("jit_compile", d.jit_compile, JIT_CHOICES, "XLA compilation of the steps (auto: on GPU/TPU only).")
     flags.DEFINE_string("output_dir", d.output_dir, "Where the run writes config.json, metrics.csv, TensorBoard logs, checkpoints, target.keras, results.json.")
@@ -207,6 +231,13 @@ def from_flags(fl=flags.FLAGS):
         lr_gamma=fl.lr_gamma,
         seed=fl.seed,
         strategy=fl.strategy,
+        tpu=fl.tpu,
+        precision=fl.precision,
+        source_precision=fl.source_precision,
+        soft_label_cache=fl.soft_label_cache,
+        soft_label_cache_dir=fl.soft_label_cache_dir,
+        resume=fl.resume,
+        deterministic=fl.deterministic,
         sync_bn=fl.sync_bn,
         jit_compile=fl.jit_compile,
         output_dir=fl.output_dir,

@@ -355,10 +355,11 @@ def _train_pipeline(
 ) -> tf.data.Dataset:
     """Shuffled, repeated, batched and (optionally) augmented training stream.
 
-    The stream is a function of `seed` and the position in it alone: data epoch e is
-    shuffled with a seed made of (seed, e), and batch i is augmented with seed
-    (seed, i). So it can be rebuilt from any batch on (`start_batch`), and a run
-    resumed after a crash sees exactly the batches an uninterrupted run sees.
+    The stream is a function of `seed` (and TensorFlow's global seed) and the
+    position in it alone: the shuffle order of every pass is fixed by the seeds, and
+    batch i is augmented with seed (seed, i). A stream started at `start_batch` skips
+    that many batches' worth of (undecoded or cached) examples, which is cheap, so a
+    run resumed after a crash sees exactly the batches an uninterrupted run sees.
     """
     extras = tuple(np.asarray(e) for e in extras)
     for e in extras:
@@ -375,18 +376,13 @@ def _train_pipeline(
     decode = split.decode if (not cache and not extras) else None
     element_bytes = _image_bytes(elements.element_spec) if decode is None else split.element_bytes
     buffer = _shuffle_buffer(split.size, element_bytes)
-    batches_per_epoch = split.size // batch_size
-    start_epoch, skip = divmod(int(start_batch), batches_per_epoch)
+    # Shuffling before decoding (un-cached folders: file names) costs nothing.
+    ds = elements.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.skip(int(start_batch) * batch_size)
+    if decode is not None:
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
     seed64 = tf.constant(seed, tf.int64)
-
-    def epoch_batches(epoch):
-        # Shuffling before decoding (un-cached folders: file names) costs nothing.
-        ds = elements.shuffle(buffer, seed=seed64 * 1_000_003 + epoch, reshuffle_each_iteration=False)
-        if decode is not None:
-            ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
-        return ds.batch(batch_size, drop_remainder=True)
-
-    ds = tf.data.Dataset.counter(start=start_epoch, dtype=tf.int64).flat_map(epoch_batches).skip(skip)
     # One seed per batch, [seed, batch index]: the augmented stream then depends only on
     # `seed` and the position in the stream, not on thread timing or a global RNG.
     batch_seeds = tf.data.Dataset.counter(start=int(start_batch), dtype=tf.int64).map(

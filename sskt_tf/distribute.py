@@ -5,13 +5,14 @@ import tensorflow as tf
 from sskt_tf.errors import UserError
 
 
-def get_strategy(name="auto"):
+def get_strategy(name="auto", tpu=""):
     """The strategy called `name` (the `--strategy` flag).
 
     auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
     one_device: the first GPU, or the CPU.
     mirrored: MirroredStrategy over all GPUs, or over all logical CPU devices when there is no GPU
         (how the multi-replica path is tested on a CPU machine).
+    tpu: TPUStrategy on the TPU at address `tpu` ('' finds the local or Colab TPU).
     """
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
@@ -21,7 +22,23 @@ def get_strategy(name="auto"):
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    raise UserError(f"--strategy={name} is not known. Allowed: auto, one_device, mirrored.")
+    if name == "tpu":
+        return _tpu_strategy(tpu)
+    raise UserError(f"--strategy={name} is not known. Allowed: auto, one_device, mirrored, tpu.")
+
+
+def _tpu_strategy(address):
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        where = f"at --tpu={address}" if address else "on this machine (--tpu='')"
+        raise UserError(
+            f"--strategy=tpu: no TPU found {where} ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+            "On a Cloud TPU VM leave --tpu empty; elsewhere pass its name or grpc:// address."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def check_batch_size(batch_size, strategy, flag="--batch_size"):

@@ -17,6 +17,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 
 from sskt_tf import callbacks as callbacks_lib  # noqa: E402
@@ -26,7 +27,8 @@ from sskt_tf import distribute, optim, sskt  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf.errors import UserError  # noqa: E402
 
-_RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose", "export")
+# Settings that do not change what a run computes: a run may resume under other values.
+_RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose", "resume", "export", "soft_label_cache_dir")
 
 
 def prepare_output_dir(config):
@@ -38,7 +40,7 @@ def prepare_output_dir(config):
     os.makedirs(out, exist_ok=True)
     config_path = os.path.join(out, "config.json")
     if not config.overwrite:
-        if os.path.exists(os.path.join(out, "results.json")):
+        if _finished(out):
             raise UserError(
                 f"--output_dir={out} holds a finished run (results.json); choose another directory "
                 "or pass --overwrite to replace it."
@@ -62,6 +64,14 @@ def prepare_output_dir(config):
     _write_json(config_path, json.loads(config.to_json()))
 
 
+def _finished(out):
+    path = os.path.join(out, "results.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("status", "finished") == "finished"
+
+
 def _write_json(path, value):
     with open(f"{path}.tmp", "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
@@ -69,11 +79,11 @@ def _write_json(path, value):
     os.replace(f"{path}.tmp", path)
 
 
-def build_callbacks(config, throughput):
+def build_callbacks(config, throughput, resume, steps_per_epoch):
     out = config.output_dir
     return [
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup"), save_freq="epoch"),
-        keras.callbacks.TerminateOnNaN(),
+        *([resume] if resume else []),
+        callbacks_lib.StopOnNonFiniteLoss(steps_per_epoch),
         keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
         callbacks_lib.TargetCheckpoint(os.path.join(out, "checkpoints")),
@@ -85,14 +95,15 @@ def _jit(value):
     return {"auto": "auto", "true": True, "false": False}[value]
 
 
-def write_results(config, model, data, history, throughput, wall_seconds):
+def write_results(config, model, data, epochs_completed, throughput, wall_seconds):
     """Evaluates the final model, saves the target alone and writes results.json."""
     test = model.evaluate(data.test, verbose=0, return_dict=True)
     target = model.target_model(name=f"{config.model}_target")
     callbacks_lib.atomic_save(target, os.path.join(config.output_dir, "target.keras"))
     results = {
         "test": {k: float(v) for k, v in test.items()},
-        "epochs_completed": len(history.history.get("loss", [])),
+        "status": "finished",
+        "epochs_completed": epochs_completed,
         "wall_time_seconds": wall_seconds,
         "train_images_per_second": throughput.images_per_second(),
         "train_images_per_second_after_first_epoch": throughput.images_per_second(skip_first=True),
@@ -114,8 +125,10 @@ def main(argv):
     start = time.perf_counter()
     config = config_lib.from_flags()
     prepare_output_dir(config)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    strategy = distribute.get_strategy(config.strategy)
+    strategy = distribute.get_strategy(config.strategy, config.tpu)
     distribute.check_batch_size(config.batch_size, strategy)
     data = data_lib.load(
         config.dataset,
@@ -130,17 +143,33 @@ def main(argv):
     with strategy.scope():
         model = sskt.build_model(config, data.image_size, data.num_classes)
         model.compile(optimizer=optim.build_optimizer(config, steps_per_epoch), jit_compile=_jit(config.jit_compile))
+    resume = callbacks_lib.ResumeCheckpoint(os.path.join(config.output_dir, "backup")) if config.resume else None
+    initial_epoch = resume.restore(model) if resume else 0
+    if initial_epoch:
+        print(f"resuming after epoch {initial_epoch} from {resume.directory}")
     throughput = callbacks_lib.Throughput(config.batch_size)
-    history = model.fit(
-        data.train,
-        epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=data.test,
-        callbacks=build_callbacks(config, throughput),
-        verbose=config.verbose,
-        shuffle=False,  # The pipeline shuffles, seeded.
-    )
-    results = write_results(config, model, data, history, throughput, time.perf_counter() - start)
+    try:
+        history = model.fit(
+            data.train_from(initial_epoch * steps_per_epoch),
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=data.test,
+            callbacks=build_callbacks(config, throughput, resume, steps_per_epoch),
+            verbose=config.verbose,
+            shuffle=False,  # The pipeline shuffles, seeded.
+        )
+    except callbacks_lib.NonFiniteLoss as e:
+        _write_json(
+            os.path.join(config.output_dir, "results.json"),
+            {"status": "stopped", "reason": str(e), "epoch": e.epoch + 1, "step": e.step + 1, "global_step": e.global_step + 1},
+        )
+        raise UserError(
+            f"{e}. The last good state is kept ({'backup/ and ' if resume else ''}checkpoints/last.keras in "
+            f"{config.output_dir}); results.json says why. Lower --lr or check the data."
+        ) from None
+    epochs_completed = initial_epoch + len(history.history.get("loss", []))
+    results = write_results(config, model, data, epochs_completed, throughput, time.perf_counter() - start)
     if config.export:
         export_lib.export_saved_model(export_lib.load_trained(config.output_dir), os.path.join(config.output_dir, "saved_model"))
     print(f"test: {json.dumps(results['test'])}; outputs in {config.output_dir}")

@@ -1,0 +1,107 @@
+"""Resumption after SIGKILL (bit-identical with --deterministic), non-finite losses, atomic checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+import sskt_tf  # noqa: F401  (registers the custom layers for loading)
+from sskt_tf import callbacks as callbacks_lib
+from sskt_tf import config as config_lib
+from sskt_tf import train
+from sskt_tf.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+config_lib.define_flags()
+FLAGS = flags.FLAGS
+ARGS = [
+    "--flagfile=flags/smoke.cfg",
+    "--epochs=4",
+    "--steps_per_epoch=6",
+    "--batch_size=8",
+    "--deterministic",
+    "--nooverwrite",
+    "--verbose=0",
+]
+
+
+def _command(out):
+    return [sys.executable, "-m", "sskt_tf.train", *ARGS, f"--output_dir={out}"]
+
+
+def _weights(path):
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_sigkill_then_same_command_ends_bit_identical(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_command(straight), cwd=ROOT, check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(_command(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = killed / "backup" / "latest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.exists() and json.loads(pointer.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "results.json").exists()
+    saved = json.loads(pointer.read_text())["epoch"]
+    assert 2 <= saved < 4
+
+    resumed = subprocess.run(_command(killed), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming after epoch {saved}" in resumed.stdout
+    assert json.loads((killed / "results.json").read_text())["epochs_completed"] == 4
+    for a, b in zip(_weights(straight / "target.keras"), _weights(killed / "target.keras")):
+        np.testing.assert_array_equal(a, b)
+    assert not (killed / "backup").exists()
+
+
+def _run_in_process(args, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    FLAGS.unparse_flags()
+    try:
+        FLAGS(["sskt_tf.train", *args])
+        return train.main(["sskt_tf.train"])
+    finally:
+        FLAGS.unparse_flags()
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    # Epoch 1 at lr 0.1, then lr 1e11: the loss diverges during epoch 2.
+    args = [*ARGS, "--epochs=3", "--lr_milestones=1", "--lr_gamma=1e12", "--nodeterministic", f"--output_dir={out}"]
+    with pytest.raises(UserError, match=r"became NaN or infinite at epoch 2, step \d+ \(global step \d+\).*last good state"):
+        _run_in_process(args, monkeypatch)
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "stopped" and results["epoch"] == 2
+    assert json.loads((out / "backup" / "latest.json").read_text())["epoch"] == 1
+    assert all(np.isfinite(w).all() for w in _weights(out / "checkpoints" / "last.keras"))
+    # The same command resumes from the last good epoch instead of refusing the directory.
+    with pytest.raises(UserError, match="at epoch 2"):
+        _run_in_process(args, monkeypatch)
+
+
+def test_resume_checkpoint_keeps_one_complete_state(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    backup = callbacks_lib.ResumeCheckpoint(str(tmp_path / "backup"))
+    backup.set_model(model)
+    for epoch in range(3):
+        backup.on_epoch_end(epoch)
+    assert sorted(os.listdir(tmp_path / "backup")) == ["epoch_3.weights.h5", "latest.json"]
+    saved = model.get_weights()
+    model.set_weights([w + 1 for w in saved])
+    assert backup.restore(model) == 3
+    for a, b in zip(saved, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
