@@ -131,21 +131,24 @@ def _all_layers(model):
     return model._flatten_layers(include_self=False, recursive=True)
 
 
-def _with_batch_statistics(model):
-    """A copy of `model` whose BatchNormalization layers use batch statistics (never updated)."""
+def _converted(model, batch_statistics=False, dtype_policy=None):
+    """A copy of `model` with BatchStatsNormalization for BatchNormalization and/or another dtype policy."""
 
     def clone(layer):
         config = layer.get_config()
-        if type(layer) is keras.layers.BatchNormalization:
+        if dtype_policy is not None and "dtype" in config:
+            config["dtype"] = dtype_policy
+        if batch_statistics and type(layer) is keras.layers.BatchNormalization:
             return BatchStatsNormalization.from_config(config)
         return layer.__class__.from_config(config)
 
+    flag = "--source_bn=batch" if batch_statistics else "--source_precision"
     try:
         copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     except Exception as e:  # Subclassed models cannot be cloned layer by layer.
         raise UserError(
-            f"--source_bn=batch needs a functional or Sequential source; {model.name!r} cannot be "
-            f"cloned ({type(e).__name__}: {str(e).splitlines()[0]}). Use --source_bn=inference."
+            f"{flag} needs a functional or Sequential source; {model.name!r} cannot be "
+            f"cloned ({type(e).__name__}: {str(e).splitlines()[0]}). Leave {flag.split('=')[0]} at its default."
         ) from None
     copy.set_weights(model.get_weights())
     return copy
@@ -166,9 +169,12 @@ class Source(keras.layers.Layer):
         spec: the `--sources` entry it came from, kept for logs and configs.
         source_bn: "inference" (moving statistics) or "batch" (batch statistics,
             the reference code's behaviour; statistics never updated).
+        network_dtype: a dtype policy name ("float16", "bfloat16", "mixed_float16",
+            ...) to run the network in; None keeps the network's own. The logits are
+            float32 either way.
     """
 
-    def __init__(self, network, image_size, spec="", source_bn="inference", **kwargs):
+    def __init__(self, network, image_size, spec="", source_bn="inference", network_dtype=None, **kwargs):
         kwargs["trainable"] = False
         super().__init__(**kwargs)
         if source_bn not in SOURCE_BN_MODES:
@@ -177,10 +183,15 @@ class Source(keras.layers.Layer):
         self.spec = spec
         self.source_bn = source_bn
         # A reloaded source already holds BatchStatsNormalization layers: no second conversion.
-        if source_bn == "batch" and any(
+        batch_statistics = source_bn == "batch" and any(
             type(layer) is keras.layers.BatchNormalization for layer in _all_layers(network)
-        ):
-            network = _with_batch_statistics(network)
+        )
+        if network_dtype is not None and {
+            layer.dtype_policy.name for layer in _all_layers(network) if layer.weights
+        } == {network_dtype}:
+            network_dtype = None
+        if batch_statistics or network_dtype is not None:
+            network = _converted(network, batch_statistics, network_dtype)
         self.network = network
         self.network.trainable = False
         self.num_classes = int(self.network.output_shape[-1])
@@ -318,7 +329,7 @@ def _keras_file_network(path, image_size):
     return net, image_size
 
 
-def build_source(spec, image_size, source_scale=7 / 3, source_bn="inference", name=None):
+def build_source(spec, image_size, source_scale=7 / 3, source_bn="inference", name=None, dtype_policy=None):
     """Builds the frozen `Source` for one `--sources` entry.
 
     Args:
@@ -328,10 +339,19 @@ def build_source(spec, image_size, source_scale=7 / 3, source_bn="inference", na
             network has a fixed input size (then it sees that size).
         source_bn: "inference" or "batch" (see `Source`).
         name: layer name; default `source_<source_name(spec)>`.
+        dtype_policy: precision of the source's network (see `Source`); None: the global policy
+            for applications, the file's own for `.keras` sources.
     """
     size = scaled_size(image_size, source_scale)
     if spec.endswith(".keras"):
         network, size = _keras_file_network(spec, size)
     else:
         network, size = _application_network(spec, size)
-    return Source(network, size, spec=spec, source_bn=source_bn, name=name or f"source_{source_name(spec)}")
+    return Source(
+        network,
+        size,
+        spec=spec,
+        source_bn=source_bn,
+        network_dtype=dtype_policy,
+        name=name or f"source_{source_name(spec)}",
+    )

@@ -33,7 +33,8 @@ class SSKTModel(keras.Model):
         aux_loss: "ce" (soft-label cross-entropy) or "kd" (KL).
         kd_reduction: "batchmean" or "mean" (PyTorch KLDivLoss default) for `aux_loss="kd"`.
         weight_decay: coupled L2: `weight_decay * w` is added to every target
-            variable's gradient before the optimizer (PyTorch SGD's weight_decay).
+            variable's gradient before the optimizer (PyTorch SGD's weight_decay);
+            it is not part of the logged losses.
         feature_key: the stage output the classifier pools.
 
     Example:
@@ -162,13 +163,16 @@ class SSKTModel(keras.Model):
         with tf.GradientTape() as tape:
             logits, aux_logits = self._forward_with_heads(images, training=True)
             total, target, aux = self._sskt_losses(labels, logits, aux_logits, source_logits)
+            objective = total
+            if self.weight_decay:
+                # Coupled L2 as PyTorch's SGD: its gradient, weight_decay * w, joins the loss's
+                # before momentum. Written as a loss term so that loss scaling covers it too.
+                squares = [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
+                objective = objective + 0.5 * self.weight_decay * tf.add_n(squares)
             # The optimizer sums gradients over replicas; each replica's loss is its local
             # batch mean, so this is the one place where the replica count enters.
-            scaled = total / replicas
+            scaled = self.optimizer.scale_loss(objective / replicas)
         grads = tape.gradient(scaled, variables)
-        if self.weight_decay:
-            decay = self.weight_decay / replicas
-            grads = [g + decay * v for g, v in zip(grads, variables)]
         self.optimizer.apply(grads, variables)
         self._update_metrics(labels, logits, total, target, aux)
         return {m.name: m.result() for m in self.metrics}
@@ -228,7 +232,14 @@ def build_model(config, image_size, num_classes):
         while name in names:
             name, index = f"{base}_{index}", index + 1
         names.add(name)
-        source = sources.build_source(spec, image_size, config.source_scale, config.source_bn, name=f"source_{name}")
+        source = sources.build_source(
+            spec,
+            image_size,
+            config.source_scale,
+            config.source_bn,
+            name=f"source_{name}",
+            dtype_policy=config.precision if config.source_precision == "same" else config.source_precision,
+        )
         frozen.append(source)
         aux_heads.append(
             heads.build_head(

@@ -23,7 +23,7 @@ from absl import app  # noqa: E402
 from sskt_tf import callbacks as callbacks_lib  # noqa: E402
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import data as data_lib  # noqa: E402
-from sskt_tf import distribute, optim, sskt  # noqa: E402
+from sskt_tf import distribute, methods, optim  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf.errors import UserError  # noqa: E402
 
@@ -98,10 +98,14 @@ def _jit(value):
 def write_results(config, model, data, epochs_completed, throughput, wall_seconds):
     """Evaluates the final model, saves the target alone and writes results.json."""
     test = model.evaluate(data.test, verbose=0, return_dict=True)
+    # DML: `test` is peer 0's, every peer's is in `peers`, and peer k >= 1 is also saved as peer_<k>.keras.
+    test, method_results = methods.split_results(config, model, {k: float(v) for k, v in test.items()})
     target = model.target_model(name=f"{config.model}_target")
     callbacks_lib.atomic_save(target, os.path.join(config.output_dir, "target.keras"))
+    for filename, network in methods.extra_targets(model, target.name):
+        callbacks_lib.atomic_save(network, os.path.join(config.output_dir, filename))
     results = {
-        "test": {k: float(v) for k, v in test.items()},
+        "test": test,
         "status": "finished",
         "epochs_completed": epochs_completed,
         "wall_time_seconds": wall_seconds,
@@ -114,6 +118,7 @@ def write_results(config, model, data, epochs_completed, throughput, wall_second
         "image_size": list(data.image_size),
         "target_parameters": int(target.count_params()),
         "sources": [{"spec": s.spec, "classes": s.num_classes, "input_size": list(s.image_size)} for s in model.sources],
+        **method_results,
     }
     _write_json(os.path.join(config.output_dir, "results.json"), results)
     return results
@@ -128,6 +133,8 @@ def main(argv):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
+    # Set every time: the policy is global, and variables, logits and losses stay float32 under it.
+    keras.config.set_dtype_policy(config.precision)
     strategy = distribute.get_strategy(config.strategy, config.tpu)
     distribute.check_batch_size(config.batch_size, strategy)
     data = data_lib.load(
@@ -141,7 +148,7 @@ def main(argv):
     )
     steps_per_epoch = config.steps_per_epoch or data.steps_per_epoch
     with strategy.scope():
-        model = sskt.build_model(config, data.image_size, data.num_classes)
+        model = methods.build_model(config, data.image_size, data.num_classes)
         model.compile(optimizer=optim.build_optimizer(config, steps_per_epoch), jit_compile=_jit(config.jit_compile))
     resume = callbacks_lib.ResumeCheckpoint(os.path.join(config.output_dir, "backup")) if config.resume else None
     initial_epoch = resume.restore(model) if resume else 0

@@ -217,3 +217,21 @@ def test_classifier_pools_the_last_stage_of_any_target(model_name, size, last, t
     assert model.aux_heads[0].stage_keys[-1] == last
     expected_width = getattr(model.backbone, "transfer_width", None) or model.backbone.stage_channels[last]
     assert model.aux_heads[0].out_channels == expected_width
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_steps_keep_float32_logits_and_losses(precision, tmp_path):
+    keras.config.set_dtype_policy(precision)
+    try:
+        config = make_config(tmp_path, precision=precision, source_precision="bfloat16", aux_head="linear")
+        model = compiled(config)
+        assert model.backbone.get_layer("stem_conv").compute_dtype == precision.split("_")[1]
+        assert {l.compute_dtype for l in model.sources[0].network.layers if l.weights} == {"bfloat16"}
+        assert all(v.dtype == "float32" for v in model.target_variables)
+        history = model.fit(X[:8], Y[:8], batch_size=8, epochs=1, verbose=0).history
+        assert all(np.isfinite(v[0]) for v in history.values())
+        assert model(X[:2]).dtype == "float32" and model.sources[0](X[:2]).dtype == "float32"
+        if precision == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    finally:
+        keras.config.set_dtype_policy("float32")
