@@ -155,9 +155,14 @@ class SSKTModel(keras.Model):
             self.top5_metric.update_state(labels, logits)
 
     def train_step(self, data):
-        images, labels = data[0], data[1]
-        # Sources are constants of the step: outside the tape, inference mode, no gradient.
-        source_logits = [source(images) for source in self.sources]
+        inputs, labels = data[0], data[1]
+        if isinstance(inputs, dict):
+            # --soft_label_cache=clean: the pipeline brings each example's stored source logits.
+            images, source_logits = inputs["images"], list(inputs["extras"])
+        else:
+            images = inputs
+            # Sources are constants of the step: outside the tape, inference mode, no gradient.
+            source_logits = [source(images) for source in self.sources]
         variables = self.target_variables
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:

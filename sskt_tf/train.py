@@ -23,7 +23,7 @@ from absl import app  # noqa: E402
 from sskt_tf import callbacks as callbacks_lib  # noqa: E402
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import data as data_lib  # noqa: E402
-from sskt_tf import distribute, methods, optim  # noqa: E402
+from sskt_tf import distribute, methods, optim, soft_labels  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf.errors import UserError  # noqa: E402
 
@@ -154,10 +154,14 @@ def main(argv):
     initial_epoch = resume.restore(model) if resume else 0
     if initial_epoch:
         print(f"resuming after epoch {initial_epoch} from {resume.directory}")
+    extras = ()
+    if config.soft_label_cache == "clean" and getattr(model, "sources", ()):
+        cache_dir = config.soft_label_cache_dir or os.path.join(config.output_dir, "soft_label_cache")
+        extras = soft_labels.load_or_compute(model.sources, data, config, cache_dir)
     throughput = callbacks_lib.Throughput(config.batch_size)
     try:
         history = model.fit(
-            data.train_from(initial_epoch * steps_per_epoch),
+            data.train_from(initial_epoch * steps_per_epoch, extras=extras),
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch,

@@ -1,0 +1,95 @@
+"""Tests of the soft-label cache: stored logits equal the sources' own, reuse, invalidation, training."""
+
+import keras
+import numpy as np
+import pytest
+
+from sskt_tf import data as data_lib
+from sskt_tf import soft_labels
+from sskt_tf.config import Config
+from sskt_tf.sskt import build_model
+
+
+def _tiny_source(tmp_path):
+    """A small source whose logits are far from zero (random applications give ~1e-11)."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 64.0, offset=-2)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    path = str(tmp_path / "tiny.keras")
+    keras.Model(inputs, keras.layers.Dense(7)(x)).save(path)
+    return path
+
+
+def _setup(tmp_path, **overrides):
+    keras.utils.set_random_seed(0)
+    config = Config(
+        dataset="synthetic",
+        sources=(_tiny_source(tmp_path),),
+        batch_size=32,
+        soft_label_cache="clean",
+        output_dir=str(tmp_path / "run"),
+        **overrides,
+    )
+    data = data_lib.load("synthetic", batch_size=32, seed=0, augment=False)
+    model = build_model(config, data.image_size, data.num_classes)
+    return config, data, model
+
+
+def test_cached_logits_are_the_sources_logits_and_are_reused(tmp_path):
+    config, data, model = _setup(tmp_path)
+    messages = []
+    directory = str(tmp_path / "cache")
+    (logits,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append)
+    images = np.concatenate([x.numpy() for x, _ in data.train_ordered(100)])
+    np.testing.assert_allclose(logits, model.sources[0](images).numpy(), rtol=1e-5, atol=1e-5)
+    assert logits.shape == (512, 7) and "computing" in messages[-1] and np.abs(logits).mean() > 0.05
+    (again,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append)
+    np.testing.assert_array_equal(again, logits)
+    assert "logits from" in messages[-1]
+    # Other source weights: another file, never the stale logits.
+    weight = model.sources[0].network.weights[0]
+    weight.assign(weight.numpy() + 0.1)
+    (changed,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append)
+    assert "computing" in messages[-1] and np.abs(changed - logits).max() > 1e-3
+
+
+def test_training_on_cached_logits_equals_training_on_the_sources_without_augmentation(tmp_path):
+    config, data, model = _setup(tmp_path)
+    (logits,) = soft_labels.load_or_compute(model.sources, data, config, str(tmp_path / "cache"))
+    twin = build_model(config, data.image_size, data.num_classes)
+    twin.set_weights(model.get_weights())
+    for m in (model, twin):
+        m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    cached = model.fit(data.train_from(0, extras=(logits,)), epochs=1, steps_per_epoch=3, verbose=0).history
+    direct = twin.fit(data.train_from(0), epochs=1, steps_per_epoch=3, verbose=0).history
+    assert set(cached) == set(direct)
+    for key in direct:
+        assert cached[key][0] == pytest.approx(direct[key][0], rel=1e-4, abs=1e-5), key
+
+
+def test_training_command_fills_and_reuses_the_cache(tmp_path, monkeypatch, capsys):
+    import os
+
+    from absl import flags
+
+    from sskt_tf import config as config_lib
+    from sskt_tf import train
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config_lib.define_flags()
+    monkeypatch.chdir(root)
+    args = [
+        "sskt_tf.train", "--flagfile=flags/smoke.cfg", "--soft_label_cache=clean", "--epochs=1",
+        "--steps_per_epoch=2", "--verbose=0", f"--soft_label_cache_dir={tmp_path / 'cache'}",
+    ]
+    for run in ("a", "b"):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS([*args, f"--output_dir={tmp_path / run}"])
+        try:
+            train.main(["sskt_tf.train"])
+        finally:
+            flags.FLAGS.unparse_flags()
+    out = capsys.readouterr().out
+    assert out.count("soft-label cache: computing") == 1 and out.count("logits from") == 1
+    assert len(os.listdir(tmp_path / "cache")) == 1
