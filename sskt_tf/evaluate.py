@@ -104,8 +104,9 @@ def single_label_metrics(labels, logits):
 def plot_confusion_matrix(matrix, class_names, path, title=""):
     """Writes the confusion matrix as a PNG: colour = fraction of the row, numbers = counts.
 
-    Class names label both axes; with many classes the labels shrink and the counts are left out
-    (above 30 classes), so the picture stays legible up to CIFAR-100's 100 classes.
+    Class names label both axes; with many classes the figure grows (up to 30 inches at 150 dpi),
+    the labels shrink to 6 points and the counts are left out (above 30 classes), so CIFAR-100's 100
+    classes stay legible.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -114,18 +115,20 @@ def plot_confusion_matrix(matrix, class_names, path, title=""):
     rows = matrix.sum(axis=1, keepdims=True)
     fractions = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     side = min(max(5.0, 0.45 * n + 2.5), 30.0)
-    label_size = 9 if n <= 20 else max(4.0, 9 - n / 20)
+    label_size = 9 if n <= 20 else max(6.0, 9 - n / 30)
+    text_size = 10 if n <= 30 else 16  # Axis titles of the large figures stay readable when scaled down.
     fig = Figure(figsize=(side + 1.2, side), dpi=120 if n <= 30 else 150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("fraction of the true class", fontsize=text_size)
     ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=label_size)
     ax.set_yticks(range(n), labels=class_names, fontsize=label_size)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    ax.set_xlabel("predicted class", fontsize=text_size)
+    ax.set_ylabel("true class", fontsize=text_size)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=text_size)
     if n <= 30:
         for i in range(n):
             for j in range(n):

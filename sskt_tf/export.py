@@ -42,6 +42,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
 import sskt_tf  # noqa: E402,F401  (registers the custom layers that .keras files refer to)
 from sskt_tf.errors import UserError  # noqa: E402
@@ -290,14 +291,19 @@ def export_saved_model(trained, output_dir, *, top_k=DEFAULT_TOP_K):
 
 @contextlib.contextmanager
 def _quiet_tensorflow_logs():
-    """Hides TensorFlow's INFO lines while saving ("Assets written to ...", renamed inputs)."""
+    """Hides TensorFlow's INFO lines while saving ("Assets written to ...", renamed inputs, fingerprints).
+
+    TensorFlow logs them through its own Python logger and through absl's.
+    """
     logger = tf.get_logger()
-    level = logger.level
+    level, verbosity = logger.level, absl_logging.get_verbosity()
     logger.setLevel("WARNING")
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         yield
     finally:
         logger.setLevel(level)
+        absl_logging.set_verbosity(verbosity)
 
 
 def _write_lines(path, lines):
