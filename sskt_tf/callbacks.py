@@ -106,11 +106,9 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             return int(json.load(f)["epoch"])
 
     def restore(self, model):
-        """Loads the saved state into `model` (built, compiled) and returns its epoch count."""
+        """Loads the saved state into `model` (built, compiled, optimizer built); returns its epoch count."""
         epoch = self.saved_epoch()
         if epoch:
-            if not model.optimizer.built:
-                model.optimizer.build(model.trainable_variables)
             model.load_weights(os.path.join(self.directory, f"epoch_{epoch}.weights.h5"))
         return epoch
 

@@ -166,7 +166,7 @@ def define_flags():
     flags.DEFINE_float("lr_gamma", d.lr_gamma, "Multistep decay factor.")
     flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order and augmentation.")
     # Execution and outputs.
-    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, tpu (TPUStrategy, see --tpu).")
+    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy, see --tpu).")
     flags.DEFINE_string("tpu", d.tpu, "TPU address for --strategy=tpu ('' = the local or Colab TPU).")
     flags.DEFINE_enum("precision", d.precision, PRECISIONS, "Compute precision of the target (variables, logits and losses stay float32).")
     flags.DEFINE_enum("source_precision", d.source_precision, SOURCE_PRECISIONS, "Compute precision of the frozen sources (same: as --precision). Their logits are cast to float32.")

@@ -1,5 +1,7 @@
 """tf.distribute strategies, by name."""
 
+import os
+
 import tensorflow as tf
 
 from sskt_tf.errors import UserError
@@ -12,8 +14,18 @@ def get_strategy(name="auto", tpu=""):
     one_device: the first GPU, or the CPU.
     mirrored: MirroredStrategy over all GPUs, or over all logical CPU devices when there is no GPU
         (how the multi-replica path is tested on a CPU machine).
+    multi_worker: MultiWorkerMirroredStrategy over the machines that TF_CONFIG lists (the same
+        command runs on every worker, each with its own TF_CONFIG task index).
     tpu: TPUStrategy on the TPU at address `tpu` ('' finds the local or Colab TPU).
     """
+    # Before anything lists devices: collective ops must be configured at program start.
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError(
+                "--strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
+                '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}.'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -24,7 +36,21 @@ def get_strategy(name="auto", tpu=""):
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "tpu":
         return _tpu_strategy(tpu)
-    raise UserError(f"--strategy={name} is not known. Allowed: auto, one_device, mirrored, tpu.")
+    raise UserError(f"--strategy={name} is not known. Allowed: auto, one_device, mirrored, multi_worker, tpu.")
+
+
+def worker_output_dir(output_dir, strategy):
+    """Where this worker writes: --output_dir on the chief, <output_dir>/worker_<i> on the others.
+
+    Every worker of a multi-worker run saves its own state (it needs it to resume); only the
+    chief's copy is the run's output.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return output_dir
+    task_type, task_id = resolver.task_type, resolver.task_id
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+    return output_dir if is_chief else os.path.join(output_dir, f"{task_type}_{task_id}")
 
 
 def _tpu_strategy(address):

@@ -180,16 +180,25 @@ class SSKTModel(keras.Model):
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         self._update_metrics(labels, logits, total, target, aux)
-        return {m.name: m.result() for m in self.metrics}
+        return _step_logs({m.name: m.result() for m in self.metrics})
 
     def test_step(self, data):
         # Evaluation scores the target alone; the sources would only add their cost. Its total loss
         # is the target loss.
         images, labels = data[0], data[1]
         logits = self(images, training=False)
-        target = tf.reduce_mean(self._target_loss_fn(labels, logits))
-        self._update_metrics(labels, logits, total=target, target=target)
-        return {m.name: m.result() for m in self.metrics if m not in self.aux_loss_trackers}
+        # Per-example values: the Mean trackers then weigh a partial last batch by its size.
+        per_example = self._target_loss_fn(labels, logits)
+        self._update_metrics(labels, logits, total=per_example, target=per_example)
+        return _step_logs({m.name: m.result() for m in self.metrics if m not in self.aux_loss_trackers})
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 reduces a PerReplica input batch here to build the model symbolically, which
+        # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). This model and its
+        # optimizer are built before fit (train.py), so there is nothing left to build.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --- Config ------------------------------------------------------------------------------
 
@@ -221,6 +230,15 @@ class SSKTModel(keras.Model):
         config["sources"] = [de(s) for s in config["sources"]]
         config["aux_heads"] = [de(h) for h in config["aux_heads"]]
         return cls(**config)
+
+
+def _step_logs(logs):
+    # Keras 3 reduces the logs of a MultiWorkerMirroredStrategy step with
+    # strategy.reduce(MEAN, value, axis=0), which fails on scalars (keras-team/keras#20585):
+    # give them a length-1 axis there, which that reduction removes again.
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
 
 def build_model(config, image_size, num_classes):

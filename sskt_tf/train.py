@@ -8,6 +8,7 @@ training; a run started again with the same command resumes at the last finished
 target.keras, and results.json (final test metrics, wall time, training images/second).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -129,14 +130,16 @@ def main(argv):
         raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull).")
     start = time.perf_counter()
     config = config_lib.from_flags()
-    prepare_output_dir(config)
+    # First: a multi-worker strategy must configure the runtime before any other TensorFlow call.
+    strategy = distribute.get_strategy(config.strategy, config.tpu)
+    distribute.check_batch_size(config.batch_size, strategy)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     # Set every time: the policy is global, and variables, logits and losses stay float32 under it.
     keras.config.set_dtype_policy(config.precision)
-    strategy = distribute.get_strategy(config.strategy, config.tpu)
-    distribute.check_batch_size(config.batch_size, strategy)
+    config = dataclasses.replace(config, output_dir=distribute.worker_output_dir(config.output_dir, strategy))
+    prepare_output_dir(config)
     data = data_lib.load(
         config.dataset,
         batch_size=config.batch_size,
@@ -150,6 +153,9 @@ def main(argv):
     with strategy.scope():
         model = methods.build_model(config, data.image_size, data.num_classes)
         model.compile(optimizer=optim.build_optimizer(config, steps_per_epoch), jit_compile=_jit(config.jit_compile))
+        # Built before fit: resumption loads its state, and Keras' own symbolic build of a
+        # distributed batch fails under MultiWorkerMirroredStrategy (see SSKTModel).
+        model.optimizer.build(model.trainable_variables)
     resume = callbacks_lib.ResumeCheckpoint(os.path.join(config.output_dir, "backup")) if config.resume else None
     initial_epoch = resume.restore(model) if resume else 0
     if initial_epoch:

@@ -95,6 +95,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_p
 def test_resume_checkpoint_keeps_one_complete_state(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
     backup = callbacks_lib.ResumeCheckpoint(str(tmp_path / "backup"))
     backup.set_model(model)
     for epoch in range(3):

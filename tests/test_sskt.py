@@ -235,3 +235,10 @@ def test_mixed_precision_steps_keep_float32_logits_and_losses(precision, tmp_pat
             assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_evaluation_loss_is_the_mean_over_examples_with_a_partial_batch(tmp_path):
+    model = compiled(make_config(tmp_path, sources=()))
+    results = model.evaluate(X[:11], Y[:11], batch_size=8, verbose=0, return_dict=True)  # batches of 8 and 3
+    expected = losses.softmax_cross_entropy(Y[:11], model.predict(X[:11], verbose=0)).numpy().mean()
+    assert results["loss"] == pytest.approx(expected, rel=1e-5)
