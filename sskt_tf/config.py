@@ -11,6 +11,7 @@ from absl import flags
 
 from sskt_tf import heads, losses, models, sources
 from sskt_tf.errors import UserError
+from sskt_tf.methods import METHODS
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 STRATEGIES = ("auto", "one_device", "mirrored", "tpu")
@@ -18,6 +19,16 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOURCE_PRECISIONS = ("same", "float32", "float16", "bfloat16")
 SOFT_LABEL_CACHES = ("off", "clean")
 JIT_CHOICES = ("auto", "true", "false")
+# Flags of one method each, named <method>_*: any other --method refuses them.
+METHOD_FLAGS = (
+    "kd_alpha",
+    "dml_peers",
+    "maxl_psi",
+    "maxl_aux_weight",
+    "maxl_entropy_weight",
+    "maxl_generator_lr",
+    "maxl_first_order",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +52,17 @@ class Config:
     kd_reduction: str = "batchmean"
     source_scale: float = 7 / 3
     source_bn: str = "inference"
+    # Method: SSKT or a baseline (sskt_tf.methods).
+    method: str = "sskt"
+    teacher: str | None = None
+    kd_alpha: float = 0.9
+    dml_peers: int = 2
+    # 10 as the paper's MAXL row for the default ResNet-20 target (its VGG-16 row used 5).
+    maxl_psi: tuple[int, ...] = (10,)
+    maxl_aux_weight: float = 1.0
+    maxl_entropy_weight: float = 0.2
+    maxl_generator_lr: float = 1e-3
+    maxl_first_order: bool = False
     # Recipe.
     epochs: int = 200
     batch_size: int = 128
@@ -129,6 +151,36 @@ def _check_config(c):
         bad(f"--tpu={c.tpu} only applies to --strategy=tpu; received --strategy={c.strategy}.")
     if c.image_size is not None and (len(c.image_size) != 2 or min(c.image_size) < 1):
         bad(f"--image_size must be one or two positive integers. Received: {c.image_size}.")
+    _check_method(c, bad)
+
+
+def _check_method(c, bad):
+    if c.method not in METHODS:
+        bad(f"--method={c.method} is not known. Allowed: {', '.join(METHODS)}.")
+    if c.sources and c.method != "sskt":
+        bad(
+            f"--sources={','.join(c.sources)} only applies to --method=sskt; received --method={c.method}. "
+            "Drop --sources (pass --sources= after a flagfile that sets them)"
+            + ("; KD's teacher is --teacher=<spec>." if c.method == "kd" else ".")
+        )
+    if c.teacher and c.method != "kd":
+        bad(f"--teacher={c.teacher} only applies to --method=kd; received --method={c.method}. Drop --teacher.")
+    if c.method == "kd":
+        if not c.teacher:
+            bad("--method=kd needs --teacher=<spec>: a model of the target's classes, e.g. the target.keras of a run on the same data.")
+        if len(c.temperature) != 1:
+            bad(f"--method=kd takes one --temperature. Received: {','.join(map(str, c.temperature))}.")
+    if not 0 <= c.kd_alpha <= 1:
+        bad(f"--kd_alpha must be in [0, 1]. Received: {c.kd_alpha}.")
+    if c.dml_peers < 2:
+        bad(f"--dml_peers must be >= 2. Received: {c.dml_peers}.")
+    if not c.maxl_psi or min(c.maxl_psi) < 1:
+        bad(f"--maxl_psi must be positive integers (one, or one per class). Received: {','.join(map(str, c.maxl_psi))}.")
+    if c.maxl_aux_weight < 0 or c.maxl_entropy_weight < 0 or c.maxl_generator_lr <= 0:
+        bad(
+            "--maxl_aux_weight and --maxl_entropy_weight must be >= 0, --maxl_generator_lr > 0. Received: "
+            f"{c.maxl_aux_weight}, {c.maxl_entropy_weight}, {c.maxl_generator_lr}."
+        )
 
 
 def define_flags():
@@ -153,6 +205,16 @@ def define_flags():
     flags.DEFINE_enum("kd_reduction", d.kd_reduction, losses.KD_REDUCTIONS, "For --aux_loss=kd: batchmean (true KL) or mean (PyTorch KLDivLoss() default of the reference code: / classes).")
     flags.DEFINE_string("source_scale", "7/3", "Sources see the (augmented) batch resized by this factor (a number or a fraction), floor per side: 32 -> 74, 96 -> 224.")
     flags.DEFINE_enum("source_bn", d.source_bn, sources.SOURCE_BN_MODES, "inference: sources use their moving BatchNorm statistics; batch: batch statistics, as the reference code (statistics never updated).")
+    # Method.
+    flags.DEFINE_enum("method", d.method, METHODS, "sskt (with --sources; none: scratch), or a baseline: scratch (the target alone), kd (distillation from --teacher), dml (deep mutual learning of --dml_peers peers), maxl (meta auxiliary learning).")
+    flags.DEFINE_string("teacher", None, "--method=kd: the frozen teacher, any source spec of the target's classes (e.g. /path/target.keras of a run on the same data); it sees the target's image size.")
+    flags.DEFINE_float("kd_alpha", d.kd_alpha, "--method=kd: a in (1 - a) * CE + a * T^2 * KL(teacher/T || student/T); T is --temperature.")
+    flags.DEFINE_integer("dml_peers", d.dml_peers, "--method=dml: number of peers K >= 2, each evaluated and exported on its own.")
+    flags.DEFINE_list("maxl_psi", [str(p) for p in d.maxl_psi], "--method=maxl: auxiliary classes per class: one value for all classes, or one per class (default 10, the paper's MAXL row for ResNet-20; its VGG-16 row used 5).")
+    flags.DEFINE_float("maxl_aux_weight", d.maxl_aux_weight, "--method=maxl: weight of the auxiliary loss in the target's multi-task loss.")
+    flags.DEFINE_float("maxl_entropy_weight", d.maxl_entropy_weight, "--method=maxl: weight of the entropy regulariser in the label generator's objective (MAXL: 0.2).")
+    flags.DEFINE_float("maxl_generator_lr", d.maxl_generator_lr, "--method=maxl: the label generator's SGD learning rate (MAXL: 1e-3), following the target's schedule.")
+    flags.DEFINE_bool("maxl_first_order", d.maxl_first_order, "--method=maxl: finite-difference meta-gradient (first derivatives only, as MAXL's first-order code) instead of the second-order one.")
     # Recipe.
     flags.DEFINE_integer("epochs", d.epochs, "Training epochs.")
     flags.DEFINE_integer("batch_size", d.batch_size, "Global training batch size (divided over replicas).")
@@ -200,6 +262,12 @@ def from_flags(fl=flags.FLAGS):
     """The frozen `Config` of parsed flags; raises UserError for values that contradict each other."""
     if fl["kd_reduction"].present and fl.aux_loss != "kd":
         raise UserError(f"--kd_reduction={fl.kd_reduction} only applies to --aux_loss=kd; received --aux_loss={fl.aux_loss}.")
+    for name in METHOD_FLAGS:
+        method = name.split("_")[0]
+        if fl[name].present and fl.method != method:
+            raise UserError(
+                f"--{name}={fl[name].value} only applies to --method={method}; received --method={fl.method}. Drop it."
+            )
     image_size = None
     if fl.image_size:
         size = _numbers("image_size", fl.image_size, int)
@@ -219,6 +287,15 @@ def from_flags(fl=flags.FLAGS):
         kd_reduction=fl.kd_reduction,
         source_scale=_fraction("source_scale", fl.source_scale),
         source_bn=fl.source_bn,
+        method=fl.method,
+        teacher=(fl.teacher or "").strip() or None,
+        kd_alpha=fl.kd_alpha,
+        dml_peers=fl.dml_peers,
+        maxl_psi=_numbers("maxl_psi", fl.maxl_psi, int),
+        maxl_aux_weight=fl.maxl_aux_weight,
+        maxl_entropy_weight=fl.maxl_entropy_weight,
+        maxl_generator_lr=fl.maxl_generator_lr,
+        maxl_first_order=fl.maxl_first_order,
         epochs=fl.epochs,
         batch_size=fl.batch_size,
         eval_batch_size=fl.eval_batch_size,

@@ -110,3 +110,146 @@ def aux_loss(kind, source_logits, aux_logits, temperature, kd_reduction="batchme
     if kind == "kd":
         return kl_divergence(source_logits, aux_logits, temperature, kd_reduction)
     raise ValueError(f"aux loss must be one of {AUX_LOSSES}. Received: {kind!r}")
+
+
+# --- Baselines: KD, DML, MAXL (see sskt_tf.baselines) -------------------------------------------
+
+
+def distillation_loss(labels, teacher_logits, student_logits, alpha, temperature, target_loss=softmax_cross_entropy):
+    """Knowledge distillation: `(1 - a) * L(y, z_s) + a * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))`.
+
+    The KL term is `kl_divergence(..., reduction="batchmean")`: summed over
+    classes, averaged over the batch. T^2 keeps its gradient on the scale of the
+    label term as T changes.
+
+    Reference: G. Hinton, O. Vinyals, J. Dean, "Distilling the Knowledge in a
+    Neural Network", NeurIPS Deep Learning Workshop 2014 (arXiv:1503.02531).
+
+    Args:
+        labels: int [B] class indices.
+        teacher_logits: float [B, C], the frozen teacher's logits z_t.
+        student_logits: float [B, C], the student's logits z_s.
+        alpha: weight a of the distillation term, in [0, 1].
+        temperature: T > 0.
+        target_loss: per-example label loss (`softmax_cross_entropy` or `focal_loss`).
+
+    Returns:
+        `(total, label_term, kl_term)`: float32 scalars, the terms unweighted.
+    """
+    label_term = tf.reduce_mean(target_loss(labels, student_logits))
+    kl_term = kl_divergence(teacher_logits, student_logits, temperature)
+    return (1.0 - alpha) * label_term + alpha * kl_term, label_term, kl_term
+
+
+def mutual_learning_kl(peer_logits):
+    """Deep mutual learning: for each peer k, `KL(mean_{l != k} softmax(z_l) || softmax(z_k))`.
+
+    Each peer is pulled towards the mean prediction of the other peers, which is
+    a constant for it (stop-gradient): the sum of all peers' losses then gives
+    every peer exactly the gradient of its own loss. With two peers this is the
+    paper's `D_KL(p_2 || p_1)` and `D_KL(p_1 || p_2)`; with K > 2 it is the
+    variant that distils the other peers' mean prediction (the paper's main
+    K > 2 form averages the K - 1 pairwise KLs instead).
+
+    Reference: Y. Zhang, T. Xiang, T. M. Hospedales, H. Lu, "Deep Mutual
+    Learning", CVPR 2018.
+
+    Args:
+        peer_logits: list of K >= 2 float [B, C] logits.
+
+    Returns:
+        list of K float32 scalars (batch means).
+    """
+    if len(peer_logits) < 2:
+        raise ValueError(f"mutual learning needs at least 2 peers. Received: {len(peer_logits)}.")
+    log_p = [tf.nn.log_softmax(tf.cast(z, tf.float32), axis=-1) for z in peer_logits]
+    k = len(log_p)
+    terms = []
+    for i, log_pi in enumerate(log_p):
+        others = tf.stop_gradient(tf.stack([lp for j, lp in enumerate(log_p) if j != i]))
+        # log of the mean probability, computed in the log domain.
+        log_mean = tf.reduce_logsumexp(others, axis=0) - tf.math.log(float(k - 1))
+        terms.append(tf.reduce_mean(tf.reduce_sum(tf.exp(log_mean) * (log_mean - log_pi), axis=-1)))
+    return terms
+
+
+def hierarchy_mask(labels, psi):
+    """MAXL's hierarchy: bool [B, sum(psi)], True on the psi[y_b] auxiliary classes of example b's class.
+
+    The auxiliary classes are laid out class by class: class 0 owns the first
+    psi[0] of them, class 1 the next psi[1], and so on.
+
+    Args:
+        labels: int [B] primary class indices.
+        psi: sequence of positive ints, auxiliary classes per primary class.
+    """
+    owner = tf.repeat(tf.range(len(psi), dtype=tf.int32), [int(p) for p in psi])
+    return tf.equal(owner[tf.newaxis, :], tf.cast(labels, tf.int32)[:, tf.newaxis])
+
+
+def masked_softmax(logits, labels, psi):
+    """MAXL's generated auxiliary labels: a softmax over the psi[y] auxiliary classes of class y only.
+
+    `q_bj = exp(g_bj) [j in psi(y_b)] / sum_{i in psi(y_b)} exp(g_bi)`, exactly
+    zero outside the example's own classes (the reference adds 1e-8 there).
+
+    Reference: S. Liu, A. J. Davison, E. Johns, "Self-Supervised Generalisation
+    with Meta Auxiliary Learning", NeurIPS 2019, sec. 3.2.
+
+    Args:
+        logits: float [B, sum(psi)], the label-generation network's outputs g.
+        labels: int [B] primary class indices.
+        psi: auxiliary classes per primary class.
+
+    Returns:
+        float32 [B, sum(psi)], rows summing to 1.
+    """
+    logits = tf.cast(logits, tf.float32)
+    # A large finite negative instead of -inf: no 0 * inf anywhere in the gradients.
+    masked = tf.where(hierarchy_mask(labels, psi), logits, tf.fill(tf.shape(logits), -1e9))
+    return tf.nn.softmax(masked, axis=-1)
+
+
+def soft_label_loss(soft_labels, logits, kind="ce", gamma=2.0):
+    """Loss of a prediction against soft labels, per example.
+
+    `ce`: `-sum_c q_c log p_c`; `focal`: `-sum_c q_c (1 - p_c)^gamma log p_c`
+    with `p = softmax(z)`. The focal form is MAXL's loss for both its tasks
+    (Liu et al., NeurIPS 2019; focal loss: Lin et al., ICCV 2017); with one-hot
+    labels the two equal `softmax_cross_entropy` and `focal_loss`.
+
+    Args:
+        soft_labels: float [B, K], rows summing to 1.
+        logits: float [B, K].
+        kind: "ce" or "focal".
+        gamma: focusing parameter of "focal".
+
+    Returns:
+        float32 [B].
+    """
+    log_p = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+    weights = tf.cast(soft_labels, tf.float32)
+    if kind == "focal":
+        weights = weights * tf.pow(1.0 - tf.exp(log_p), gamma)
+    elif kind != "ce":
+        raise ValueError(f"kind must be one of {TARGET_LOSSES}. Received: kind={kind!r}")
+    return -tf.reduce_sum(weights * log_p, axis=-1)
+
+
+def mean_label_negative_entropy(probabilities):
+    """MAXL's entropy regulariser: `sum_c qbar_c log qbar_c`, with `qbar` the batch mean of the generated labels.
+
+    Minimising it (it is minus the entropy of the mean label distribution)
+    spreads the examples of a class over all its auxiliary classes instead of
+    collapsing them into one (Liu et al., NeurIPS 2019, sec. 3.4).
+
+    Args:
+        probabilities: float [B, K], rows summing to 1.
+
+    Returns:
+        float32 scalar, in [-log K, 0].
+    """
+    mean = tf.reduce_mean(tf.cast(probabilities, tf.float32), axis=0)
+    # x log x -> 0 at x = 0; the where keeps the gradient finite there.
+    safe = tf.where(mean > 0, mean, tf.ones_like(mean))
+    return tf.reduce_sum(tf.where(mean > 0, mean * tf.math.log(safe), tf.zeros_like(mean)))
