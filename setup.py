@@ -26,13 +26,19 @@ setup(
         "matplotlib",
     ],
     # torch only reads PyTorch checkpoints (python -m sskt_tf.convert_torch); a CPU build is enough.
-    extras_require={"dev": ["pytest>=7", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"], "torch": ["torch==2.13.0"]},
+    # plots: the comparison runner's picture (python -m sskt_tf.compare writes its table without it).
+    extras_require={
+        "dev": ["pytest>=7", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
+        "torch": ["torch==2.13.0"],
+        "plots": ["matplotlib"],
+    },
     entry_points={
         "console_scripts": [
             "sskt-train=sskt_tf.train:run",
             "sskt-export=sskt_tf.export:run",
             "sskt-evaluate=sskt_tf.evaluate:run",
             "sskt-predict=sskt_tf.predict:run",
+            "sskt-compare=sskt_tf.compare:run",
         ]
     },
 )

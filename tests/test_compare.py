@@ -1,0 +1,161 @@
+"""Tests of the comparison runner: flags per method, resumption, the table and the picture, the real command."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from sskt_tf import compare
+from sskt_tf.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+compare.define_flags()
+FLAGS = flags.FLAGS
+SMOKE = ["--flagfile=flags/compare_smoke.cfg", "--teacher=mobilenet_v2:random:10"]
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """Parses runner arguments on the global flags (from the repository root), and clears them after."""
+    monkeypatch.chdir(ROOT)
+
+    def parse(*args):
+        FLAGS.unparse_flags()
+        FLAGS(["sskt_tf.compare", *args])
+
+    yield parse
+    FLAGS.unparse_flags()
+
+
+def test_each_method_gets_the_shared_flags_and_only_its_own(parsed, tmp_path):
+    parsed(*SMOKE, "--seeds=2", "--seed=5", "--maxl_entropy_weight=0.1", "--kd_alpha=0.5", f"--output_dir={tmp_path}")
+    root, methods, runs = compare.plan(FLAGS)
+    assert root == str(tmp_path) and methods == ["sskt", "scratch", "kd", "dml", "maxl"]
+    assert [(m, s) for m, s, _, _ in runs] == [(m, s) for m in methods for s in (5, 6)]
+    by_method = {m: args for m, s, _, args in runs if s == 5}
+    for method, args in by_method.items():
+        assert f"--method={method}" in args and "--seed=5" in args and "--nooverwrite" in args
+        assert f"--output_dir={tmp_path / method / 'seed5'}" in args
+        assert "--epochs=2" in args and "--source_scale=1" in args  # the flagfile's values
+        assert ("--sources=mobilenet_v2:random" in args) == (method == "sskt")
+        assert ("--teacher=mobilenet_v2:random:10" in args) == (method == "kd")
+        assert ("--kd_alpha=0.5" in args) == (method == "kd")
+        assert ("--maxl_entropy_weight=0.1" in args) == (method == "maxl")
+    configs = {m: compare.resolve_config(args) for m, args in by_method.items()}
+    assert configs["sskt"].sources == ("mobilenet_v2:random",) and configs["kd"].sources == ()
+    assert configs["kd"].teacher == "mobilenet_v2:random:10" and configs["kd"].kd_alpha == 0.5
+    assert configs["maxl"].maxl_entropy_weight == 0.1 and configs["dml"].maxl_entropy_weight == 0.2
+    assert {c.epochs for c in configs.values()} == {2} and {c.seed for c in configs.values()} == {5}
+
+
+def test_kd_without_a_teacher_stops_the_runner_before_any_run(parsed, tmp_path):
+    parsed("--flagfile=flags/compare_smoke.cfg", f"--output_dir={tmp_path}")
+    with pytest.raises(UserError, match=r"--methods includes kd: --method=kd needs --teacher=<spec>"):
+        compare.main(["compare"], run_training=lambda args, log: pytest.fail("no run may start"))
+    with pytest.raises(UserError, match=r"--methods=sskt,gan: give each method once"):
+        parsed("--flagfile=flags/compare_smoke.cfg", "--methods=sskt,gan")
+        compare.main(["compare"])
+
+
+ACCURACY = {"sskt": 0.30, "scratch": 0.20, "kd": 0.25, "dml": 0.27, "maxl": 0.22}
+
+
+def fake_training(calls, epochs=2):
+    """Stands in for `python -m sskt_tf.train`: writes what a finished run writes, numbers from method and seed."""
+
+    def run(args, log_path):
+        config = compare.resolve_config(args)
+        calls.append((config.method, config.seed))
+        out = config.output_dir
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            f.write(config.to_json())
+        final = ACCURACY[config.method] + 0.02 * config.seed
+        with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "accuracy", "val_accuracy"])
+            for e in range(epochs):
+                writer.writerow([e, 0.5, final * (e + 1) / epochs])
+        results = {"status": "finished", "test": {"accuracy": final, "loss": 1.0}, "epochs_completed": epochs, "wall_time_seconds": 90.0}
+        if config.method == "dml":
+            results["peers"] = [{"accuracy": final}, {"accuracy": final - 0.04}]
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f)
+        return 0
+
+    return run
+
+
+def test_runner_writes_table_and_picture_and_resumes(parsed, tmp_path, capsys):
+    parsed(*SMOKE, "--seeds=2", f"--output_dir={tmp_path}")
+    calls = []
+    summary = compare.main(["compare"], run_training=fake_training(calls), command="python -m sskt_tf.compare (test)")
+    assert len(calls) == 10
+    assert summary["sskt"]["test_accuracy"] == pytest.approx([30.0, 32.0])
+    assert summary["sskt"]["mean"] == pytest.approx(31.0) and summary["sskt"]["std"] == pytest.approx(2**0.5)
+    assert summary["dml"]["all_peers_mean"] == pytest.approx((27 + 23 + 29 + 25) / 4)
+    table = (tmp_path / "comparison.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [row.split(" | ")[0] for row in rows] == ["| SSKT", "| scratch", "| KD", "| DML", "| MAXL"]
+    assert "| SSKT | sources: mobilenet_v2:random | 0,1 | 31.00 +- 1.41 | 30.00, 32.00 | - | 1.5 |" in table
+    assert "teacher: mobilenet_v2:random:10, a=0.9, T=3" in table and "psi=10, second-order" in table
+    assert "python -m sskt_tf.compare (test)" in table and "![test accuracy per epoch](comparison.png)" in table
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "comparison.json").read_text())["kd"]["mean"] == pytest.approx(26.0)
+    # Again: every run is finished, nothing is trained, the same table comes out.
+    parsed(*SMOKE, "--seeds=2", f"--output_dir={tmp_path}")
+    compare.main(["compare"], run_training=lambda args, log: pytest.fail("a finished run was redone"), command="python -m sskt_tf.compare (test)")
+    assert (tmp_path / "comparison.md").read_text() == table
+    assert capsys.readouterr().out.count("finished before, kept") == 10
+    # A finished run with other settings is never mixed into the table.
+    parsed(*SMOKE, "--seeds=2", "--lr=0.05", f"--output_dir={tmp_path}")
+    with pytest.raises(UserError, match=r"sskt/seed0 holds a finished run with other settings \(lr\)"):
+        compare.main(["compare"], run_training=lambda args, log: pytest.fail("no run may start"))
+
+
+def test_paper_numbers_appear_where_dataset_and_target_match(parsed, tmp_path):
+    parsed(*SMOKE, "--seeds=1", "--methods=kd,dml", "--dataset=cifar10", f"--output_dir={tmp_path}")
+    compare.main(["compare"], run_training=fake_training([]))
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| 91.75 +- 0.24 |" in table and "| 92.37 +- 0.15 |" in table
+    assert "these runs are shorter, so only the order of the methods can be compared" in table
+
+
+def test_a_failed_run_stops_the_runner_with_its_error_line(parsed, tmp_path):
+    def failing(args, log_path):
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "w") as f:
+            f.write("loading...\nerror: --dataset='nowhere' is not a known dataset\n")
+        return 2
+
+    parsed(*SMOKE, "--seeds=1", "--methods=scratch", f"--output_dir={tmp_path}")
+    with pytest.raises(UserError, match=r"the scratch run with seed 0 failed \(exit status 2\): error: --dataset='nowhere'"):
+        compare.main(["compare"], run_training=failing)
+
+
+def test_without_matplotlib_the_table_says_how_to_get_the_picture(parsed, tmp_path, monkeypatch):
+    parsed(*SMOKE, "--seeds=1", "--methods=scratch", f"--output_dir={tmp_path}")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    compare.main(["compare"], run_training=fake_training([]))
+    assert 'needs matplotlib: pip install ".[plots]"' in (tmp_path / "comparison.md").read_text()
+    assert not (tmp_path / "comparison.png").exists()
+
+
+def test_the_command_trains_for_real_on_smoke_settings(tmp_path):
+    out = tmp_path / "compare"
+    command = [sys.executable, "-m", "sskt_tf.compare", *SMOKE, "--methods=scratch,kd", "--seeds=1", "--steps_per_epoch=1", f"--output_dir={out}"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    for method in ("scratch", "kd"):
+        results = json.loads((out / method / "seed0" / "results.json").read_text())
+        assert results["method"] == method and results["epochs_completed"] == 2
+        assert (out / method / "seed0" / "train.log").exists() and (out / method / "seed0" / "target.keras").exists()
+    table = (out / "comparison.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [row.split(" | ")[0] for row in rows] == ["| scratch", "| KD"]
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "comparison: " in proc.stdout and "Traceback" not in proc.stderr
