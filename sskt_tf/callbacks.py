@@ -7,6 +7,10 @@ import shutil
 import time
 
 import keras
+import numpy as np
+import tensorflow as tf
+
+from sskt_tf import metrics as metrics_lib
 
 
 def atomic_save(model, path):
@@ -40,6 +44,35 @@ class TargetCheckpoint(keras.callbacks.Callback):
         if value is not None and (self.best is None or value > self.best):
             self.best = value
             atomic_save(self._target, os.path.join(self.directory, "best.keras"))
+
+
+def multi_label_metrics(model, dataset):
+    """Exact `map` and `map_per_image_reference` of `model` over one pass of `(images, multi-hot labels)`."""
+    predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    scores, labels = [], []
+    for images, batch_labels in dataset:
+        scores.append(predict(images).numpy())
+        labels.append(batch_labels.numpy())
+    return metrics_lib.multi_label_metrics(np.concatenate(labels), np.concatenate(scores))
+
+
+class MultiLabelEvaluation(keras.callbacks.Callback):
+    """Adds `val_map` and `val_map_per_image_reference` to each epoch's logs (multi-label runs).
+
+    AP ranks every example of the evaluation set against every other, so it is computed here, exactly,
+    from one prediction pass over the whole set, rather than by a streaming metric (see
+    `sskt_tf.metrics`). It must come before the callbacks that read the logs (CSV, TensorBoard,
+    best checkpoint).
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            for name, value in multi_label_metrics(self.model, self.dataset).items():
+                logs[f"val_{name}"] = value
 
 
 class Throughput(keras.callbacks.Callback):

@@ -151,6 +151,8 @@ def _check_config(c):
         bad(f"--tpu={c.tpu} only applies to --strategy=tpu; received --strategy={c.strategy}.")
     if c.image_size is not None and (len(c.image_size) != 2 or min(c.image_size) < 1):
         bad(f"--image_size must be one or two positive integers. Received: {c.image_size}.")
+    if c.target_loss == "bce" and c.method not in ("sskt", "scratch"):
+        bad(f"--target_loss=bce (multi-label) only applies to --method=sskt or scratch; received --method={c.method}.")
     _check_method(c, bad)
 
 

@@ -43,6 +43,7 @@ ALLOWED_DATASETS = (
     "folder:<path>",
     "synthetic",
     "synthetic:<num_classes>",
+    "synthetic_multilabel:<num_classes>",
 )
 
 # Decoded images in the shuffle buffer are capped by bytes so that large images
@@ -97,6 +98,8 @@ class Datasets:
             `({"images": images, "extras": (extra batches, ...)}, labels)`.
         train_ordered: `train_ordered(batch_size)` is one un-augmented pass over the
             training examples in a fixed order, `(images float32, labels)`.
+        multi_label: labels are float32 multi-hot `[B, num_classes]` instead of int32 `[B]`
+            (VOC, `synthetic_multilabel`); train with `--target_loss=bce`.
     """
 
     train: tf.data.Dataset
@@ -109,6 +112,7 @@ class Datasets:
     steps_per_epoch: int
     train_from: Callable = dataclasses.field(repr=False, default=None)
     train_ordered: Callable = dataclasses.field(repr=False, default=None)
+    multi_label: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +142,24 @@ class _Source:
     test: _Split
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
+    multi_label: bool = False
+
+
+def check_target_loss(dataset: str, multi_label: bool, target_loss: str) -> None:
+    """Raises a UserError when `--target_loss` does not fit the dataset's kind of labels."""
+    from sskt_tf.losses import MULTI_LABEL_TARGET_LOSSES, TARGET_LOSSES
+
+    if multi_label and target_loss not in MULTI_LABEL_TARGET_LOSSES:
+        raise UserError(
+            f"--dataset={dataset} is multi-label (multi-hot labels) but --target_loss={target_loss} needs one "
+            f"class per image; pass --target_loss=bce."
+        )
+    if not multi_label and target_loss in MULTI_LABEL_TARGET_LOSSES:
+        single = [t for t in TARGET_LOSSES if t not in MULTI_LABEL_TARGET_LOSSES]
+        raise UserError(
+            f"--target_loss={target_loss} is for multi-label datasets but --dataset={dataset} has one class "
+            f"per image; pass --target_loss={' or '.join(single)}, or a multi-label dataset (voc2007)."
+        )
 
 
 def network_available(host: str, port: int = 443, timeout: float = 3.0) -> bool:
@@ -239,6 +261,8 @@ def load(
             - `synthetic` or `synthetic:<num_classes>`: 512 train and 128 test
               images generated from `seed` (10 classes by default), each class with
               its own colour and stripe pattern plus noise, so a model can learn it.
+              `synthetic_multilabel:<num_classes>`: the same with one to three classes
+              per image (the mean of their patterns) and multi-hot float32 labels.
         batch_size: training batch size; the partial batch at the end of an epoch is
             dropped.
         eval_batch_size: test batch size (default `batch_size`); the partial last
@@ -282,7 +306,7 @@ def load(
         source = _tfds_source(dataset, data_dir, image_size)
     elif dataset.startswith("folder:"):
         source = _folder_source(dataset[len("folder:"):], image_size)
-    elif dataset == "synthetic" or dataset.startswith("synthetic:"):
+    elif dataset == "synthetic" or dataset.startswith(("synthetic:", "synthetic_multilabel:")):
         source = _synthetic_source(dataset, image_size or (32, 32), seed)
     else:
         raise UserError(
@@ -317,6 +341,7 @@ def load(
         num_train=train_split.size,
         num_test=source.test.size,
         steps_per_epoch=train_split.size // batch_size,
+        multi_label=source.multi_label,
     )
 
 
@@ -681,12 +706,13 @@ def _first_image_size(path: str, flag: str) -> tuple[int, int]:
 def _synthetic_source(dataset: str, image_size: tuple[int, int], seed: int) -> _Source:
     """Offline data a model learns in a few steps: per-class colour and stripes."""
     num_classes = SYNTHETIC_DEFAULT_CLASSES
+    multi_label = dataset.startswith("synthetic_multilabel:")
     if dataset != "synthetic":
-        text = dataset[len("synthetic:"):]
+        text = dataset.split(":", 1)[1]
         if not text.isdigit() or not 2 <= int(text) <= SYNTHETIC_MAX_CLASSES:
             raise UserError(
                 f"--dataset={dataset}: the number of classes must be an integer from 2 to "
-                f"{SYNTHETIC_MAX_CLASSES}, got {text!r}; pass e.g. --dataset=synthetic:10."
+                f"{SYNTHETIC_MAX_CLASSES}, got {text!r}; pass e.g. --dataset={dataset.split(':')[0]}:10."
             )
         num_classes = int(text)
     height, width = image_size
@@ -704,7 +730,20 @@ def _synthetic_source(dataset: str, image_size: tuple[int, int], seed: int) -> _
     def make(n: int) -> _Split:
         labels = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
         noise = rng.normal(0.0, 25.0, size=(n, height, width, 3))
-        images = np.clip(np.round(templates[labels] + noise), 0, 255).astype(np.uint8)
+        if multi_label:
+            # Each image: its balanced first class plus up to two more at random, drawn as the
+            # mean of their patterns.
+            hot = np.zeros((n, num_classes), np.float32)
+            hot[np.arange(n), labels] = 1.0
+            extra = rng.integers(0, num_classes, size=(n, 2))
+            keep = rng.random((n, 2)) < 0.5
+            for j in range(2):
+                hot[np.arange(n)[keep[:, j]], extra[keep[:, j], j]] = 1.0
+            mean_template = np.einsum("nc,chwk->nhwk", hot / hot.sum(1, keepdims=True), templates)
+            images = np.clip(np.round(mean_template + noise), 0, 255).astype(np.uint8)
+            labels = hot
+        else:
+            images = np.clip(np.round(templates[labels] + noise), 0, 255).astype(np.uint8)
         return _Split(
             elements=tf.data.Dataset.from_tensor_slices((images, labels)),
             size=n,
@@ -717,4 +756,5 @@ def _synthetic_source(dataset: str, image_size: tuple[int, int], seed: int) -> _
         test=make(SYNTHETIC_NUM_TEST),
         class_names=tuple(f"class_{i}" for i in range(num_classes)),
         image_size=(height, width),
+        multi_label=multi_label,
     )

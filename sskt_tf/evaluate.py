@@ -10,7 +10,8 @@ Single-label models: top-1 accuracy, top-5 accuracy when there are more than 5 c
 fewer it is always 1), the mean cross-entropy (`loss`), and per class: support (test images),
 predicted (images predicted as the class), precision, recall (the accuracy on the class's images)
 and F1. Multi-label models (`--multi_label`, default from the run's `--target_loss=bce`): mean
-average precision over the classes (`mAP`; classes without a positive image are left out) and the
+average precision over the classes (`mAP`; classes without a positive image are left out), the
+reference code's per-image AP (`map_per_image_reference`, see `sskt_tf.metrics`) and the
 average precision per class; single labels are read as one-hot.
 
 Writes to `--output_dir` (default: `<run dir>/evaluation/<dataset>`): `metrics.json`,
@@ -32,6 +33,8 @@ from absl import app, flags  # noqa: E402
 
 from sskt_tf import data as data_lib  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
+from sskt_tf import metrics as metrics_lib  # noqa: E402  (shared with training)
+from sskt_tf.metrics import average_precision  # noqa: E402,F401
 from sskt_tf.errors import UserError  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 256
@@ -58,26 +61,6 @@ def per_class_table(matrix):
     denominator = precision + recall
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(correct), where=denominator > 0)
     return {"support": support, "predicted": predicted, "precision": precision, "recall": recall, "f1": f1}
-
-
-def average_precision(targets, scores):
-    """Average precision of one class: sum over score thresholds of (recall step) * precision.
-
-    Tied scores count as one threshold (as scikit-learn's `average_precision_score`). Returns NaN
-    when there is no positive.
-    """
-    targets = np.asarray(targets, np.float64)
-    scores = np.asarray(scores, np.float64)
-    positives = targets.sum()
-    if positives == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    scores, targets = scores[order], targets[order]
-    last_of_tie = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
-    true_positives = np.cumsum(targets)[last_of_tie]
-    precision = true_positives / (last_of_tie + 1)
-    recall_steps = np.diff(np.r_[0.0, true_positives]) / positives
-    return float(np.sum(recall_steps * precision))
 
 
 def single_label_metrics(labels, logits):
@@ -196,8 +179,11 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
     if trained.multi_label:
         targets = labels if labels.ndim == 2 else np.eye(len(class_names))[labels]
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        ap = np.array([average_precision(targets[:, c], probs[:, c]) for c in range(len(class_names))])
-        results["test"] = {"mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")}
+        ap = metrics_lib.per_class_average_precision(targets, probs)
+        results["test"] = {
+            "mAP": float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan"),
+            "map_per_image_reference": metrics_lib.per_image_average_precision(targets, probs),
+        }
         table = {"support": targets.sum(axis=0).astype(np.int64), "average_precision": ap}
     else:
         matrix = confusion_matrix(labels, np.argmax(logits, axis=1), len(class_names))

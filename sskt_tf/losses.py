@@ -7,7 +7,9 @@ the batch value, already multiplied by T^2.
 
 import tensorflow as tf
 
-TARGET_LOSSES = ("ce", "focal")
+TARGET_LOSSES = ("ce", "focal", "bce")
+# Target losses of multi-hot labels [B, C]; the others take class indices [B].
+MULTI_LABEL_TARGET_LOSSES = ("bce",)
 AUX_LOSSES = ("ce", "kd")
 KD_REDUCTIONS = ("batchmean", "mean")
 
@@ -98,9 +100,29 @@ def kl_divergence(source_logits, aux_logits, temperature, reduction="batchmean")
     return (t * t) * value
 
 
+def sigmoid_binary_cross_entropy(labels, logits):
+    """Multi-label target loss per example: the mean over classes of the sigmoid BCE.
+
+    `l_b = -(1/C) sum_c [y_bc log sigmoid(z_bc) + (1 - y_bc) log(1 - sigmoid(z_bc))]`, computed
+    stably as `max(z, 0) - z y + log(1 + exp(-|z|))`. This is PyTorch's
+    `nn.BCEWithLogitsLoss()` (mean over batch and classes), the reference code's VOC loss
+    (function.py), once the caller averages over the batch.
+
+    Args:
+        labels: float [B, C] multi-hot labels (0/1; soft targets in [0, 1] also work).
+        logits: float [B, C].
+
+    Returns:
+        float32 [B].
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.float32)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
+
+
 def target_loss_fn(name):
     """The per-example target loss called `name` (the `--target_loss` flag)."""
-    return {"ce": softmax_cross_entropy, "focal": focal_loss}[name]
+    return {"ce": softmax_cross_entropy, "focal": focal_loss, "bce": sigmoid_binary_cross_entropy}[name]
 
 
 def aux_loss(kind, source_logits, aux_logits, temperature, kd_reduction="batchmean"):

@@ -29,7 +29,8 @@ class SSKTModel(keras.Model):
         aux_heads: one auxiliary head per source (see `sskt_tf.heads`).
         alphas: one weight per source.
         temperatures: one temperature per source.
-        target_loss: "ce" or "focal".
+        target_loss: "ce" or "focal" (labels: int class indices [B]), or "bce" (multi-label:
+            float multi-hot labels [B, C]; no accuracy metrics).
         aux_loss: "ce" (soft-label cross-entropy) or "kd" (KL).
         kd_reduction: "batchmean" or "mean" (PyTorch KLDivLoss default) for `aux_loss="kd"`.
         weight_decay: coupled L2: `weight_decay * w` is added to every target
@@ -86,14 +87,19 @@ class SSKTModel(keras.Model):
         self.weight_decay = float(weight_decay)
         self.feature_key = feature_key
         self._target_loss_fn = losses.target_loss_fn(target_loss)
+        # Multi-hot float labels [B, C]: accuracies do not apply; mAP is computed over the whole
+        # evaluation set outside the step (sskt_tf.metrics).
+        self.multi_label = target_loss in losses.MULTI_LABEL_TARGET_LOSSES
 
         # === Metrics ===
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.target_loss_tracker = keras.metrics.Mean(name="target_loss")
         self.aux_loss_trackers = [keras.metrics.Mean(name=f"aux_loss_{s.name.removeprefix('source_')}") for s in sources]
-        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.accuracy_metric = None if self.multi_label else keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.top5_metric = (
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy") if num_classes > 10 else None
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy")
+            if num_classes > 10 and not self.multi_label
+            else None
         )
 
     # --- Forward -----------------------------------------------------------------------------
@@ -133,8 +139,8 @@ class SSKTModel(keras.Model):
 
     @property
     def metrics(self):
-        metrics = [self.loss_tracker, self.target_loss_tracker, *self.aux_loss_trackers, self.accuracy_metric]
-        return metrics + ([self.top5_metric] if self.top5_metric is not None else [])
+        metrics = [self.loss_tracker, self.target_loss_tracker, *self.aux_loss_trackers]
+        return metrics + [m for m in (self.accuracy_metric, self.top5_metric) if m is not None]
 
     def _sskt_losses(self, labels, logits, aux_logits, source_logits):
         target = tf.reduce_mean(self._target_loss_fn(labels, logits))
@@ -150,7 +156,8 @@ class SSKTModel(keras.Model):
         self.target_loss_tracker.update_state(target)
         for tracker, value in zip(self.aux_loss_trackers, aux):
             tracker.update_state(value)
-        self.accuracy_metric.update_state(labels, logits)
+        if self.accuracy_metric is not None:
+            self.accuracy_metric.update_state(labels, logits)
         if self.top5_metric is not None:
             self.top5_metric.update_state(labels, logits)
 

@@ -80,14 +80,18 @@ def _write_json(path, value):
     os.replace(f"{path}.tmp", path)
 
 
-def build_callbacks(config, throughput, resume, steps_per_epoch):
+def build_callbacks(config, throughput, resume, steps_per_epoch, multi_label_test=None):
     out = config.output_dir
     return [
         *([resume] if resume else []),
+        # Multi-label: exact mAP of the test set, before the callbacks that log it or pick the best.
+        *([callbacks_lib.MultiLabelEvaluation(multi_label_test)] if multi_label_test is not None else []),
         callbacks_lib.StopOnNonFiniteLoss(steps_per_epoch),
         keras.callbacks.CSVLogger(os.path.join(out, "metrics.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
-        callbacks_lib.TargetCheckpoint(os.path.join(out, "checkpoints")),
+        callbacks_lib.TargetCheckpoint(
+            os.path.join(out, "checkpoints"), monitor="val_map" if multi_label_test is not None else "val_accuracy"
+        ),
         throughput,
     ]
 
@@ -101,6 +105,8 @@ def write_results(config, model, data, epochs_completed, throughput, wall_second
     test = model.evaluate(data.test, verbose=0, return_dict=True)
     # DML: `test` is peer 0's, every peer's is in `peers`, and peer k >= 1 is also saved as peer_<k>.keras.
     test, method_results = methods.split_results(config, model, {k: float(v) for k, v in test.items()})
+    if getattr(model, "multi_label", False):
+        test.update(callbacks_lib.multi_label_metrics(model, data.test))
     target = model.target_model(name=f"{config.model}_target")
     callbacks_lib.atomic_save(target, os.path.join(config.output_dir, "target.keras"))
     for filename, network in methods.extra_targets(model, target.name):
@@ -149,6 +155,7 @@ def main(argv):
         seed=config.seed,
         train_subset=config.train_subset,
     )
+    data_lib.check_target_loss(config.dataset, data.multi_label, config.target_loss)
     steps_per_epoch = config.steps_per_epoch or data.steps_per_epoch
     with strategy.scope():
         model = methods.build_model(config, data.image_size, data.num_classes)
@@ -172,7 +179,9 @@ def main(argv):
             initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch,
             validation_data=data.test,
-            callbacks=build_callbacks(config, throughput, resume, steps_per_epoch),
+            callbacks=build_callbacks(
+                config, throughput, resume, steps_per_epoch, multi_label_test=data.test if data.multi_label else None
+            ),
             verbose=config.verbose,
             shuffle=False,  # The pipeline shuffles, seeded.
         )

@@ -455,3 +455,17 @@ def test_extras_stay_with_their_examples():
         assert set(x) == {"images", "extras"}
         np.testing.assert_allclose(x["extras"][0].numpy(), x["images"].numpy().mean(axis=(1, 2, 3)), rtol=1e-5)
         np.testing.assert_array_equal(x["extras"][1].numpy(), y.numpy() * 10)
+
+
+def test_synthetic_multilabel_has_multi_hot_labels():
+    ds = data.load("synthetic_multilabel:7", batch_size=16, eval_batch_size=32)
+    assert ds.multi_label and ds.num_classes == 7
+    images, labels = next(iter(ds.train))
+    assert images.shape == (16, 32, 32, 3) and labels.shape == (16, 7) and labels.dtype == tf.float32
+    test_labels = np.concatenate([y.numpy() for _, y in ds.test])
+    assert test_labels.shape == (128, 7) and set(np.unique(test_labels)) == {0.0, 1.0}
+    per_image = test_labels.sum(axis=1)
+    assert per_image.min() == 1 and per_image.max() <= 3 and (per_image > 1).any()
+    assert not data.load("synthetic:7", batch_size=16).multi_label
+    with pytest.raises(UserError, match="synthetic_multilabel:10"):
+        data.load("synthetic_multilabel:x", batch_size=16)

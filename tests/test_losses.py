@@ -73,3 +73,18 @@ def test_aux_loss_dispatch_and_errors():
         losses.aux_loss("mse", S, A, 3.0)
     with pytest.raises(ValueError, match="reduction"):
         losses.kl_divergence(S, A, 3.0, reduction="sum")
+
+
+def test_sigmoid_binary_cross_entropy_golden_values():
+    from sskt_tf import losses as losses_lib
+
+    labels = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)
+    logits = np.array([[0.0, 2.0], [-1.0, 3.0]], np.float32)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    expected = [
+        -(np.log(0.5) + np.log(1 - sig(2.0))) / 2,
+        -(np.log(1 - sig(-1.0)) + np.log(1 - sig(3.0))) / 2,
+    ]
+    got = losses_lib.target_loss_fn("bce")(labels, logits).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert got.shape == (2,)

@@ -242,3 +242,20 @@ def test_evaluation_loss_is_the_mean_over_examples_with_a_partial_batch(tmp_path
     results = model.evaluate(X[:11], Y[:11], batch_size=8, verbose=0, return_dict=True)  # batches of 8 and 3
     expected = losses.softmax_cross_entropy(Y[:11], model.predict(X[:11], verbose=0)).numpy().mean()
     assert results["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_multi_label_step_uses_bce_and_skips_accuracy(tmp_path):
+    config = make_config(tmp_path, target_loss="bce")
+    model = compiled(config)
+    assert model.multi_label
+    hot = np.zeros((16, 10), np.float32)
+    hot[np.arange(16), Y] = 1.0
+    hot[np.arange(16), (Y + 3) % 10] = 1.0
+    logits = model(X[:16], training=False).numpy()
+    z = logits.astype(np.float64)
+    expected = np.mean(np.maximum(z, 0) - z * hot + np.log1p(np.exp(-np.abs(z))))
+    results = model.evaluate(X, hot, batch_size=16, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "target_loss"}
+    assert results["target_loss"] == pytest.approx(expected, rel=1e-5)
+    history = model.fit(X, hot, batch_size=8, epochs=1, steps_per_epoch=1, verbose=0).history
+    assert set(history) == {"loss", "target_loss", "aux_loss_tiny"}

@@ -147,3 +147,43 @@ def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch):
         os.remove(tmp_path / "run" / "results.json")
         run_in_process([*args, "--lr=0.05"], monkeypatch)
     assert json.loads(before)["epochs_completed"] == 1
+
+
+def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = smoke_overrides("flags/smoke.cfg", out, monkeypatch)
+    results = run_in_process(
+        [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2"], monkeypatch
+    )
+    test = results["test"]
+    assert set(test) == {"loss", "target_loss", "map", "map_per_image_reference"}
+    # Recompute both from the saved target's predictions of the test set.
+    import keras
+
+    from sskt_tf import data as data_lib
+    from sskt_tf import metrics
+
+    data = data_lib.load("synthetic_multilabel:6", batch_size=4, eval_batch_size=64)
+    target = keras.saving.load_model(str(out / "target.keras"))
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in data.test])
+    scores = target.predict(np.concatenate(images), verbose=0)
+    expected = metrics.multi_label_metrics(np.concatenate(labels), scores)
+    assert test["map"] == pytest.approx(expected["map"], abs=1e-6)
+    assert test["map_per_image_reference"] == pytest.approx(expected["map_per_image_reference"], abs=1e-6)
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val_map" in header and "val_map_per_image_reference" in header and "accuracy" not in header
+    assert (out / "checkpoints" / "best.keras").exists()  # Picked by val_map.
+
+
+def test_target_loss_must_fit_the_labels(tmp_path, monkeypatch):
+    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch)
+    with pytest.raises(UserError, match=r"--target_loss=bce is for multi-label datasets"):
+        run_in_process([*args, "--target_loss=bce"], monkeypatch)
+    with pytest.raises(UserError, match=r"is multi-label .* pass --target_loss=bce"):
+        run_in_process([*args, "--dataset=synthetic_multilabel:6"], monkeypatch)
+
+
+def test_bce_is_refused_for_the_baselines(tmp_path, monkeypatch):
+    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch)
+    with pytest.raises(UserError, match=r"--target_loss=bce \(multi-label\) only applies to --method=sskt or scratch"):
+        run_in_process([*args, "--sources=", "--method=dml", "--target_loss=bce"], monkeypatch)

@@ -1,0 +1,70 @@
+"""Golden tests of the multi-label metrics against AP computed by hand."""
+
+import numpy as np
+import pytest
+
+from sskt_tf import evaluate, metrics
+
+
+def test_average_precision_golden_values():
+    # Ranked: 1 (P=1/1), 0, 1 (P=2/3), 0 -> AP = (1 + 2/3) / 2.
+    assert metrics.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(5 / 6)
+    # Positives ranked last: 0, 0, 1 (P=1/3) -> 1/3.
+    assert metrics.average_precision([0, 0, 1], [3.0, 2.0, 1.0]) == pytest.approx(1 / 3)
+    # A tie counts as one threshold: {1, 0} at 0.5 (P=1/2, R=1/2), then 1 (P=2/3, R=1).
+    assert metrics.average_precision([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert np.isnan(metrics.average_precision([0, 0], [0.3, 0.1]))
+    # evaluate shares the same function.
+    assert evaluate.average_precision is metrics.average_precision
+
+
+# Three images, three classes.
+TARGETS = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
+SCORES = np.array([[0.9, 0.2, 0.1], [0.3, 0.8, 0.5], [0.6, 0.4, 0.7]])
+
+
+def test_mean_average_precision_is_per_class_over_the_whole_set():
+    # Class 0: ranked images 0 (+), 2 (-), 1 (+): (1 + 2/3) / 2 = 5/6.
+    # Class 1: ranked images 1 (+), 2 (+), 0 (-): 1.
+    # Class 2: no positive, left out.
+    per_class = metrics.per_class_average_precision(TARGETS, SCORES)
+    np.testing.assert_allclose(per_class[:2], [5 / 6, 1.0])
+    assert np.isnan(per_class[2])
+    assert metrics.mean_average_precision(TARGETS, SCORES) == pytest.approx((5 / 6 + 1) / 2)
+
+
+def test_reference_per_image_average_precision():
+    # Image 0: classes ranked 0 (+) first: 1.
+    # Image 1: ranked 1 (+), 2 (-), 0 (+): (1 + 2/3) / 2 = 5/6.
+    # Image 2: ranked 2 (-), 0 (-), 1 (+): 1/3.
+    expected = (1 + 5 / 6 + 1 / 3) / 3
+    assert metrics.per_image_average_precision(TARGETS, SCORES) == pytest.approx(expected)
+    both = metrics.multi_label_metrics(TARGETS, SCORES)
+    assert both == pytest.approx({"map": (5 / 6 + 1) / 2, "map_per_image_reference": expected})
+    # The two definitions differ: this is why both are reported.
+    assert both["map"] != pytest.approx(both["map_per_image_reference"])
+
+
+def test_per_image_average_precision_leaves_out_images_without_labels():
+    targets = np.vstack([TARGETS, [0, 0, 0]])
+    scores = np.vstack([SCORES, [0.1, 0.2, 0.3]])
+    assert metrics.per_image_average_precision(targets, scores) == pytest.approx((1 + 5 / 6 + 1 / 3) / 3)
+
+
+def test_average_precision_matches_a_brute_force_definition_on_random_data():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(2, 30))
+        targets = rng.integers(0, 2, n)
+        if not targets.any():
+            targets[0] = 1
+        scores = rng.integers(0, 6, n) / 5.0  # Many ties.
+        # Brute force: precision at each distinct threshold, weighted by the recall it adds.
+        ap, previous_recall = 0.0, 0.0
+        for threshold in sorted(set(scores), reverse=True):
+            predicted = scores >= threshold
+            tp = (predicted & (targets == 1)).sum()
+            recall = tp / targets.sum()
+            ap += (recall - previous_recall) * tp / predicted.sum()
+            previous_recall = recall
+        assert metrics.average_precision(targets, scores) == pytest.approx(ap)
