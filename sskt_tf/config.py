@@ -191,7 +191,7 @@ def define_flags():
         return
     d = Config()
     # Data.
-    flags.DEFINE_string("dataset", d.dataset, "cifar10 | cifar100 (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes].")
+    flags.DEFINE_string("dataset", d.dataset, "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).")
     flags.DEFINE_list("image_size", None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).")
     flags.DEFINE_integer("train_subset", None, "Train on a fixed random subset of this many examples (quick experiments).")

@@ -40,6 +40,9 @@ SYNTHETIC_MAX_CLASSES = SYNTHETIC_NUM_TEST
 ALLOWED_DATASETS = (
     "cifar10",
     "cifar100",
+    "stl10",
+    "voc2007",
+    "tfds:<name>",
     "folder:<path>",
     "synthetic",
     "synthetic:<num_classes>",
@@ -55,26 +58,30 @@ _MIN_SHUFFLE_BUFFER = 1024
 
 @dataclasses.dataclass(frozen=True)
 class _TfdsSpec:
-    archive: str
-    url: str
+    """A named TFDS dataset: which TFDS builder, which splits, and how labels are read."""
 
-    @property
-    def host(self) -> str:
-        return self.url.split("/")[2]
+    tfds_name: str
+    train_split: str = "train"
+    test_split: str = "test"
+    multi_label: bool = False
+    # Variable-size images (VOC, many TFDS sets) need one size before batching.
+    default_image_size: tuple[int, int] | None = None
 
 
-# The host is probed before calling TFDS (offline, TFDS retries for minutes), and the
-# archive name is the file TFDS looks for in its manual directory.
 _TFDS_DATASETS = {
-    "cifar10": _TfdsSpec(
-        archive="cifar-10-binary.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    ),
-    "cifar100": _TfdsSpec(
-        archive="cifar-100-binary.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+    "cifar10": _TfdsSpec("cifar10"),
+    "cifar100": _TfdsSpec("cifar100"),
+    # The labelled splits (5,000 train, 8,000 test, 96x96); "unlabelled" is not used.
+    "stl10": _TfdsSpec("stl10"),
+    # The reference trains on VOC 2007 trainval and tests on test (4,952 images); labels are the
+    # classes of the objects not marked difficult, as its encode_labels does.
+    "voc2007": _TfdsSpec(
+        "voc/2007", train_split="train+validation", multi_label=True, default_image_size=(224, 224)
     ),
 }
+_TFDS_PREFIX = "tfds:"
+# Size given to variable-size images of a `tfds:<name>` dataset without --image_size.
+_DEFAULT_VARIABLE_IMAGE_SIZE = (224, 224)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +258,16 @@ def load(
               archive (e.g. `cifar-10-binary.tar.gz`) must be in
               `<data_dir>/downloads/manual/`; otherwise a `UserError` comes within
               seconds instead of TFDS retrying for minutes.
+            - `stl10`: TFDS, the labelled train (5,000) and test (8,000) splits, 96x96.
+            - `voc2007`: TFDS `voc/2007`, trained on train+validation and tested on test,
+              as the reference; labels are float32 multi-hot `[20]` of the classes of the
+              objects not marked difficult (`labels_no_difficult`). Images vary in size
+              and are resized to `image_size` (default 224x224) before batching.
+            - `tfds:<name>`: any TFDS dataset with an `image` and a class `label` feature
+              and `train`/`test` splits (e.g. `tfds:oxford_flowers102`); variable-size
+              images are resized to `image_size` (default 224x224).
+              All TFDS datasets fail fast offline as CIFAR does (the archives TFDS would
+              download, named as in their URLs, may be put in the manual directory).
             - `folder:<path>`: `<path>/train/<class>/*` and `<path>/test/<class>/*`
               image files (JPEG/PNG/BMP/GIF by extension; other files are ignored).
               Labels follow the sorted class folder names; the test split must have
@@ -302,7 +319,7 @@ def load(
         raise UserError(f"--seed must be an integer, got {seed!r}; pass e.g. --seed=0.")
     seed = int(seed)
 
-    if dataset in _TFDS_DATASETS:
+    if dataset in _TFDS_DATASETS or dataset.startswith(_TFDS_PREFIX):
         source = _tfds_source(dataset, data_dir, image_size)
     elif dataset.startswith("folder:"):
         source = _folder_source(dataset[len("folder:"):], image_size)
@@ -497,28 +514,63 @@ def _to_size(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
 # ---------------------------------------------------------------------------- TFDS
 
 
-def _tfds_source(name: str, data_dir: str | None, image_size: tuple[int, int] | None) -> _Source:
-    """CIFAR through TFDS; fails fast when TFDS could only wait for a network."""
+def _tfds_spec(dataset: str) -> _TfdsSpec:
+    if dataset in _TFDS_DATASETS:
+        return _TFDS_DATASETS[dataset]
+    name = dataset[len(_TFDS_PREFIX):]
+    if not name:
+        raise UserError(
+            "--dataset=tfds: needs a TFDS dataset name after 'tfds:'; pass e.g. --dataset=tfds:oxford_flowers102."
+        )
+    return _TfdsSpec(name, default_image_size=_DEFAULT_VARIABLE_IMAGE_SIZE)
+
+
+def _tfds_source(dataset: str, data_dir: str | None, image_size: tuple[int, int] | None) -> _Source:
+    """A TFDS image dataset (CIFAR, STL-10, VOC 2007, `tfds:<name>`); fails fast when TFDS could only wait for a network."""
     import tensorflow_datasets as tfds  # Heavy import, needed on this path only.
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-    spec = _TFDS_DATASETS[name]
+    spec = _tfds_spec(dataset)
+    name = spec.tfds_name
     data_dir = os.path.expanduser(data_dir) if data_dir else None
     root = data_dir or tfds.core.constants.get_default_data_dir()
     manual_dir = os.path.join(root, "downloads", "manual")
-    archive = os.path.join(manual_dir, spec.archive)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise UserError(
+            f"--dataset={dataset}: TFDS has no dataset {name!r}; pass a name from "
+            "https://www.tensorflow.org/datasets/catalog (e.g. --dataset=tfds:oxford_flowers102)."
+        ) from e
+    features = builder.info.features
+    if spec.multi_label:
+        label_key = "labels_no_difficult"
+        class_names = tuple(features[label_key].feature.names)
+    else:
+        label_key = "label"
+        label = features["label"] if "label" in features else None
+        if "image" not in features or not isinstance(label, tfds.features.ClassLabel):
+            raise UserError(
+                f"--dataset={dataset} needs an 'image' feature and a class 'label' feature; TFDS {name} has "
+                f"{sorted(features)}. Use a TFDS image-classification dataset, or --dataset=folder:<path>."
+            )
+        class_names = tuple(label.names)
+    # The files TFDS downloads: their host is probed, their names are what it looks for in its manual directory.
+    urls = sorted(builder.url_infos or {})
+    archives = [u.rstrip("/").split("/")[-1] for u in urls]
     load_kwargs = {}
-    if not tfds.builder(name, data_dir=data_dir).is_prepared():
-        if os.path.isfile(archive):
+    if not builder.is_prepared():
+        if archives and all(os.path.isfile(os.path.join(manual_dir, a)) for a in archives):
             load_kwargs["download_and_prepare_kwargs"] = {
                 "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
             }
-        elif not network_available(spec.host):
+        elif urls and not network_available(urls[0].split("/")[2]):
+            host = urls[0].split("/")[2]
             where = f"--data_dir={data_dir}" if data_dir else f"--data_dir (unset, so {root})"
             raise UserError(
-                f"--dataset={name} is not prepared in {where} and {spec.host} cannot be "
+                f"--dataset={dataset} is not prepared in {where} and {host} cannot be "
                 f"reached to download it. Fix one of: put the original archive "
-                f"{spec.archive} (from {spec.url}) in {manual_dir}/ (that is "
+                f"{' and '.join(archives)} (from {', '.join(urls)}) in {manual_dir}/ (that is "
                 f"<data_dir>/downloads/manual/); or point --data_dir at a directory where "
                 f"TFDS has already prepared {name}; or use an image folder with "
                 "--dataset=folder:<path> (<path>/train/<class>/*.jpg and "
@@ -527,39 +579,58 @@ def _tfds_source(name: str, data_dir: str | None, image_size: tuple[int, int] | 
     try:
         (train, test), info = tfds.load(
             name,
-            split=["train", "test"],
+            split=[spec.train_split, spec.test_split],
             data_dir=data_dir,
-            as_supervised=True,
             with_info=True,
             **load_kwargs,
         )
     except NonMatchingChecksumError as e:
         raise UserError(
-            f"--dataset={name}: {archive} does not match the checksum TFDS expects; "
-            f"replace it with the original file from {spec.url}."
+            f"--dataset={dataset}: an archive in {manual_dir} does not match the checksum TFDS expects; "
+            f"replace it with the original file from {', '.join(urls)}."
+        ) from e
+    except ValueError as e:
+        if "split" not in str(e).lower():
+            raise
+        raise UserError(
+            f"--dataset={dataset}: TFDS {name} has no {spec.train_split!r} and {spec.test_split!r} splits "
+            f"(it has {sorted(info_splits(builder))}); use a dataset with train and test splits, or --dataset=folder:<path>."
         ) from e
 
-    native_size = tuple(int(d) for d in info.features["image"].shape[:2])
-    size = image_size or native_size
+    native_shape = info.features["image"].shape[:2]
+    native_size = tuple(int(d) for d in native_shape) if None not in native_shape else None
+    size = image_size or native_size or spec.default_image_size
+    num_classes = len(class_names)
+
+    def to_pair(example):
+        if spec.multi_label:
+            # Multi-hot over the classes present; an image whose every object is difficult has none.
+            hot = tf.reduce_sum(tf.one_hot(example[label_key], num_classes, dtype=tf.float32), axis=0)
+            return example["image"], tf.minimum(hot, 1.0)
+        return example["image"], tf.cast(example[label_key], tf.int32)
 
     def make_split(ds: tf.data.Dataset, split_name: str) -> _Split:
         n = int(ds.cardinality())
         if n < 0:
             n = int(info.splits[split_name].num_examples)
-        ds = ds.map(
-            lambda x, y: (x, tf.cast(y, tf.int32)), num_parallel_calls=AUTOTUNE, deterministic=True
-        )
+        ds = ds.map(to_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
         decode = None if size == native_size else (lambda x, y: (_to_size(x, size), y))
-        return _Split(
-            elements=ds, size=n, decode=decode, element_bytes=native_size[0] * native_size[1] * 3
-        )
+        return _Split(elements=ds, size=n, decode=decode, element_bytes=(native_size or size)[0] * (native_size or size)[1] * 3)
 
     return _Source(
-        train=make_split(train, "train"),
-        test=make_split(test, "test"),
-        class_names=tuple(info.features["label"].names),
+        train=make_split(train, spec.train_split),
+        test=make_split(test, spec.test_split),
+        class_names=class_names,
         image_size=size,
+        multi_label=spec.multi_label,
     )
+
+
+def info_splits(builder) -> list[str]:
+    try:
+        return list(builder.info.splits)
+    except Exception:  # noqa: BLE001  (only for the message)
+        return []
 
 
 # ------------------------------------------------------------------------- folders

@@ -469,3 +469,65 @@ def test_synthetic_multilabel_has_multi_hot_labels():
     assert not data.load("synthetic:7", batch_size=16).multi_label
     with pytest.raises(UserError, match="synthetic_multilabel:10"):
         data.load("synthetic_multilabel:x", batch_size=16)
+
+
+def test_stl10_through_mocked_tfds(tmp_path, monkeypatch):
+    probed = []
+    monkeypatch.setattr(data, "network_available", lambda host, **kw: probed.append(host) or True)
+    with tfds.testing.mock_data(num_examples=12):
+        ds = data.load("stl10", batch_size=4, eval_batch_size=5, data_dir=str(tmp_path))
+    assert probed == ["ai.stanford.edu"]
+    assert ds.num_classes == 10 and not ds.multi_label and len(ds.class_names) == 10
+    assert (ds.num_train, ds.num_test, ds.image_size) == (12, 12, (96, 96))
+    images, labels = next(iter(ds.train))
+    assert images.shape == (4, 96, 96, 3) and labels.dtype == tf.int32
+    assert [int(b[0].shape[0]) for b in ds.test] == [5, 5, 2]
+
+
+def test_voc2007_multi_hot_labels_exclude_difficult_objects(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "network_available", lambda host, **kw: True)
+    with tfds.testing.mock_data(num_examples=9):
+        ds = data.load("voc2007", batch_size=4, eval_batch_size=4, data_dir=str(tmp_path), image_size=(40, 48))
+        raw = list(tfds.load("voc/2007", split="test", data_dir=str(tmp_path)).as_numpy_iterator())
+    assert ds.multi_label and ds.num_classes == 20 and ds.class_names[:2] == ("aeroplane", "bicycle")
+    assert ds.image_size == (40, 48)  # Mock images vary in size: resized before batching.
+    images, labels = next(iter(ds.train))
+    assert images.shape == (4, 40, 48, 3) and labels.shape == (4, 20) and labels.dtype == tf.float32
+    got = np.concatenate([y.numpy() for _, y in ds.test])
+    expected = np.zeros((len(raw), 20), np.float32)
+    for i, example in enumerate(raw):
+        expected[i, example["labels_no_difficult"]] = 1.0
+    assert got.shape == (9, 20)
+    np.testing.assert_array_equal(got, expected)
+    assert not np.array_equal(got, np.zeros_like(got))
+
+
+def test_voc2007_default_size_is_224(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "network_available", lambda host, **kw: True)
+    with tfds.testing.mock_data(num_examples=4):
+        ds = data.load("voc2007", batch_size=2, data_dir=str(tmp_path))
+    assert ds.image_size == (224, 224) and next(iter(ds.test))[0].shape == (2, 224, 224, 3)
+
+
+def test_generic_tfds_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "network_available", lambda host, **kw: True)
+    with tfds.testing.mock_data(num_examples=8):
+        ds = data.load("tfds:oxford_flowers102", batch_size=4, data_dir=str(tmp_path), image_size=(32, 32))
+    assert ds.num_classes == 102 and not ds.multi_label
+    images, labels = next(iter(ds.train))
+    assert images.shape == (4, 32, 32, 3) and labels.dtype == tf.int32
+
+
+def test_generic_tfds_errors_name_the_features_and_the_dataset(tmp_path):
+    with pytest.raises(UserError, match=r"needs an 'image' feature and a class 'label' feature.*'labels_no_difficult'"):
+        data.load("tfds:voc/2007", batch_size=4, data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="TFDS has no dataset 'no_such_set'"):
+        data.load("tfds:no_such_set", batch_size=4, data_dir=str(tmp_path))
+    with pytest.raises(UserError, match="needs a TFDS dataset name"):
+        data.load("tfds:", batch_size=4, data_dir=str(tmp_path))
+
+
+def test_stl10_offline_fails_fast_naming_the_archive(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "network_available", lambda host, **kw: False)
+    with pytest.raises(UserError, match=r"stl10 is not prepared.*stl10_binary\.tar\.gz.*downloads/manual"):
+        data.load("stl10", batch_size=4, data_dir=str(tmp_path))
