@@ -258,7 +258,7 @@ def define_flags():
     if "output_dir" in flags.FLAGS:
         return
     flags.DEFINE_string("model", None, "Run directory (with target.keras) or .keras file.", required=True)
-    flags.DEFINE_string("dataset", None, "cifar10 | cifar100 | folder:<dir> | synthetic[:classes] (default: the run's).")
+    flags.DEFINE_string("dataset", None, "cifar10 | cifar100 | stl10 | voc2007 | tfds:<name> | folder:<dir> | synthetic[:classes] | synthetic_multilabel:<classes> (default: the run's).")
     flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the run's, for the run's dataset).")
     flags.DEFINE_string("output_dir", None, "Where to write metrics.json, per_class.csv, confusion_matrix.{csv,png} (default: <run dir>/evaluation/<dataset>).")
     flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Evaluation batch size.")

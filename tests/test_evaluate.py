@@ -128,6 +128,9 @@ def test_multi_label_scores_mean_average_precision(run_dir, tmp_path):
     expected = [brute_force_average_precision(targets[:, c], scores[:, c]) for c in range(6)]
     assert results["test"]["mAP"] == pytest.approx(np.mean(expected), rel=1e-6)
     assert results["test"]["mAP"] < 1  # The three look-alikes cost precision.
+    # The reference's per-image AP: one label per image, so each image's AP is 1 / (rank of its class).
+    ranks = (scores > scores[targets == 1][:, None]).sum(axis=1) + 1
+    assert results["test"]["map_per_image_reference"] == pytest.approx(np.mean(1.0 / ranks), rel=1e-6)
     rows = read_csv(tmp_path / "per_class.csv")
     assert rows[0] == ["class", "support", "average_precision"]
     np.testing.assert_allclose([float(r[2]) for r in rows[1:]], expected, atol=1e-6)
