@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from sskt_tf import config as config_lib  # noqa: E402
+from sskt_tf import train  # noqa: E402
 from sskt_tf.errors import UserError  # noqa: E402
 from sskt_tf.methods import METHODS  # noqa: E402
 
@@ -37,8 +38,6 @@ FLAGS = flags.FLAGS
 
 # Training flags the runner sets itself for every run.
 _RUNNER_SET = ("method", "seed", "output_dir", "overwrite")
-# Settings that do not change what a run computes (as sskt_tf.train's resumption check).
-_RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose", "resume", "export", "soft_label_cache_dir")
 
 METHOD_TITLES = {"sskt": "SSKT", "scratch": "scratch", "kd": "KD", "dml": "DML", "maxl": "MAXL"}
 
@@ -121,7 +120,8 @@ def run_state(config):
         return "new"
     previous = _read_json(os.path.join(out, "config.json")) if os.path.exists(os.path.join(out, "config.json")) else {}
     current = json.loads(config.to_json())
-    changed = sorted(k for k in current if k not in _RUN_ONLY_FIELDS and previous.get(k) != current[k])
+    # The settings train.py's own resumption check compares.
+    changed = sorted(k for k in current if k not in train._RUN_ONLY_FIELDS and previous.get(k) != current[k])
     if changed:
         raise UserError(
             f"{out} holds a finished run with other settings ({', '.join(changed)}); choose another "
@@ -185,7 +185,10 @@ def _pm(mean, std, digits=2):
 
 
 def _short_spec(spec):
-    return os.path.basename(spec) if spec.endswith(".keras") else spec
+    """A file spec as <folder>/<file> (a run's target.keras is named by its run), others as given."""
+    if not spec.endswith(".keras"):
+        return spec
+    return os.path.join(os.path.basename(os.path.dirname(os.path.abspath(spec))), os.path.basename(spec))
 
 
 def method_setting(method, config):
@@ -287,6 +290,7 @@ def write_plot(path, summary, title):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -301,6 +305,7 @@ def write_plot(path, summary, title):
         ax.plot(epochs, mean, marker="o" if length < 20 else None, label=f"{METHOD_TITLES.get(method, method)} ({len(curves)} seeds)")
         if len(curves) > 1:
             ax.fill_between(epochs, [m - sd for m, sd in stats], [m + sd for m, sd in stats], alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(title)

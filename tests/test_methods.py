@@ -253,6 +253,7 @@ def maxl_config(tmp_path, **overrides):
 
 def test_maxl_target_moves_by_the_ordinary_multitask_gradient(tmp_path):
     model = compiled(maxl_config(tmp_path, weight_decay=1e-3), lr=0.1)
+    assert isinstance(model, MAXLModel) and model.psi == (2,) * 10
     theta = model.target_variables
     before = values(theta)
     # Independent: generated labels and the multi-task loss from the networks' public calls.
