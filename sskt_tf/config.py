@@ -14,7 +14,7 @@ from sskt_tf.errors import UserError
 from sskt_tf.methods import METHODS
 
 LR_SCHEDULES = ("multistep", "cosine", "constant")
-STRATEGIES = ("auto", "one_device", "mirrored", "tpu")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOURCE_PRECISIONS = ("same", "float32", "float16", "bfloat16")
 SOFT_LABEL_CACHES = ("off", "clean")
