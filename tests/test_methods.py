@@ -304,6 +304,7 @@ def _meta_objective(model, phi_values, lookahead_lr):
 
 def test_maxl_generator_moves_only_through_the_meta_gradient(tmp_path):
     # Without the entropy term and weight decay, the generator's step is -lr_g * meta-gradient.
+    keras.utils.set_random_seed(0)
     lr, lr_g = 0.5, 0.1
     cfg = dict(lr=lr, maxl_entropy_weight=0.0, maxl_generator_lr=lr_g)
     exact = compiled(maxl_config(tmp_path, **cfg), lr=lr)
@@ -325,7 +326,7 @@ def test_maxl_generator_moves_only_through_the_meta_gradient(tmp_path):
     meta_exact, meta_approx = steps
     # The finite-difference option approximates the second-order step: 0.990-0.999 seen on 2 cores.
     assert cosine(meta_exact, meta_approx) > 0.98
-    assert cosine(meta_exact, ordinary) < 0.9
+    assert abs(cosine(meta_exact, ordinary)) < 0.5  # about 0.1: not the multi-task loss's own gradient
 
     # Independently, central differences of the look-ahead primary loss along the step's direction
     # equal the meta-gradient's norm there. (The loss is piecewise smooth and float32: the median of
@@ -365,9 +366,10 @@ def test_maxl_entropy_term_alone_moves_the_generator_by_its_gradient(tmp_path):
     np.testing.assert_allclose(dense.numpy(), before - lr_g * w * grad, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("method", ["kd", "dml", "maxl"])
+# KD is SSKTModel plus a Source, both round-trip tested on their own (test_sskt.py).
+@pytest.mark.parametrize("method", ["dml", "maxl"])
 def test_save_load_round_trip_and_the_exported_target_alone(method, tmp_path):
-    extra = {"kd": dict(teacher=teacher_file(tmp_path)), "maxl": dict(maxl_psi=(2,))}.get(method, {})
+    extra = {"maxl": dict(maxl_psi=(2,))}.get(method, {})
     model = compiled(make_config(tmp_path, method=method, **extra), momentum=0.9)
     model.fit(X, Y, batch_size=8, epochs=1, verbose=0)
     path = str(tmp_path / "model.keras")
@@ -375,7 +377,7 @@ def test_save_load_round_trip_and_the_exported_target_alone(method, tmp_path):
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model)
     np.testing.assert_allclose(loaded.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-5, atol=1e-5)
-    settings = {"kd": ("kd_alpha", "kd_temperature"), "dml": ("weight_decay",), "maxl": ("psi", "first_order", "base_lr")}
+    settings = {"dml": ("weight_decay",), "maxl": ("psi", "first_order", "base_lr")}
     assert all(getattr(loaded, a) == getattr(model, a) for a in settings[method])
     assert len(loaded.weights) == len(model.weights)
     # The full training state (as train.py's resumption saves it), optimizers included.
