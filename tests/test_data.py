@@ -2,7 +2,6 @@
 
 import os
 import socket
-import time
 
 import numpy as np
 import pytest
@@ -379,17 +378,19 @@ def test_network_available_on_local_ports():
     finally:
         server.close()
     # Just closed, so nothing listens there any more.
-    start = time.monotonic()
     assert not data.network_available("127.0.0.1", port=open_port, timeout=1)
-    assert time.monotonic() - start < 2
 
 
 def test_cifar_offline_fails_fast(tmp_path, monkeypatch):
     probed = []
     monkeypatch.setattr(data, "network_available", lambda host, **kw: probed.append(host) or False)
-    start = time.monotonic()
+    # Failing fast means never reaching TFDS's download, which retries for minutes offline.
+    def no_download(*args, **kwargs):
+        raise AssertionError("TFDS was asked to download")
+
+    monkeypatch.setattr(tfds, "load", no_download)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_download)
     message = _error(lambda: data.load("cifar10", batch_size=8, data_dir=str(tmp_path)))
-    assert time.monotonic() - start < 10
     assert probed == ["www.cs.toronto.edu"]
     parts = ("--data_dir", "downloads/manual", "folder:", str(tmp_path), "cifar-10-binary.tar.gz")
     for part in parts:
