@@ -7,3 +7,20 @@ class UserError(Exception):
     The message must name what was received, what is allowed, and the fix. The
     command-line entry points print it as one line and exit with status 2.
     """
+
+
+def run_cli(main, define_flags):
+    """Runs the absl `main` of a command; a UserError becomes one line, `error: ...`, and exit status 2."""
+    import sys
+
+    from absl import app
+
+    def main_or_error(argv):
+        try:
+            main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    define_flags()
+    app.run(main_or_error)

@@ -23,19 +23,18 @@ import csv
 import json
 import os
 import re
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from sskt_tf import data as data_lib  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf import metrics as metrics_lib  # noqa: E402  (shared with training)
 from sskt_tf.metrics import average_precision  # noqa: E402,F401
-from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 256
 TOP5_MIN_CLASSES = 6
@@ -274,17 +273,8 @@ def main(argv):
     )
 
 
-def _main_or_error(argv):
-    try:
-        main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run():
-    define_flags()
-    app.run(_main_or_error)
+    run_cli(main, define_flags)
 
 
 if __name__ == "__main__":

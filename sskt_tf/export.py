@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -41,11 +40,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 import sskt_tf  # noqa: E402,F401  (registers the custom layers that .keras files refer to)
-from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.errors import UserError, run_cli  # noqa: E402
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "dynamic_int8")
@@ -402,17 +401,8 @@ def main(argv):
     print(f"exported {fl.model} ({fl.format}{', ' + fl.quantize if fl.format == 'tflite' else ''}) to {path}")
 
 
-def _main_or_error(argv):
-    try:
-        main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run():
-    define_flags()
-    app.run(_main_or_error)
+    run_cli(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,15 @@ and exit status 2.
 
 import os
 import re
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from sskt_tf import export as export_lib  # noqa: E402
-from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.errors import UserError, run_cli  # noqa: E402
 
 DEFAULT_TOP_K = 5
 
@@ -118,17 +117,8 @@ def main(argv):
     print(format_predictions(predict(fl.model, argv[1:], k=fl.top_k, multi_label=fl.multi_label)))
 
 
-def _main_or_error(argv):
-    try:
-        main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run():
-    define_flags()
-    app.run(_main_or_error)
+    run_cli(main, define_flags)
 
 
 if __name__ == "__main__":

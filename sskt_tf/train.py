@@ -12,21 +12,19 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
 
 from sskt_tf import callbacks as callbacks_lib  # noqa: E402
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import data as data_lib  # noqa: E402
 from sskt_tf import distribute, methods, optim, soft_labels  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
-from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.errors import UserError, run_cli  # noqa: E402
 
 # Settings that do not change what a run computes: a run may resume under other values.
 _RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose", "resume", "export", "soft_label_cache_dir")
@@ -202,17 +200,8 @@ def main(argv):
     return results
 
 
-def _main_or_error(argv):
-    try:
-        main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run():
-    config_lib.define_flags()
-    app.run(_main_or_error)
+    run_cli(main, config_lib.define_flags)
 
 
 if __name__ == "__main__":
