@@ -10,17 +10,13 @@ import time
 import keras
 import numpy as np
 import pytest
-from absl import flags
 
 import sskt_tf  # noqa: F401  (registers the custom layers for loading)
 from sskt_tf import callbacks as callbacks_lib
-from sskt_tf import config as config_lib
-from sskt_tf import train
 from sskt_tf.errors import UserError
+from test_train import run_in_process  # the one in-process runner of the training command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-config_lib.define_flags()
-FLAGS = flags.FLAGS
 ARGS = [
     "--flagfile=flags/smoke.cfg",
     "--epochs=4",
@@ -67,29 +63,19 @@ def test_sigkill_then_same_command_ends_bit_identical(tmp_path):
     assert not (killed / "backup").exists()
 
 
-def _run_in_process(args, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(["sskt_tf.train", *args])
-        return train.main(["sskt_tf.train"])
-    finally:
-        FLAGS.unparse_flags()
-
-
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):
     out = tmp_path / "nan"
     # Epoch 1 at lr 0.1, then lr 1e11: the loss diverges during epoch 2.
     args = [*ARGS, "--epochs=3", "--lr_milestones=1", "--lr_gamma=1e12", "--nodeterministic", f"--output_dir={out}"]
     with pytest.raises(UserError, match=r"became NaN or infinite at epoch 2, step \d+ \(global step \d+\).*last good state"):
-        _run_in_process(args, monkeypatch)
+        run_in_process(args, monkeypatch)
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "stopped" and results["epoch"] == 2
     assert json.loads((out / "backup" / "latest.json").read_text())["epoch"] == 1
     assert all(np.isfinite(w).all() for w in _weights(out / "checkpoints" / "last.keras"))
     # The same command resumes from the last good epoch instead of refusing the directory.
     with pytest.raises(UserError, match="at epoch 2"):
-        _run_in_process(args, monkeypatch)
+        run_in_process(args, monkeypatch)
 
 
 def test_resume_checkpoint_keeps_one_complete_state(tmp_path):
