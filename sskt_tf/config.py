@@ -9,7 +9,7 @@ import json
 
 from absl import flags
 
-from sskt_tf import heads, losses, models, sources
+from sskt_tf import augment, heads, losses, models, sources
 from sskt_tf.errors import UserError
 from sskt_tf.methods import METHODS
 
@@ -40,6 +40,13 @@ class Config:
     data_dir: str | None = None
     image_size: tuple[int, int] | None = None
     train_subset: int | None = None
+    # Augmentation of training batches (sskt_tf.augment).
+    augment: str = "standard"
+    randaugment_layers: int = 2
+    randaugment_magnitude: float = 0.5
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
     # Target.
     model: str = "resnet20"
     target_loss: str = "ce"
@@ -99,6 +106,18 @@ class Config:
         return tuple(values) * n if len(values) == 1 else tuple(values)
 
     @property
+    def augmentation(self):
+        """The `sskt_tf.augment.Augmentation` of the training batches."""
+        return augment.Augmentation(
+            kind=self.augment,
+            randaugment_layers=self.randaugment_layers,
+            randaugment_magnitude=self.randaugment_magnitude,
+            mixup=self.mixup,
+            cutmix=self.cutmix,
+            mix_prob=self.mix_prob,
+        )
+
+    @property
     def source_alphas(self):
         """One alpha per source."""
         return self._expand(self.alpha, len(self.sources))
@@ -146,6 +165,18 @@ def _check_config(c):
         bad(
             "--soft_label_cache=clean stores one logit vector per image, but --source_bn=batch makes it depend "
             "on the rest of the batch; use --source_bn=inference or --soft_label_cache=off."
+        )
+    mixing = c.augmentation.mixes  # Also validates the augmentation flags.
+    if mixing and c.soft_label_cache == "clean":
+        bad(
+            f"--soft_label_cache=clean stores the sources' logits of single un-augmented images, but --mixup={c.mixup} "
+            f"--cutmix={c.cutmix} make every training image a mix of two; use --soft_label_cache=off (the sources "
+            "then see the mixed images) or drop --mixup/--cutmix."
+        )
+    if mixing and c.method == "maxl":
+        bad(
+            f"--method=maxl generates auxiliary labels within each image's one class, which mixed images do not have; "
+            f"drop --mixup={c.mixup} --cutmix={c.cutmix} for MAXL."
         )
     if c.tpu and c.strategy != "tpu":
         bad(f"--tpu={c.tpu} only applies to --strategy=tpu; received --strategy={c.strategy}.")
@@ -195,6 +226,12 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).")
     flags.DEFINE_list("image_size", None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).")
     flags.DEFINE_integer("train_subset", None, "Train on a fixed random subset of this many examples (quick experiments).")
+    flags.DEFINE_enum("augment", d.augment, augment.AUGMENTS, "Training augmentation: standard (random crop of the 4-padded image + flip, the paper's), randaugment (standard, then keras-cv RandAugment), none.")
+    flags.DEFINE_integer("randaugment_layers", d.randaugment_layers, "--augment=randaugment: operations per image (RandAugment's N).")
+    flags.DEFINE_float("randaugment_magnitude", d.randaugment_magnitude, "--augment=randaugment: magnitude of every operation in [0, 1] (keras-cv's scale; RandAugment's M / 10), fixed.")
+    flags.DEFINE_float("mixup", d.mixup, "MixUp's Beta(a, a) parameter (e.g. 0.2 or 1); 0 = off. Labels become soft; the sources see the mixed images.")
+    flags.DEFINE_float("cutmix", d.cutmix, "CutMix's Beta(a, a) parameter (e.g. 1); 0 = off. With --mixup too, each mixed batch uses one of the two at random.")
+    flags.DEFINE_float("mix_prob", d.mix_prob, "Probability that a training batch is mixed by --mixup/--cutmix (the CutMix paper's CIFAR recipe: 0.5).")
     # Target.
     flags.DEFINE_enum("model", d.model, models.MODEL_NAMES, "Target network.")
     flags.DEFINE_enum("target_loss", d.target_loss, losses.TARGET_LOSSES, "Loss of the target task.")
@@ -270,6 +307,11 @@ def from_flags(fl=flags.FLAGS):
             raise UserError(
                 f"--{name}={fl[name].value} only applies to --method={method}; received --method={fl.method}. Drop it."
             )
+    for name in ("randaugment_layers", "randaugment_magnitude"):
+        if fl[name].present and fl.augment != "randaugment":
+            raise UserError(f"--{name}={fl[name].value} only applies to --augment=randaugment; received --augment={fl.augment}.")
+    if fl["mix_prob"].present and not (fl.mixup > 0 or fl.cutmix > 0):
+        raise UserError(f"--mix_prob={fl.mix_prob} only applies with --mixup or --cutmix > 0; both are 0.")
     image_size = None
     if fl.image_size:
         size = _numbers("image_size", fl.image_size, int)
@@ -279,6 +321,12 @@ def from_flags(fl=flags.FLAGS):
         data_dir=fl.data_dir,
         image_size=image_size,
         train_subset=fl.train_subset,
+        augment=fl.augment,
+        randaugment_layers=fl.randaugment_layers,
+        randaugment_magnitude=fl.randaugment_magnitude,
+        mixup=fl.mixup,
+        cutmix=fl.cutmix,
+        mix_prob=fl.mix_prob,
         model=fl.model,
         target_loss=fl.target_loss,
         sources=tuple(s.strip() for s in fl.sources if s.strip()),

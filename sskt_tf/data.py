@@ -1,14 +1,15 @@
 """Input pipelines for SSKT: CIFAR through TFDS, image folders, and a synthetic set.
 
 `load` returns a `Datasets` whose `train` stream is infinite, shuffled, batched and
-augmented like the reference PyTorch code (RandomCrop(size, padding=4) with zero fill,
-then RandomHorizontalFlip(p=0.5)), and whose `test` stream is one un-augmented pass.
-Images leave the pipeline as float32 in 0..255 (models normalise inside) and labels
-as int32.
+augmented (by default like the reference PyTorch code: RandomCrop(size, padding=4) with
+zero fill, then RandomHorizontalFlip(p=0.5); see `sskt_tf.augment` for RandAugment,
+MixUp and CutMix), and whose `test` stream is one un-augmented pass. Images leave the
+pipeline as float32 in 0..255 (models normalise inside); labels as int32 class indices,
+float32 multi-hot rows for multi-label data, or float32 soft rows when batches are mixed.
 
 Determinism: decoding maps keep their order, shuffling uses `seed`, and augmentation
-uses stateless random ops seeded with `[seed, batch index]`, so a fixed `seed` gives
-the same training stream in every run. (A global TF seed, e.g. from
+draws from the batch's seed `[seed, batch index]`, so a fixed `seed` gives the same
+training stream in every run (with RandAugment, when `deterministic`). (A global TF seed, e.g. from
 `keras.utils.set_random_seed`, also feeds into the shuffle order, as everywhere in
 tf.data.)
 """
@@ -24,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from sskt_tf import augment as augment_lib
 from sskt_tf.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -193,50 +195,6 @@ def network_available(host: str, port: int = 443, timeout: float = 3.0) -> bool:
         pool.shutdown(wait=False)
 
 
-def augment_batch(images, seed, padding: int = 4) -> tf.Tensor:
-    """Random crop with zero padding, then random horizontal flip, for each image.
-
-    Equivalent to torchvision's `RandomCrop(size, padding=padding)` followed by
-    `RandomHorizontalFlip(0.5)` applied to every image independently, done for the
-    whole batch with two gathers.
-
-    Args:
-        images: uint8 or float tensor `[B, H, W, C]`.
-        seed: int32/int64 tensor of shape `[2]` for the stateless random ops; the same
-            seed and images give the same output.
-        padding: zeros added on each side before cropping back to `[H, W]`; the crop
-            offsets are uniform in `[0, 2 * padding]`, per image and per axis.
-
-    Returns:
-        float32 tensor `[B, H, W, C]`; values keep their range (e.g. 0..255).
-    """
-    if not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    images = tf.convert_to_tensor(images)
-    # int32 and int64 seeds drive different Philox streams; one dtype makes [1, 2] mean
-    # the same thing whichever way the caller built it.
-    seed = tf.cast(seed, tf.int64)
-    shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    offsets = tf.random.stateless_uniform(
-        [2, batch], seed=crop_seed, minval=0, maxval=2 * padding + 1, dtype=tf.int32
-    )
-    flip = tf.random.stateless_uniform([batch], seed=flip_seed) < 0.5
-
-    padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-    rows = offsets[0][:, None] + tf.range(height)[None, :]
-    columns = tf.range(width)[None, :]
-    # Flipping a crop is reading its columns backwards, so the flip folds into the
-    # column gather instead of costing another pass over the batch.
-    columns = tf.where(flip[:, None], width - 1 - columns, columns) + offsets[1][:, None]
-    out = tf.gather(padded, rows, axis=1, batch_dims=1)
-    out = tf.gather(out, columns, axis=2, batch_dims=1)
-    out = tf.cast(out, tf.float32)
-    out.set_shape(images.shape)
-    return out
-
-
 def load(
     dataset: str,
     *,
@@ -246,8 +204,9 @@ def load(
     image_size: tuple[int, int] | None = None,
     seed: int = 0,
     train_subset: int | None = None,
-    augment: bool = True,
+    augment: augment_lib.Augmentation | str = "standard",
     cache: bool = True,
+    deterministic: bool = False,
 ) -> Datasets:
     """Builds the training and test pipelines for `dataset`.
 
@@ -292,10 +251,16 @@ def load(
         seed: seeds the training subset, the shuffle order, the augmentation and the
             synthetic data.
         train_subset: if set, train on a fixed random subset of this many examples.
-        augment: apply the random crop and flip to training batches.
+        augment: an `sskt_tf.augment.Augmentation`, or one of its kinds: "none",
+            "standard" (random crop of the 4-padded image and flip), "randaugment".
+            With mixing (MixUp/CutMix), training labels are float32 soft rows
+            `[B, num_classes]`.
         cache: keep the decoded uint8 images in memory after the first pass (about
             `examples * H * W * 3` bytes per split). Without it every epoch decodes
             again.
+        deterministic: run RandAugment one batch at a time, which makes its stream
+            bit-reproducible (and resumable) at the cost of parallelism. The other
+            augmentations are reproducible either way.
 
     Returns:
         A `Datasets`.
@@ -341,8 +306,19 @@ def load(
             f"examples of --dataset={dataset}; use --batch_size <= {train_split.size}."
         )
 
+    if isinstance(augment, str):
+        augment = augment_lib.Augmentation(kind=augment)
+    if not isinstance(augment, augment_lib.Augmentation):
+        raise UserError(f"augment must be an Augmentation or one of {', '.join(augment_lib.AUGMENTS)}; got {augment!r}.")
+    augmenter = augment_lib.BatchAugmenter(augment, len(source.class_names), source.multi_label)
+
     def train_from(start_batch, extras=()):
-        return _train_pipeline(train_split, batch_size, seed, augment, cache, start_batch, extras)
+        if extras and augment.mixes:
+            raise UserError(
+                "stored source logits (--soft_label_cache=clean) belong to single images and cannot follow "
+                "--mixup/--cutmix; use --soft_label_cache=off."
+            )
+        return _train_pipeline(train_split, batch_size, seed, augmenter, cache, start_batch, extras, deterministic)
 
     def train_ordered(ordered_batch_size):
         return _test_pipeline(train_split, ordered_batch_size, cache=False)
@@ -390,12 +366,13 @@ def _train_pipeline(
     split: _Split,
     batch_size: int,
     seed: int,
-    augment: bool,
+    augmenter: augment_lib.BatchAugmenter,
     cache: bool,
     start_batch: int = 0,
     extras: Sequence[np.ndarray] = (),
+    deterministic: bool = False,
 ) -> tf.data.Dataset:
-    """Shuffled, repeated, batched and (optionally) augmented training stream.
+    """Shuffled, repeated, batched and augmented training stream.
 
     The stream is a function of `seed` (and TensorFlow's global seed) and the
     position in it alone: the shuffle order of every pass is fixed by the seeds, and
@@ -432,13 +409,26 @@ def _train_pipeline(
     )
     ds = tf.data.Dataset.zip((ds, batch_seeds))
 
+    def geometric(batch, batch_seed):
+        return (augmenter.geometric(batch[0], batch_seed), *batch[1:]), batch_seed
+
+    def randaugment(batch, batch_seed):
+        return (augmenter.randaugment_stage(batch[0], batch_seed), *batch[1:]), batch_seed
+
     def finish(batch, batch_seed):
         images, labels, rows = batch[0], batch[1], batch[2:]
-        images = augment_batch(images, batch_seed) if augment else tf.cast(images, tf.float32)
+        images, labels = augmenter.mix(images, labels, batch_seed)
         if rows:
             return {"images": images, "extras": tuple(rows)}, labels
         return images, labels
 
+    ds = ds.map(geometric, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if augmenter.randaugment is not None:
+        # keras-cv's generators are shared: one batch at a time keeps each batch's draws its own.
+        if deterministic:
+            ds = ds.map(randaugment)
+        else:
+            ds = ds.map(randaugment, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 

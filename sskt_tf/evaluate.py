@@ -150,7 +150,7 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
         eval_batch_size=batch_size,
         data_dir=data_dir,
         image_size=tuple(trained.image_size),
-        augment=False,
+        augment="none",
     )
     if data.num_classes != trained.num_classes:
         raise UserError(

@@ -14,38 +14,61 @@ AUX_LOSSES = ("ce", "kd")
 KD_REDUCTIONS = ("batchmean", "mean")
 
 
+def _is_soft(labels, logits):
+    # Soft (mixed) labels are rows [B, C] like the logits; hard ones are indices [B].
+    return labels.shape.rank is not None and labels.shape.rank == logits.shape.rank
+
+
 def softmax_cross_entropy(labels, logits):
-    """Sparse softmax cross-entropy per example: `-log softmax(z)_y`.
+    """Softmax cross-entropy per example: `-log softmax(z)_y`, or `-sum_c q_c log softmax(z)_c` for soft labels.
+
+    Soft labels are what MixUp and CutMix make of one-hot rows (`sskt_tf.augment`).
 
     Args:
-        labels: int [B] class indices.
+        labels: int [B] class indices, or float [B, C] soft labels (rows summing to 1).
         logits: float [B, C].
 
     Returns:
         float32 [B].
     """
     logits = tf.cast(logits, tf.float32)
+    labels = tf.convert_to_tensor(labels)
+    if _is_soft(labels, logits):
+        return tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32), logits=logits)
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=logits)
 
 
 def focal_loss(labels, logits, gamma=2.0):
     """Focal loss per example: `-(1 - p_y)^gamma log p_y`, with `p = softmax(z)`.
 
-    The paper's MAXL comparison trains some SSKT rows with it (gamma 2).
+    For soft labels q (MixUp/CutMix), `-sum_c q_c (1 - p_c)^gamma log p_c`, which
+    equals the above for one-hot rows (see `soft_label_loss`). The paper's MAXL
+    comparison trains some SSKT rows with it (gamma 2).
 
     Reference: T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollar, "Focal Loss
     for Dense Object Detection", ICCV 2017.
 
     Args:
-        labels: int [B] class indices.
+        labels: int [B] class indices, or float [B, C] soft labels.
         logits: float [B, C].
         gamma: focusing parameter; 0 gives cross-entropy.
 
     Returns:
         float32 [B].
     """
+    labels = tf.convert_to_tensor(labels)
+    if _is_soft(labels, tf.convert_to_tensor(logits)):
+        return soft_label_loss(labels, logits, "focal", gamma)
     log_p = -softmax_cross_entropy(labels, logits)
     return -tf.pow(1.0 - tf.exp(log_p), gamma) * log_p
+
+
+def class_indices(labels, logits):
+    """Class indices for accuracy metrics: the labels themselves, or the argmax of soft label rows."""
+    labels = tf.convert_to_tensor(labels)
+    if _is_soft(labels, tf.convert_to_tensor(logits)):
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    return labels
 
 
 def soft_cross_entropy(source_logits, aux_logits, temperature):

@@ -29,8 +29,9 @@ class SSKTModel(keras.Model):
         aux_heads: one auxiliary head per source (see `sskt_tf.heads`).
         alphas: one weight per source.
         temperatures: one temperature per source.
-        target_loss: "ce" or "focal" (labels: int class indices [B]), or "bce" (multi-label:
-            float multi-hot labels [B, C]; no accuracy metrics).
+        target_loss: "ce" or "focal" (labels: int class indices [B], or float soft labels
+            [B, C] from MixUp/CutMix), or "bce" (multi-label: float multi-hot labels [B, C];
+            no accuracy metrics).
         aux_loss: "ce" (soft-label cross-entropy) or "kd" (KL).
         kd_reduction: "batchmean" or "mean" (PyTorch KLDivLoss default) for `aux_loss="kd"`.
         weight_decay: coupled L2: `weight_decay * w` is added to every target
@@ -157,6 +158,8 @@ class SSKTModel(keras.Model):
         for tracker, value in zip(self.aux_loss_trackers, aux):
             tracker.update_state(value)
         if self.accuracy_metric is not None:
+            # With MixUp/CutMix the training accuracy counts the dominant class of each mixed label.
+            labels = losses.class_indices(labels, logits)
             self.accuracy_metric.update_state(labels, logits)
         if self.top5_metric is not None:
             self.top5_metric.update_state(labels, logits)

@@ -152,6 +152,8 @@ def main(argv):
         image_size=config.image_size,
         seed=config.seed,
         train_subset=config.train_subset,
+        augment=config.augmentation,
+        deterministic=config.deterministic,
     )
     data_lib.check_target_loss(config.dataset, data.multi_label, config.target_loss)
     steps_per_epoch = config.steps_per_epoch or data.steps_per_epoch

@@ -65,3 +65,19 @@ def test_per_source_alpha_and_temperature(monkeypatch):
 def test_bad_or_contradicting_flags(args, message, monkeypatch):
     with pytest.raises(UserError, match=message.replace("+", "\\+").replace(".", "\\.")):
         parse(args, monkeypatch)
+
+
+def test_augmentation_flags_and_their_contradictions(monkeypatch):
+    config = parse(["--flagfile=flags/smoke.cfg", "--augment=randaugment", "--randaugment_magnitude=0.3", "--mixup=0.2", "--cutmix=1", "--mix_prob=0.5"], monkeypatch)
+    a = config.augmentation
+    assert (a.kind, a.randaugment_magnitude, a.mixup, a.cutmix, a.mix_prob) == ("randaugment", 0.3, 0.2, 1.0, 0.5)
+    assert json.loads(config.to_json())["mixup"] == 0.2
+    for args, needle in [
+        (["--randaugment_magnitude=0.3"], "only applies to --augment=randaugment"),
+        (["--mix_prob=0.5"], "only applies with --mixup or --cutmix"),
+        (["--mixup=0.2", "--soft_label_cache=clean"], "--soft_label_cache=clean"),
+        (["--cutmix=1", "--method=maxl", "--sources="], "--method=maxl"),
+        (["--cutmix=-1"], "--mixup and --cutmix"),
+    ]:
+        with pytest.raises(UserError, match=needle.replace("-", r"\-")):
+            parse(["--flagfile=flags/smoke.cfg", *args], monkeypatch)

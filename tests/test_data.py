@@ -1,4 +1,4 @@
-"""Tests for sskt_tf.data: augmentation, folder/synthetic/TFDS sources, fail-fast offline."""
+"""Tests for sskt_tf.data: folder/synthetic/TFDS sources, the training stream, fail-fast offline."""
 
 import os
 import socket
@@ -10,114 +10,6 @@ import tensorflow_datasets as tfds
 
 from sskt_tf import data
 from sskt_tf.errors import UserError
-
-
-# ---------------------------------------------------------------- augment_batch
-
-
-def _random_images(b, h=8, w=8, seed=0):
-    # Values >= 1 so zero padding can be told apart from image content.
-    return np.random.default_rng(seed).integers(1, 256, size=(b, h, w, 3), dtype=np.uint8)
-
-
-def _candidates(image, padding):
-    """Every (dy, dx, flipped) crop torchvision's RandomCrop+flip could produce."""
-    h, w = image.shape[:2]
-    padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
-    out = {}
-    for dy in range(2 * padding + 1):
-        for dx in range(2 * padding + 1):
-            crop = padded[dy:dy + h, dx:dx + w]
-            out[(dy, dx, False)] = crop
-            out[(dy, dx, True)] = crop[:, ::-1]
-    return out
-
-
-def _recover(images, outputs, padding):
-    """For each output, the list of (dy, dx, flipped) that reproduce it exactly."""
-    found = []
-    for image, output in zip(images, outputs):
-        found.append([k for k, c in _candidates(image, padding).items()
-                      if np.array_equal(c.astype(np.float32), output)])
-    return found
-
-
-def test_augment_batch_shape_dtype():
-    images = _random_images(5, 6, 7)
-    out = data.augment_batch(images, tf.constant([1, 2]))
-    assert out.shape == (5, 6, 7, 3)
-    assert out.dtype == tf.float32
-    out_f = data.augment_batch(tf.constant(images, tf.float32), tf.constant([1, 2], tf.int64))
-    assert out_f.dtype == tf.float32
-    # Same seed, uint8 or float input: same crops.
-    np.testing.assert_array_equal(out.numpy(), out_f.numpy())
-
-
-def test_augment_batch_is_crop_of_zero_padded_image_possibly_flipped():
-    padding = 2  # 25 offsets x 2 flips to check by brute force.
-    images = _random_images(512)
-    out = data.augment_batch(images, tf.constant([7, 11]), padding=padding).numpy()
-    found = _recover(images, out, padding)
-    assert all(len(f) == 1 for f in found), "every output must be exactly one crop/flip"
-    params = [f[0] for f in found]
-    # Offsets cover [0, 2p]^2 (each of 25 appears with prob ~1 in 512 draws) and nothing else.
-    assert {(dy, dx) for dy, dx, _ in params} == {
-        (dy, dx) for dy in range(2 * padding + 1) for dx in range(2 * padding + 1)}
-    flips = np.mean([f for _, _, f in params])
-    assert 0.4 < flips < 0.6
-
-
-def test_augment_batch_default_padding_four():
-    images = _random_images(256, seed=3)
-    out = data.augment_batch(images, tf.constant([0, 5])).numpy()
-    params = [f[0] for f in _recover(images, out, 4)]
-    assert len(params) == 256
-    assert max(max(dy, dx) for dy, dx, _ in params) == 8
-    assert min(min(dy, dx) for dy, dx, _ in params) == 0
-
-
-def test_augment_batch_randomness_is_per_image():
-    images = np.repeat(_random_images(1), 64, axis=0)
-    out = data.augment_batch(images, tf.constant([3, 4])).numpy()
-    distinct = {o.tobytes() for o in out}
-    assert len(distinct) > 20  # One crop for the whole batch would give 1.
-    flipped = [f[0][2] for f in _recover(images, out, 4)]
-    assert any(flipped) and not all(flipped)
-
-
-def test_augment_batch_seed_determinism():
-    images = _random_images(32)
-    a = data.augment_batch(images, tf.constant([1, 2])).numpy()
-    b = data.augment_batch(images, tf.constant([1, 2])).numpy()
-    c = data.augment_batch(images, tf.constant([1, 3])).numpy()
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-
-
-def test_augment_batch_zero_padding_visible():
-    images = np.full((64, 8, 8, 3), 200, np.uint8)
-    out = data.augment_batch(images, tf.constant([9, 9])).numpy()
-    # Offset (4, 4) is the only crop without padding: probability 1/81 per image.
-    has_zero = [(o == 0).any() for o in out]
-    assert sum(has_zero) > 50
-    assert set(np.unique(out)) <= {0.0, 200.0}
-    # The padding is zeros, a band of whole rows/columns at the edges.
-    for o in out:
-        nonzero_rows = np.where(o[:, :, 0].any(axis=1))[0]
-        nonzero_cols = np.where(o[:, :, 0].any(axis=0))[0]
-        block = o[nonzero_rows[0]:nonzero_rows[-1] + 1, nonzero_cols[0]:nonzero_cols[-1] + 1]
-        assert (block == 200).all()
-        assert len(nonzero_rows) >= 4 and len(nonzero_cols) >= 4
-
-
-def test_augment_batch_inside_tf_data_map_matches_eager():
-    images = _random_images(16)
-    seed = tf.constant([5, 6], tf.int64)
-    ds = tf.data.Dataset.from_tensors(images).map(lambda x: data.augment_batch(x, seed))
-    in_graph = next(iter(ds)).numpy()
-    eager = data.augment_batch(images, seed).numpy()
-    np.testing.assert_array_equal(in_graph, eager)
-    assert all(len(f) == 1 for f in _recover(images, in_graph, 4))
 
 
 # ------------------------------------------------------------------------ folders
@@ -158,7 +50,7 @@ def test_folder_dataset_contents(tmp_path):
     # Non-image files and hidden folders are ignored.
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
     os.makedirs(tmp_path / "test" / ".ipynb_checkpoints")
-    ds = data.load(f"folder:{tmp_path}", batch_size=2, augment=False)
+    ds = data.load(f"folder:{tmp_path}", batch_size=2, augment="none")
     assert ds.class_names == ("ant", "bee", "cat")
     assert ds.num_classes == 3
     assert (ds.num_train, ds.num_test, ds.steps_per_epoch) == (9, 4, 4)
@@ -304,7 +196,7 @@ def test_synthetic_deterministic_from_seed():
 
 
 def test_synthetic_is_learnable():
-    ds = data.load("synthetic", batch_size=64, augment=False)
+    ds = data.load("synthetic", batch_size=64, augment="none")
     x, y = _arrays(ds.train, ds.steps_per_epoch)
     means = np.stack([x[y == c].mean(axis=0) for c in range(10)])
     tx, ty = _arrays(ds.test)
@@ -326,9 +218,9 @@ def _ids(images):
 
 
 def test_train_epochs_cover_all_and_reshuffle():
-    ds = data.load("synthetic", batch_size=64, augment=False)
+    ds = data.load("synthetic", batch_size=64, augment="none")
     x, _ = _arrays(ds.train, 2 * ds.steps_per_epoch)
-    again, _ = _arrays(data.load("synthetic", batch_size=64, augment=False).train,
+    again, _ = _arrays(data.load("synthetic", batch_size=64, augment="none").train,
                        ds.steps_per_epoch)
     epoch1, epoch2 = _ids(x[:512]), _ids(x[512:])
     assert len(set(epoch1)) == 512 and set(epoch1) == set(epoch2)
@@ -337,11 +229,11 @@ def test_train_epochs_cover_all_and_reshuffle():
 
 
 def test_train_subset():
-    full = data.load("synthetic", batch_size=8, augment=False)
+    full = data.load("synthetic", batch_size=8, augment="none")
     all_ids = set(_ids(_arrays(full.train, full.steps_per_epoch)[0]))
 
     def subset_ids(seed):
-        ds = data.load("synthetic", batch_size=8, augment=False, train_subset=40, seed=seed)
+        ds = data.load("synthetic", batch_size=8, augment="none", train_subset=40, seed=seed)
         assert (ds.num_train, ds.steps_per_epoch) == (40, 5)
         return set(_ids(_arrays(ds.train, 5)[0]))
 
@@ -447,7 +339,7 @@ def test_train_from_rebuilds_the_stream_at_any_position():
 
 
 def test_extras_stay_with_their_examples():
-    datasets = data.load("synthetic", batch_size=32, seed=0, augment=False)
+    datasets = data.load("synthetic", batch_size=32, seed=0, augment="none")
     images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in datasets.train_ordered(100)])
     images, labels = np.concatenate(images), np.concatenate(labels)
     means = images.mean(axis=(1, 2, 3))

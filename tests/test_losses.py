@@ -88,3 +88,21 @@ def test_sigmoid_binary_cross_entropy_golden_values():
     got = losses_lib.target_loss_fn("bce")(labels, logits).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert got.shape == (2,)
+
+
+def test_soft_labels_cross_entropy_and_focal_match_numpy():
+    """MixUp/CutMix labels: -sum_c q_c log p_c and -sum_c q_c (1 - p_c)^2 log p_c."""
+    q = np.array([[0.3, 0.0, 0.7, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.25, 0.25, 0.5]], np.float32)
+    log_p = np_log_softmax(A.astype(np.float64))
+    np.testing.assert_allclose(losses.softmax_cross_entropy(q, A).numpy(), -(q * log_p).sum(-1), rtol=1e-6)
+    focal = -(q * (1 - np.exp(log_p)) ** 2 * log_p).sum(-1)
+    np.testing.assert_allclose(losses.focal_loss(q, A).numpy(), focal, rtol=1e-5)
+    # One-hot rows give the hard-label values.
+    hard = np.array([2, 0, 3])
+    one_hot = np.eye(4, dtype=np.float32)[hard]
+    np.testing.assert_allclose(
+        losses.softmax_cross_entropy(one_hot, A).numpy(), losses.softmax_cross_entropy(hard, A).numpy(), rtol=1e-6
+    )
+    np.testing.assert_allclose(losses.focal_loss(one_hot, A).numpy(), losses.focal_loss(hard, A).numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(losses.class_indices(q, A).numpy(), [2, 0, 3])
+    np.testing.assert_array_equal(losses.class_indices(hard, A).numpy(), hard)

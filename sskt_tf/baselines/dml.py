@@ -108,6 +108,7 @@ class DMLModel(keras.Model):
         return [tracker for trackers in self.peer_trackers for tracker in trackers.values()]
 
     def _update_peer_metrics(self, labels, all_logits, totals, targets, kls=None):
+        labels = losses.class_indices(labels, all_logits[0])
         for k, trackers in enumerate(self.peer_trackers):
             trackers["loss"].update_state(totals[k])
             trackers["target_loss"].update_state(targets[k])

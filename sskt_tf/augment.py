@@ -1,0 +1,353 @@
+"""Training-batch augmentation: the reference's pad-crop-flip, RandAugment, MixUp and CutMix.
+
+`Augmentation` describes what a training batch goes through, in this order:
+
+1. `standard`: per-image random crop of the zero-padded image and random horizontal
+   flip, as the reference code's `RandomCrop(size, padding=4)` + `RandomHorizontalFlip()`.
+2. `randaugment` (on top of 1): RandAugment with a fixed magnitude (Cubuk et al., 2020),
+   by keras-cv.
+3. `--mixup` / `--cutmix`: the batch is mixed with a permutation of itself and the labels
+   become soft (one-hot rows mixed with the same weights).
+
+All of it happens in the tf.data pipeline, before the batch reaches `train_step`, so the
+frozen sources see exactly the (augmented, mixed) images the target sees.
+
+Randomness: every operation draws from the batch's own seed `[seed, batch index]`, never
+from a global or stateful generator that advances with the stream. Batch i is therefore
+the same in every run with the same `seed`, and a resumed run that rebuilds the stream at
+batch i (`Datasets.train_from`) continues it bit for bit. keras-cv's RandAugment keeps
+its randomness in `tf.random.Generator`s; `KerasCVRandAugment` resets them from the
+batch's seed before each batch (see there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from sskt_tf.errors import UserError
+
+AUGMENTS = ("none", "standard", "randaugment")
+
+# Independent streams derived from one batch seed; pad-crop-flip uses the batch seed itself.
+_RANDAUGMENT_STREAM = 1
+_MIX_STREAM = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """What a training batch goes through (see the module docstring).
+
+    Attributes:
+        kind: "none", "standard" (pad-crop-flip) or "randaugment" (pad-crop-flip, then RandAugment).
+        padding: zero padding of the random crop, per side.
+        randaugment_layers: operations applied per image (RandAugment's N).
+        randaugment_magnitude: strength of every operation, in [0, 1] (keras-cv's scale:
+            0 leaves images unchanged, 1 is each operation's strongest setting; RandAugment's M / 10).
+        mixup: MixUp's Beta(alpha, alpha) parameter; 0 turns MixUp off.
+        cutmix: CutMix's Beta(alpha, alpha) parameter; 0 turns CutMix off.
+        mix_prob: probability that a batch is mixed at all. With both MixUp and CutMix on,
+            a mixed batch uses one of the two, each with probability 1/2 (as timm's switch).
+    """
+
+    kind: str = "standard"
+    padding: int = 4
+    randaugment_layers: int = 2
+    randaugment_magnitude: float = 0.5
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in AUGMENTS:
+            raise UserError(f"--augment={self.kind} is not known. Allowed: {', '.join(AUGMENTS)}.")
+        if self.padding < 0:
+            raise UserError(f"augmentation padding must be >= 0. Received: {self.padding}.")
+        if self.randaugment_layers < 1:
+            raise UserError(f"--randaugment_layers must be >= 1. Received: {self.randaugment_layers}.")
+        if not 0.0 <= self.randaugment_magnitude <= 1.0:
+            raise UserError(
+                f"--randaugment_magnitude must be in [0, 1] (keras-cv's scale, RandAugment's M / 10). "
+                f"Received: {self.randaugment_magnitude}."
+            )
+        if self.mixup < 0 or self.cutmix < 0:
+            raise UserError(
+                f"--mixup and --cutmix are Beta(alpha, alpha) parameters, >= 0 (0: off). "
+                f"Received: --mixup={self.mixup} --cutmix={self.cutmix}."
+            )
+        if not 0.0 < self.mix_prob <= 1.0:
+            raise UserError(f"--mix_prob must be in (0, 1]. Received: {self.mix_prob}.")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed, i.e. labels leave the pipeline soft: float32 [B, classes]."""
+        return self.mixup > 0 or self.cutmix > 0
+
+
+def pad_crop_flip(images, seed, padding: int = 4) -> tf.Tensor:
+    """Random crop with zero padding, then random horizontal flip, for each image.
+
+    Equivalent to torchvision's `RandomCrop(size, padding=padding)` followed by
+    `RandomHorizontalFlip(0.5)` applied to every image independently, done for the
+    whole batch with two gathers.
+
+    Args:
+        images: uint8 or float tensor `[B, H, W, C]`.
+        seed: int32/int64 tensor of shape `[2]` for the stateless random ops; the same
+            seed and images give the same output.
+        padding: zeros added on each side before cropping back to `[H, W]`; the crop
+            offsets are uniform in `[0, 2 * padding]`, per image and per axis.
+
+    Returns:
+        float32 tensor `[B, H, W, C]`; values keep their range (e.g. 0..255).
+    """
+    if not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+    images = tf.convert_to_tensor(images)
+    # int32 and int64 seeds drive different Philox streams; one dtype makes [1, 2] mean
+    # the same thing whichever way the caller built it.
+    seed = tf.cast(seed, tf.int64)
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    offsets = tf.random.stateless_uniform(
+        [2, batch], seed=crop_seed, minval=0, maxval=2 * padding + 1, dtype=tf.int32
+    )
+    flip = tf.random.stateless_uniform([batch], seed=flip_seed) < 0.5
+
+    padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    rows = offsets[0][:, None] + tf.range(height)[None, :]
+    columns = tf.range(width)[None, :]
+    # Flipping a crop is reading its columns backwards, so the flip folds into the
+    # column gather instead of costing another pass over the batch.
+    columns = tf.where(flip[:, None], width - 1 - columns, columns) + offsets[1][:, None]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    out = tf.gather(out, columns, axis=2, batch_dims=1)
+    out = tf.cast(out, tf.float32)
+    out.set_shape(images.shape)
+    return out
+
+
+def _beta(seed, alpha):
+    """One sample of Beta(alpha, alpha) from a stateless seed, as X / (X + Y) with X, Y ~ Gamma(alpha)."""
+    gammas = tf.random.stateless_gamma([2], seed=seed, alpha=alpha, dtype=tf.float32)
+    return gammas[0] / (gammas[0] + gammas[1])
+
+
+def _permutation(seed, n):
+    return tf.argsort(tf.random.stateless_uniform([n], seed=seed))
+
+
+def mixup(images, labels, seed, alpha):
+    """MixUp: `x = lam x + (1 - lam) x[perm]`, `y = lam y + (1 - lam) y[perm]`, one `lam ~ Beta(alpha, alpha)` per batch.
+
+    As the authors' CIFAR code: one mixing weight for the whole batch, the partner of
+    each example from a random permutation of the batch.
+
+    Reference: H. Zhang, M. Cisse, Y. N. Dauphin, D. Lopez-Paz, "mixup: Beyond Empirical
+    Risk Minimization", ICLR 2018.
+
+    Args:
+        images: float32 [B, H, W, C].
+        labels: float32 [B, K], one-hot or multi-hot (or already soft).
+        seed: int64 [2], stateless seed.
+        alpha: Beta parameter > 0.
+
+    Returns:
+        `(images, labels, lam)`.
+    """
+    beta_seed, perm_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    lam = _beta(beta_seed, alpha)
+    perm = _permutation(perm_seed, tf.shape(images)[0])
+    mixed_images = lam * images + (1.0 - lam) * tf.gather(images, perm)
+    mixed_labels = lam * labels + (1.0 - lam) * tf.gather(labels, perm)
+    return mixed_images, mixed_labels, lam
+
+
+def cutmix(images, labels, seed, alpha):
+    """CutMix: paste a box of `x[perm]` into `x`; labels mixed by the pasted area.
+
+    As the authors' code: `lam ~ Beta(alpha, alpha)` and one box per batch, of sides
+    `floor(H sqrt(1 - lam))` x `floor(W sqrt(1 - lam))` centred at a uniform pixel,
+    clipped to the image; the label weight is then recomputed from the clipped box,
+    `lam = 1 - box area / (H W)`.
+
+    Reference: S. Yun, D. Han, S. J. Oh, S. Chun, J. Choe, Y. Yoo, "CutMix:
+    Regularization Strategy to Train Strong Classifiers with Localizable Features",
+    ICCV 2019.
+
+    Args:
+        images: float32 [B, H, W, C].
+        labels: float32 [B, K].
+        seed: int64 [2], stateless seed.
+        alpha: Beta parameter > 0.
+
+    Returns:
+        `(images, labels, lam)` with `lam` the weight of the original labels.
+    """
+    beta_seed, perm_seed, centre_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+    lam = _beta(beta_seed, alpha)
+    cut = tf.sqrt(1.0 - lam)
+    cut_h = tf.cast(tf.cast(height, tf.float32) * cut, tf.int32)
+    cut_w = tf.cast(tf.cast(width, tf.float32) * cut, tf.int32)
+    centre = tf.random.stateless_uniform([2], seed=centre_seed, minval=0, maxval=tf.int32.max, dtype=tf.int32)
+    cy, cx = centre[0] % height, centre[1] % width
+    y1, y2 = tf.clip_by_value(cy - cut_h // 2, 0, height), tf.clip_by_value(cy + cut_h // 2, 0, height)
+    x1, x2 = tf.clip_by_value(cx - cut_w // 2, 0, width), tf.clip_by_value(cx + cut_w // 2, 0, width)
+    rows = tf.range(height)
+    columns = tf.range(width)
+    inside = ((rows >= y1) & (rows < y2))[:, None] & ((columns >= x1) & (columns < x2))[None, :]
+    perm = _permutation(perm_seed, shape[0])
+    mixed_images = tf.where(inside[None, :, :, None], tf.gather(images, perm), images)
+    lam = 1.0 - tf.cast((y2 - y1) * (x2 - x1), tf.float32) / tf.cast(height * width, tf.float32)
+    mixed_labels = lam * labels + (1.0 - lam) * tf.gather(labels, perm)
+    return mixed_images, mixed_labels, lam
+
+
+def mix_batch(images, labels, seed, mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0):
+    """MixUp or CutMix for one batch, or neither: with probability `prob` the batch is mixed.
+
+    With both alphas > 0, a mixed batch takes CutMix or MixUp with probability 1/2 each.
+
+    Args:
+        images: float32 [B, H, W, C].
+        labels: float32 [B, K] (one-hot or multi-hot).
+        seed: int64 [2], stateless seed.
+        mixup_alpha, cutmix_alpha: Beta parameters; 0 disables that kind.
+        prob: probability of mixing the batch.
+
+    Returns:
+        `(images, labels)`.
+    """
+    seed = tf.cast(seed, tf.int64)
+    gate_seed, mixup_seed, cutmix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
+    gates = tf.random.stateless_uniform([2], seed=gate_seed)
+    unchanged = lambda: (images, labels)  # noqa: E731
+    do_mixup = lambda: mixup(images, labels, mixup_seed, mixup_alpha)[:2]  # noqa: E731
+    do_cutmix = lambda: cutmix(images, labels, cutmix_seed, cutmix_alpha)[:2]  # noqa: E731
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        mixed = lambda: tf.cond(gates[1] < 0.5, do_cutmix, do_mixup)  # noqa: E731
+    elif mixup_alpha > 0:
+        mixed = do_mixup
+    elif cutmix_alpha > 0:
+        mixed = do_cutmix
+    else:
+        return images, labels
+    if prob >= 1.0:
+        return mixed()
+    return tf.cond(gates[0] < prob, mixed, unchanged)
+
+
+class KerasCVRandAugment:
+    """keras-cv's RandAugment on float images in 0..255, its randomness taken from a per-batch seed.
+
+    keras-cv draws from `tf.random.Generator`s held by its layers (plus, for the
+    brightness and contrast factors, stateful `tf.random.uniform` ops, which no seed
+    can rewind). Here those factors draw from one more generator, and before each batch
+    every generator is reset to a state derived from the batch's seed. The batch's
+    result is then a function of its seed alone, as for the stateless operations,
+    provided that batches pass one at a time (`sequential`): two batches in flight at
+    once would interleave their draws on the shared generators (the images stay
+    correctly augmented, but which draw goes to which batch then depends on timing).
+
+    The magnitude is fixed (`magnitude_stddev=0`), as in the RandAugment paper; each
+    chosen operation is applied with keras-cv's default rate 10/11.
+
+    Reference: E. D. Cubuk, B. Zoph, J. Shlens, Q. V. Le, "RandAugment: Practical
+    automated data augmentation with a reduced search space", CVPR Workshops 2020.
+    """
+
+    def __init__(self, layers=2, magnitude=0.5):
+        import keras
+        import keras_cv  # Imported here: only RandAugment needs keras-cv.
+
+        self.layer = keras_cv.layers.RandAugment(
+            value_range=(0, 255),
+            augmentations_per_image=int(layers),
+            magnitude=float(magnitude),
+            magnitude_stddev=0.0,
+            seed=0,
+        )
+        factors = tf.random.Generator.from_seed(0)
+        # Visit order (attribute order) is the same in every run, so state i always goes to the same generator.
+        generators = [factors]
+        uniform_sampler = keras_cv.core.UniformFactorSampler
+
+        class _GeneratorUniformFactor(uniform_sampler):
+            def __call__(self, shape=(), dtype="float32"):
+                return factors.uniform(shape, self.lower, self.upper, dtype=dtype)
+
+        seen = set()
+
+        def visit(layer):
+            if id(layer) in seen:
+                return
+            seen.add(id(layer))
+            generator = getattr(layer, "_random_generator", None)
+            if isinstance(generator, tf.random.Generator) and all(generator is not g for g in generators):
+                generators.append(generator)
+            for name, value in list(vars(layer).items()):
+                if type(value) is uniform_sampler:
+                    setattr(layer, name, _GeneratorUniformFactor(value.lower, value.upper))
+                for item in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(item, keras.layers.Layer):
+                        visit(item)
+
+        visit(self.layer)
+        self._generators = generators
+
+    def __call__(self, images, seed):
+        states = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=len(self._generators))
+        for generator, state in zip(self._generators, tf.unstack(states)):
+            generator.reset(tf.concat([state, tf.zeros([1], tf.int64)], axis=0))
+        out = self.layer(tf.cast(images, tf.float32))
+        return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
+
+
+class BatchAugmenter:
+    """Applies an `Augmentation` to `(images, labels)` batches in a tf.data pipeline.
+
+    Args:
+        augmentation: the `Augmentation`.
+        num_classes: label classes; mixing turns int labels into one-hot rows of this width.
+        multi_label: labels are already float multi-hot `[B, num_classes]`.
+
+    Attributes:
+        sequential: RandAugment is on and batches must pass one at a time for bit-exact
+            reproducibility (see `KerasCVRandAugment`).
+    """
+
+    def __init__(self, augmentation: Augmentation, num_classes: int, multi_label: bool = False):
+        self.augmentation = augmentation
+        self.num_classes = int(num_classes)
+        self.multi_label = multi_label
+        self.randaugment = (
+            KerasCVRandAugment(augmentation.randaugment_layers, augmentation.randaugment_magnitude)
+            if augmentation.kind == "randaugment"
+            else None
+        )
+        self.sequential = self.randaugment is not None
+
+    def geometric(self, images, seed):
+        """The stateless first stage (pad-crop-flip), or a cast when `kind` is "none"."""
+        if self.augmentation.kind == "none":
+            return tf.cast(images, tf.float32)
+        return pad_crop_flip(images, seed, self.augmentation.padding)
+
+    def randaugment_stage(self, images, seed):
+        if self.randaugment is None:
+            return images
+        return self.randaugment(images, tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _RANDAUGMENT_STREAM))
+
+    def mix(self, images, labels, seed):
+        """Mixing, with labels as float rows; without mixing, labels pass unchanged."""
+        a = self.augmentation
+        if not a.mixes:
+            return images, labels
+        if not self.multi_label:
+            labels = tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=tf.float32)
+        seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _MIX_STREAM)
+        return mix_batch(images, tf.cast(labels, tf.float32), seed, a.mixup, a.cutmix, a.mix_prob)
