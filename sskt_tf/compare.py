@@ -27,11 +27,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import train  # noqa: E402
-from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.errors import UserError, run_cli  # noqa: E402
 from sskt_tf.methods import METHODS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -396,17 +396,8 @@ def main(argv, run_training=launch, command=None):
     return summary
 
 
-def _main_or_error(argv):
-    try:
-        main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run():
-    define_flags()
-    app.run(_main_or_error)
+    run_cli(main, define_flags)
 
 
 if __name__ == "__main__":
