@@ -40,3 +40,71 @@ class ImageNormalization(keras.layers.Layer):
         config = super().get_config()
         config.update({"mean": self.mean, "std": self.std})
         return config
+
+
+def adaptive_pool_bins(in_size, out_size):
+    """PyTorch's adaptive-pooling bins: output cell i averages inputs [floor(i*in/out), ceil((i+1)*in/out)).
+
+    Works on Python ints and on scalar integer tensors (a size known only when the graph runs).
+    Bins overlap when `in_size` does not divide evenly, and repeat inputs when `in_size < out_size`.
+    """
+    # -((-a) // b) is ceil(a / b) in integer arithmetic, exact where float division is not.
+    return [((i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)) for i in range(out_size)]
+
+
+@keras.saving.register_keras_serializable(package="sskt_tf")
+class AdaptiveAveragePooling2D(keras.layers.Layer):
+    """Average pooling to a fixed output size with PyTorch's bins (`nn.AdaptiveAvgPool2d`).
+
+    torchvision's VGG pools its last feature map to 7x7 this way before the classifier, which
+    is what lets its 224-px classifier weights run at other sizes (the SSKT reference feeds
+    its sources 74-px images, where VGG's feature map is 2x2). Output cell (i, j) is the mean
+    of the input window `adaptive_pool_bins` gives for i along H and j along W. When the input
+    already has the output size the layer is the identity, bit for bit.
+
+    Args:
+        output_size: (height, width) of the output, or one int for both.
+
+    Call arguments:
+        inputs: [batch, H, W, channels] (channels last); H and W may be unknown until the call.
+
+    Example:
+    >>> pool = AdaptiveAveragePooling2D((7, 7))
+    >>> pool(keras.ops.ones((2, 2, 2, 512))).shape
+    TensorShape([2, 7, 7, 512])
+    """
+
+    def __init__(self, output_size, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        output_size = tuple(int(s) for s in output_size)
+        if len(output_size) != 2 or min(output_size) < 1:
+            raise ValueError(f"output_size must be two positive ints. Received: output_size={output_size}")
+        self.output_size = output_size
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def _pool_axis(self, x, axis, out_size):
+        in_size = x.shape[axis]
+        if in_size is None:
+            in_size = keras.ops.shape(x)[axis]
+        elif in_size == out_size:
+            return x
+        cells = []
+        for start, end in adaptive_pool_bins(in_size, out_size):
+            window = x[:, start:end] if axis == 1 else x[:, :, start:end]
+            cells.append(keras.ops.mean(window, axis=axis, keepdims=True))
+        return keras.ops.concatenate(cells, axis=axis)
+
+    def call(self, inputs):
+        # Separable: the mean over a window is the mean over its columns of the means over its rows.
+        x = self._pool_axis(inputs, 1, self.output_size[0])
+        return self._pool_axis(x, 2, self.output_size[1])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.output_size, input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"output_size": self.output_size})
+        return config
