@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from sskt_tf.errors import UserError
+from sskt_tf.models.layers import AdaptiveAveragePooling2D
 
 SOURCE_BN_MODES = ("inference", "batch")
 
@@ -27,6 +28,9 @@ class _Application:
     # Applications whose classifier follows a Flatten have weights tied to this input size.
     fixed_size: int | None = None
     min_size: int = 32
+    # VGG: a Flatten of a 7x7 map. torchvision's VGG pools any map to 7x7 first (adaptive average
+    # pooling), which lets the same classifier run at any size; these get that pooling too.
+    adaptive_pool: int | None = None
 
 
 APPLICATIONS = {
@@ -52,8 +56,8 @@ APPLICATIONS = {
     "convnext_small": _Application("ConvNeXtSmall", "none"),
     "inception_v3": _Application("InceptionV3", "tf", min_size=75),
     "xception": _Application("Xception", "tf", min_size=71),
-    "vgg16": _Application("VGG16", "caffe", fixed_size=224),
-    "vgg19": _Application("VGG19", "caffe", fixed_size=224),
+    "vgg16": _Application("VGG16", "caffe", adaptive_pool=7),
+    "vgg19": _Application("VGG19", "caffe", adaptive_pool=7),
     "nasnet_mobile": _Application("NASNetMobile", "tf", fixed_size=224),
 }
 
@@ -247,6 +251,24 @@ def source_name(spec):
     return "".join(c if c.isalnum() else "_" for c in stem).strip("_").lower() or "source"
 
 
+def _adaptively_pooled(application, shape, pool_size):
+    """`application` (a Flatten-topped Keras Application) for inputs of `shape`, as torchvision's VGG.
+
+    The convolutional layers run at any size; `AdaptiveAveragePooling2D` brings their output to
+    the `pool_size` x `pool_size` map the Flatten and the classifier were built for (at 74 px,
+    VGG's 2x2 map is spread over 7x7 with PyTorch's bins). The layers, and so the weights, are
+    the application's own; at the application's size the pooling is the identity and the
+    network computes exactly what the application does.
+    """
+    inputs = keras.Input(shape, name="images")
+    x = inputs
+    for layer in application.layers[1:]:  # [0] is the application's InputLayer
+        if isinstance(layer, keras.layers.Flatten):
+            x = AdaptiveAveragePooling2D(pool_size, name="avgpool")(x)
+        x = layer(x)
+    return keras.Model(inputs, x, name=application.name)
+
+
 def _application_network(spec, image_size):
     app_name, _, weights = spec.partition(":")
     if app_name not in APPLICATIONS:
@@ -265,6 +287,9 @@ def _application_network(spec, image_size):
         )
     constructor = getattr(keras.applications, app.constructor)
     shape = (*image_size, 3)
+    # Adaptive-pooling applications are built at the size their classifier demands (224 px, the
+    # default with the top), weights and all, then rebuilt for `shape` from the same layers.
+    build_shape = None if app.adaptive_pool else shape
     common = dict(include_top=True, classifier_activation=None)
     if weights.startswith("random"):
         _, _, classes = weights.partition(":")
@@ -272,7 +297,7 @@ def _application_network(spec, image_size):
             classes = int(classes or 1000)
         except ValueError:
             raise UserError(f"--sources={spec}: use {app_name}:random or {app_name}:random:<classes>.") from None
-        net = constructor(weights=None, input_shape=shape, classes=classes, **common)
+        net = constructor(weights=None, input_shape=build_shape, classes=classes, **common)
     elif weights == "imagenet":
         try:
             pretrained = constructor(weights="imagenet", **common)
@@ -283,7 +308,7 @@ def _application_network(spec, image_size):
                 f"network and pass --sources={app_name}:/path/to/weights.h5 (Keras caches downloads "
                 f"in ~/.keras/models)."
             ) from None
-        if shape == tuple(pretrained.input_shape[1:]):
+        if app.adaptive_pool or shape == tuple(pretrained.input_shape[1:]):
             net = pretrained
         else:
             # With the top, ImageNet weights only load at 224 px; every layer but the
@@ -294,12 +319,14 @@ def _application_network(spec, image_size):
         if not os.path.isfile(weights):
             raise UserError(f"--sources={spec}: weights file {weights!r} does not exist.")
         try:
-            net = constructor(weights=weights, input_shape=shape, **common)
+            net = constructor(weights=weights, input_shape=build_shape, **common)
         except Exception as e:
             raise UserError(
                 f"--sources={spec}: could not load {weights!r} into {app_name} "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:160]})."
             ) from None
+    if app.adaptive_pool:
+        net = _adaptively_pooled(net, shape, app.adaptive_pool)
 
     inputs = keras.Input(shape, name="images")
     x = SourcePreprocess(app.preprocessing, name="preprocess")(inputs)
@@ -336,7 +363,8 @@ def build_source(spec, image_size, source_scale=7 / 3, source_bn="inference", na
         spec: the source spec (see the module docstring).
         image_size: (H, W) of the target's training images.
         source_scale: the source sees `floor(side * source_scale)` pixels per side, unless its
-            network has a fixed input size (then it sees that size).
+            network has a fixed input size (then it sees that size; VGG has none, see
+            `_adaptively_pooled`).
         source_bn: "inference" or "batch" (see `Source`).
         name: layer name; default `source_<source_name(spec)>`.
         dtype_policy: precision of the source's network (see `Source`); None: the global policy

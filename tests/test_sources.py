@@ -46,8 +46,68 @@ def test_application_source_resizes_and_is_frozen():
 
 
 def test_fixed_size_application_sees_its_own_size():
-    source = sources.build_source("vgg16:random:5", (32, 32))
+    source = sources.build_source("nasnet_mobile:random:5", (32, 32))
     assert source.image_size == (224, 224)
+
+
+def _torch_adaptive_pool(features, size):
+    """torch.nn.AdaptiveAvgPool2d on an NHWC array: the reference's torchvision VGG pooling."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(features.transpose(0, 3, 1, 2)))
+    return torch.nn.AdaptiveAvgPool2d(size)(x).numpy().transpose(0, 2, 3, 1)
+
+
+def test_vgg_source_runs_at_the_scaled_size_like_torchvision():
+    source = sources.build_source("vgg16:random:10", (32, 32))
+    assert source.image_size == (74, 74) and source.num_classes == 10
+    x = tf.image.resize(IMAGES[:2], (74, 74), method="bilinear").numpy()
+    vgg = source.network.get_layer("vgg16")
+    features = sources.SourcePreprocess("caffe")(x)
+    for layer in vgg.layers[1 : [l.name for l in vgg.layers].index("avgpool")]:
+        features = layer(features)
+    features = features.numpy()
+    assert features.shape == (2, 2, 2, 512)  # 74 -> 37 -> 18 -> 9 -> 4 -> 2 px
+    # Independently of the layer under test: torch's pooling, Keras' HWC flatten, numpy Dense layers.
+    h = _torch_adaptive_pool(features, 7).reshape(2, -1)
+    for name, relu in (("fc1", True), ("fc2", True), ("predictions", False)):
+        kernel, bias = vgg.get_layer(name).get_weights()
+        h = h @ kernel + bias
+        h = np.maximum(h, 0.0) if relu else h
+    out = source(IMAGES[:2]).numpy()
+    assert np.abs(h).max() > 0.05 and np.abs(h[0] - h[1]).max() > 1e-3  # logits that can tell a difference
+    np.testing.assert_allclose(out, h, rtol=1e-4, atol=1e-5)
+
+
+def test_vgg_source_at_224_is_the_keras_application_exactly(tmp_path):
+    # Random weights through a weights file: the offline route of --sources=vgg16:/path/weights.h5.
+    application = keras.applications.VGG16(weights=None, classifier_activation=None)
+    path = str(tmp_path / "vgg16.weights.h5")
+    application.save_weights(path)
+    source = sources.build_source(f"vgg16:{path}", (96, 96))  # x7/3: 224 px, where 7x7 -> 7x7 is the identity
+    assert source.image_size == (224, 224) and source.num_classes == 1000
+    x = RNG.uniform(0, 255, (1, 96, 96, 3)).astype(np.float32)  # one image: VGG at 224 px is slow on CPU
+    expected = application(sources.SourcePreprocess("caffe")(tf.image.resize(x, (224, 224)))).numpy()
+    np.testing.assert_array_equal(source(x).numpy(), expected)
+
+
+def test_vgg_imagenet_weights_load_at_224_and_serve_every_size(monkeypatch):
+    # Offline stand-in for the download: Keras loads ImageNet weights only into the 224-px network.
+    loaded, constructor = [], keras.applications.VGG19
+
+    def vgg19(weights=None, input_shape=None, **kwargs):
+        assert input_shape is None, "ImageNet weights with the top need the default 224-px input"
+        loaded.append(constructor(weights=None, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(keras.applications, "VGG19", vgg19)
+    source = sources.build_source("vgg19:imagenet", (48, 48))
+    assert source.image_size == (112, 112) and len(loaded) == 1
+    # The source's network holds the downloaded weights themselves, the classifier's included.
+    expected = {w.path: w.numpy() for w in loaded[0].weights}
+    assert sorted(w.path for w in source.network.weights) == sorted(expected)
+    assert all(np.array_equal(w.numpy(), expected[w.path]) for w in source.network.weights)
+    assert tuple(source(RNG.uniform(0, 255, (2, 48, 48, 3)).astype(np.float32)).shape) == (2, 1000)
 
 
 def test_weights_file_loads_offline(tmp_path):
@@ -136,11 +196,14 @@ def test_source_names():
         ("/nowhere/model.keras", "model file '/nowhere/model.keras' does not exist"),
         ("resnet50:random:many", "resnet50:random:<classes>"),
         ("inception_v3:random", "at least 75 px.*--source_scale"),
+        # Five 2x2 max-pools: below 32 px VGG's last feature map is empty.
+        ("vgg16:random", r"vgg16 needs inputs of at least 32 px, received 30x30; raise --source_scale"),
     ],
 )
 def test_bad_specs_are_one_clear_error(spec, message):
+    size = {"inception_v3": (16, 16), "vgg16": (13, 13)}.get(spec.split(":")[0], (32, 32))
     with pytest.raises(UserError, match=message):
-        sources.build_source(spec, (16, 16) if spec.startswith("inception") else (32, 32))
+        sources.build_source(spec, size)
 
 
 def test_offline_imagenet_download_names_the_offline_way(monkeypatch):
