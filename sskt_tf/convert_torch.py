@@ -1,14 +1,16 @@
-"""Ports a torchvision-layout ResNet checkpoint (PyTorch) into a Keras `.keras` source.
+"""Ports a torchvision-layout ResNet or VGG checkpoint (PyTorch) into a Keras `.keras` source.
 
     python -m sskt_tf.convert_torch --arch resnet50 --num_classes 365 \
         resnet50_places365.pth.tar resnet50_places365.keras
+    python -m sskt_tf.convert_torch --arch vgg16 vgg16-397923af.pth vgg16_imagenet.keras
 
-The paper's sources are torchvision's ImageNet ResNet-50 (v1.5) and the CSAIL Places365
-ResNet-50, both PyTorch checkpoints; Keras Applications' ResNet50 is a different network (v1,
-caffe preprocessing). The converted model takes raw [0, 255] RGB images of any size (ImageNet
-mean/std inside, as torchvision's transforms) and returns logits, so `--sources=/path/x.keras`
-uses it as is. Reads plain state dicts (`.pth`), checkpoints that hold one under `state_dict`
-(`.pth.tar`), and `module.` prefixes of DataParallel. Needs torch: `pip install ".[torch]"`.
+The paper's sources are torchvision's ImageNet ResNet-50 (v1.5) and VGG-16 and the CSAIL
+Places365 ResNet-50, all PyTorch checkpoints; Keras Applications' ResNet50 and VGG16 carry other
+weights (v1 ResNet, caffe preprocessing). The converted model takes raw [0, 255] RGB images of
+any size (ImageNet mean/std inside, as torchvision's transforms; VGG pools adaptively to 7x7, as
+torchvision's) and returns logits, so `--sources=/path/x.keras` uses it as is. Reads plain state
+dicts (`.pth`), checkpoints that hold one under `state_dict` (`.pth.tar`), and `module.` prefixes
+of DataParallel. Needs torch: `pip install ".[torch]"`.
 """
 
 import argparse
@@ -20,7 +22,12 @@ import numpy as np
 
 from sskt_tf.errors import UserError
 
-ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+# --arch -> (family, depth, batch norm), as torchvision's constructors of the same names.
+ARCHS = {f"resnet{depth}": ("resnet", depth, True) for depth in (18, 34, 50, 101, 152)}
+ARCHS.update({f"vgg{depth}": ("vgg", depth, False) for depth in (11, 13, 16, 19)})
+ARCHS.update({f"vgg{depth}_bn": ("vgg", depth, True) for depth in (11, 13, 16, 19)})
+# The state-dict key of each family's last Linear layer: its rows are the classes.
+_CLASSIFIER = {"resnet": "fc.weight", "vgg": "classifier.6.weight"}
 # BatchNorm's step counter: PyTorch bookkeeping, not a weight.
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
 
@@ -90,63 +97,113 @@ def load_state_dict(path, allow_pickle=False):
     return {k: _to_numpy(v) for k, v in checkpoint.items() if hasattr(v, "shape")}
 
 
-def _expected_tensors(layer):
-    """(torch key, torch shape, torch -> Keras array map) for each weight of `layer`, in Keras' order."""
+def _chw_to_hwc_rows(weight, height, width, channels):
+    """A torch Linear weight (out, C*H*W) that follows a flatten of (C, H, W) -> a Keras kernel for (H, W, C)."""
+    out = weight.shape[0]
+    return weight.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(height * width * channels, out)
+
+
+def _expected_tensors(layer, flattened=None):
+    """(torch key, torch shape, torch -> Keras array map) for each weight of `layer`, in Keras' order.
+
+    `flattened`: (H, W, C) of the feature map a Dense layer reads through a Flatten; PyTorch
+    flattens it channels first, Keras channels last, so the kernel's rows are reordered.
+    """
     import keras
 
     module = layer.name.replace("_", ".")  # torchvision module path: layer1_0_conv1 -> layer1.0.conv1
     if isinstance(layer, keras.layers.Conv2D):
         kh, kw, cin, cout = layer.kernel.shape
-        # PyTorch (out, in, kh, kw) -> Keras (kh, kw, in, out).
-        return [(f"{module}.weight", (cout, cin, kh, kw), lambda w: w.transpose(2, 3, 1, 0))]
+        # PyTorch (out, in, kh, kw) -> Keras (kh, kw, in, out). ResNets' convs have no bias, VGGs' do.
+        kernel = (f"{module}.weight", (cout, cin, kh, kw), lambda w: w.transpose(2, 3, 1, 0))
+        return [kernel, (f"{module}.bias", (cout,), lambda w: w)] if layer.use_bias else [kernel]
     if isinstance(layer, keras.layers.BatchNormalization):
         names = ("weight", "bias", "running_mean", "running_var")  # Keras: gamma, beta, moving mean/var
         return [(f"{module}.{n}", tuple(v.shape), lambda w: w) for n, v in zip(names, layer.weights)]
     if isinstance(layer, keras.layers.Dense):
         cin, cout = layer.kernel.shape
-        return [(f"{module}.weight", (cout, cin), lambda w: w.T), (f"{module}.bias", (cout,), lambda w: w)]
+        to_kernel = (lambda w: _chw_to_hwc_rows(w, *flattened)) if flattened else (lambda w: w.T)
+        return [(f"{module}.weight", (cout, cin), to_kernel), (f"{module}.bias", (cout,), lambda w: w)]
     raise TypeError(f"no PyTorch counterpart known for layer {layer.name!r} ({type(layer).__name__})")
 
 
+def _missing(origin, arch, keys):
+    family = ARCHS[arch][0]
+    kind = "ResNet of that depth" if family == "resnet" else "VGG of that depth (BatchNorm: the _bn archs)"
+    return UserError(
+        f"{origin} lacks {len(keys)} tensors that --arch={arch} needs (first: {', '.join(keys[:4])}). "
+        f"Is it a torchvision-layout {kind}? Check --arch."
+    )
+
+
+def _vgg(weights, arch, num_classes, name, origin):
+    """torchvision's VGG `arch` with the widths of the state dict's tensors, and the flattened map fc1 reads."""
+    from sskt_tf.models.vgg import features_layout, vgg_classifier
+
+    _, depth, batch_norm = ARCHS[arch]
+    # The layout (where the convs, BatchNorms and pools sit) comes from --arch; the widths from the
+    # checkpoint: torchvision's own (64 ... 512, 4096) for its files, and narrower VGGs of the same
+    # layout convert too. A checkpoint of another depth or BatchNorm variant misses a conv here.
+    keys = [f"features.{i}.weight" for i, kind, _ in features_layout(depth, batch_norm) if kind == "conv"]
+    keys.append("classifier.0.weight")
+    missing = [key for key in keys if key not in weights]
+    if missing:
+        raise _missing(origin, arch, missing)
+    widths = [int(weights[key].shape[0]) for key in keys]
+    model = vgg_classifier(
+        depth, batch_norm, num_classes, widths=widths[:-1], hidden=widths[-1], random_init=False, name=name
+    )
+    return model, {"classifier_0": tuple(model.get_layer("flatten").input.shape[1:])}
+
+
 def convert(state_dict, arch, num_classes=None, name=None, origin="the state dict"):
-    """Builds the Keras ResNet `arch` and loads a torchvision-layout PyTorch state dict into it.
+    """Builds the Keras ResNet or VGG `arch` and loads a torchvision-layout PyTorch state dict into it.
 
     Every tensor of the state dict must find its weight and every Keras weight must be set,
     otherwise a `UserError` names the offending tensor.
 
     Args:
-        state_dict: `{name: tensor or array}` in torchvision's layout (`conv1.weight`,
-            `layer1.0.bn1.running_var`, `fc.bias`, ...); `module.` prefixes are removed.
-        arch: "resnet18", "resnet34", "resnet50", "resnet101" or "resnet152".
-        num_classes: classifier width; default the first dimension of `fc.weight`.
+        state_dict: `{name: tensor or array}` in torchvision's layout (ResNet: `conv1.weight`,
+            `layer1.0.bn1.running_var`, `fc.bias`, ...; VGG: `features.0.weight`,
+            `classifier.6.bias`, ...); `module.` prefixes are removed.
+        arch: "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", or "vgg11",
+            "vgg13", "vgg16", "vgg19" with or without "_bn".
+        num_classes: classifier width; default the first dimension of `fc.weight`
+            (`classifier.6.weight` for VGG).
         name: Keras model name; default `arch`.
         origin: how error messages name the state dict (e.g. the checkpoint's path).
 
     Returns:
-        A functional `keras.Model` from raw [0, 255] RGB images [N, H, W, 3] (any H, W) to logits.
+        A functional `keras.Model` from raw [0, 255] RGB images [N, H, W, 3] (any H, W; VGG
+        at least 32 px) to logits.
 
     Example:
-    >>> state_dict = torchvision.models.resnet50().state_dict()
-    >>> model = convert(state_dict, "resnet50")
-    >>> model.save("resnet50.keras")
+    >>> state_dict = torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict()
+    >>> model = convert(state_dict, "vgg16")
+    >>> model.save("vgg16_imagenet.keras")
     """
     from sskt_tf.models.resnet import resnet_classifier
 
     if arch not in ARCHS:
         raise UserError(f"--arch={arch} is not supported. Allowed: {', '.join(ARCHS)}.")
+    family, depth, _ = ARCHS[arch]
     weights = {k.removeprefix("module."): _to_numpy(v) for k, v in state_dict.items()}
     if num_classes is None:
-        if "fc.weight" not in weights:
-            raise UserError(f"{origin} has no fc.weight, so the number of classes is unknown; pass --num_classes.")
-        num_classes = int(weights["fc.weight"].shape[0])
-    model = resnet_classifier(ARCHS[arch], num_classes, name=name or arch)
+        classifier = _CLASSIFIER[family]
+        if classifier not in weights:
+            raise UserError(f"{origin} has no {classifier}, so the number of classes is unknown; pass --num_classes.")
+        num_classes = int(weights[classifier].shape[0])
+    if family == "vgg":
+        model, flattened = _vgg(weights, arch, num_classes, name or arch, origin)
+    else:
+        model, flattened = resnet_classifier(depth, num_classes, name=name or arch), {}
 
     used, missing, assigned = set(), [], 0
     for layer in model.layers:
         if not layer.weights:
             continue
         values = []
-        for key, shape, to_keras in _expected_tensors(layer):
+        for key, shape, to_keras in _expected_tensors(layer, flattened.get(layer.name)):
             if key not in weights:
                 missing.append(key)
                 continue
@@ -156,17 +213,13 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
                     f"--num_classes={num_classes} needs {tuple(shape)}. Check --arch and --num_classes "
                     "against the checkpoint."
                 )
-            value = to_keras(weights[key]).astype(np.float32)
-            values.append(value)
+            values.append(np.asarray(to_keras(weights[key]), dtype=np.float32))
             used.add(key)
         if len(values) == len(layer.weights):
             layer.set_weights(values)
             assigned += len(values)
     if missing:
-        raise UserError(
-            f"{origin} lacks {len(missing)} tensors that --arch={arch} needs (first: {', '.join(missing[:4])}). "
-            "Is it a torchvision-layout ResNet of that depth? Check --arch."
-        )
+        raise _missing(origin, arch, missing)
     unknown = sorted(k for k in weights if k not in used and not k.endswith(_IGNORED_SUFFIXES))
     if unknown:
         raise UserError(
@@ -182,7 +235,7 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
 def _parser():
     parser = argparse.ArgumentParser(
         prog="python -m sskt_tf.convert_torch",
-        description="Port a torchvision-layout PyTorch ResNet checkpoint into a Keras .keras source "
+        description="Port a torchvision-layout PyTorch ResNet or VGG checkpoint into a Keras .keras source "
         "(raw [0, 255] RGB images in, logits out).",
     )
     parser.add_argument("--arch", required=True, choices=list(ARCHS), help="the checkpoint's architecture")
@@ -190,7 +243,7 @@ def _parser():
         "--num_classes",
         type=int,
         default=None,
-        help="classifier width (1000 ImageNet, 365 Places365); default: from fc.weight",
+        help="classifier width (1000 ImageNet, 365 Places365); default: from fc.weight (VGG: classifier.6.weight)",
     )
     parser.add_argument(
         "--allow_pickle",

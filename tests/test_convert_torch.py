@@ -1,7 +1,7 @@
-"""Tests of the PyTorch -> Keras ResNet converter: logits parity with torch, checkpoint formats, errors.
+"""Tests of the PyTorch -> Keras ResNet and VGG converter: logits parity with torch, checkpoint formats, errors.
 
-The torch ResNets are written here (torchvision's layout and module names, v1.5 bottlenecks) so
-that the tests need torch but not torchvision.
+The torch ResNets and VGGs are written here (torchvision's layout and module names, v1.5
+bottlenecks, VGG's adaptive 7x7 pooling) so that the tests need torch but not torchvision.
 """
 
 import argparse
@@ -242,6 +242,122 @@ def test_file_errors(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
     with pytest.raises(UserError, match=r'needs torch, which is not installed.*pip install "\.\[torch\]"'):
         convert_torch.load_state_dict(ckpt.pth)
+
+
+# torchvision's VGG-16 ("D"): conv widths, "M" a 2x2 max-pool.
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class TorchVGG(nn.Module):
+    """torchvision's VGG (make_layers + VGG) with optional narrower widths: `features.N`, `classifier.0/3/6`."""
+
+    def __init__(self, config, batch_norm, num_classes, divisor=1, hidden=4096):
+        super().__init__()
+        layers, cin = [], 3
+        for entry in config:
+            if entry == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            layers.append(nn.Conv2d(cin, entry // divisor, 3, padding=1))
+            layers += [nn.BatchNorm2d(entry // divisor), nn.ReLU()] if batch_norm else [nn.ReLU()]
+            cin = entry // divisor
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * 49, hidden), nn.ReLU(), nn.Dropout(),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def random_torch_vgg(batch_norm, num_classes, seed, divisor=1, hidden=4096):
+    """A torch VGG-16 in eval mode whose random weights give logits of +-10 or so, as a trained one's.
+
+    Variance-preserving weights (torchvision's N(0, 0.01) Linear initialisation would shrink the
+    logits to ~0.01, where any port looks right), random biases, and for BatchNorm, statistics
+    near the data's with random scales and shifts.
+    """
+    torch.manual_seed(seed)
+    net = TorchVGG(VGG16, batch_norm, num_classes, divisor, hidden)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+                m.bias.normal_(0.0, 0.1)
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+                m.momentum = None
+        if batch_norm:
+            net.train()
+            net(torch.randn(4, 3, 64, 64))
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.add_(torch.randn_like(m.running_mean) * 0.2 * m.running_var.sqrt())
+                    m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.0))
+        net.classifier[6].weight.mul_(0.5)
+    return net.eval()
+
+
+def _assert_logits_match(logits, expected, label):
+    diff = np.abs(logits - expected).max()
+    print(f"{label}: max |keras - torch| = {diff:.2e} (largest |logit| {np.abs(expected).max():.2f})")
+    assert diff < 1e-4
+    # The logits must vary across images and classes for the comparison to mean anything.
+    assert expected.std() > 0.1 and np.abs(expected[0] - expected[1]).max() > 0.1
+
+
+def test_torchvision_vgg16_converts_exactly_at_74_px():
+    """The real VGG-16 layout and sizes (138M weights; fc1 reads a 7x7x512 map), at the paper's 74 px."""
+    net = random_torch_vgg(False, 1000, seed=4)
+    x = images((2, 74, 74, 3), seed=4)  # VGG's map is 2x2 there: the adaptive pooling spreads it to 7x7
+    expected = torch_logits(net, x)
+    model = convert_torch.convert(net.state_dict(), "vgg16")
+    assert model.output_shape == (None, 1000) and model.input_shape == (None, None, None, 3)
+    assert model.count_params() == 138_357_544  # torchvision's vgg16, as torch counts it
+    _assert_logits_match(model(x).numpy(), expected, "vgg16 at 74 px")
+
+
+@pytest.fixture(scope="module")
+def narrow_vgg16_bn(tmp_path_factory):
+    """VGG-16-BN in torchvision's layout at 1/8 of its widths (hidden 64), saved as a `.pth`: fast to convert."""
+    net = random_torch_vgg(True, 10, seed=5, divisor=8, hidden=64)
+    path = tmp_path_factory.mktemp("vgg16_bn") / "vgg16_bn.pth"
+    torch.save(net.state_dict(), path)
+    return argparse.Namespace(net=net, pth=str(path))
+
+
+@pytest.mark.parametrize("size", [74, 224, 50])
+def test_vgg16_bn_layout_converts_at_any_size(narrow_vgg16_bn, size):
+    x = images((2, size, size, 3), seed=size)
+    model = convert_torch.convert(convert_torch.load_state_dict(narrow_vgg16_bn.pth), "vgg16_bn")
+    _assert_logits_match(model(x).numpy(), torch_logits(narrow_vgg16_bn.net, x), f"narrow vgg16_bn at {size} px")
+
+
+def test_cli_writes_a_vgg_source_at_the_scaled_size(narrow_vgg16_bn, tmp_path, capsys):
+    out = tmp_path / "vgg16_bn_imagenet.keras"
+    convert_torch.main(["--arch", "vgg16_bn", narrow_vgg16_bn.pth, str(out)])
+    assert f"wrote {out}: vgg16_bn, 10 classes" in capsys.readouterr().out
+    source = sources.build_source(str(out), (32, 32))  # the reference's CIFAR x7/3: 74 px
+    assert source.image_size == (74, 74) and source.num_classes == 10
+    x = images((2, 32, 32, 3), seed=6)
+    resized = keras.ops.convert_to_numpy(keras.ops.image.resize(x, (74, 74), interpolation="bilinear"))
+    np.testing.assert_allclose(source(x).numpy(), torch_logits(narrow_vgg16_bn.net, resized), atol=1e-4, rtol=0)
+
+
+def test_wrong_vgg_variant_names_the_tensor(narrow_vgg16_bn):
+    state_dict = narrow_vgg16_bn.net.state_dict()
+    # vgg16_bn's features.1 is a BatchNorm, vgg16's a ReLU; vgg16's features.2 is a conv, vgg16_bn's a ReLU.
+    with pytest.raises(UserError, match=r"lacks .* tensors that --arch=vgg16 needs \(first: features\.2\.weight.*VGG"):
+        convert_torch.convert(state_dict, "vgg16")
+    with pytest.raises(UserError, match=r"tensor classifier\.6\.weight has shape \(10, 64\).*needs \(1000, 64\)"):
+        convert_torch.convert(state_dict, "vgg16_bn", 1000)
+    with pytest.raises(UserError, match=r"lacks .* tensors that --arch=vgg19_bn needs"):
+        convert_torch.convert(state_dict, "vgg19_bn")
 
 
 def test_command_line_reports_user_errors_in_one_line(tmp_path, monkeypatch, capsys):
