@@ -31,7 +31,7 @@ def _setup(tmp_path, **overrides):
         output_dir=str(tmp_path / "run"),
         **overrides,
     )
-    data = data_lib.load("synthetic", batch_size=32, seed=0, augment=False)
+    data = data_lib.load("synthetic", batch_size=32, seed=0, augment="none")
     model = build_model(config, data.image_size, data.num_classes)
     return config, data, model
 
