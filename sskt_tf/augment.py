@@ -264,13 +264,22 @@ class KerasCVRandAugment:
         import keras
         import keras_cv  # Imported here: only RandAugment needs keras-cv.
 
-        self.layer = keras_cv.layers.RandAugment(
-            value_range=(0, 255),
-            augmentations_per_image=int(layers),
-            magnitude=float(magnitude),
-            magnitude_stddev=0.0,
-            seed=0,
-        )
+        def build():
+            return keras_cv.layers.RandAugment(
+                value_range=(0, 255),
+                augmentations_per_image=int(layers),
+                magnitude=float(magnitude),
+                magnitude_stddev=0.0,
+                seed=0,
+            )
+
+        try:
+            self.layer = build()
+        except RuntimeError:
+            # Some keras-cv layers take TF's global generator at construction, which op determinism
+            # (--deterministic) forbids until one is set. Each layer gets a private one below anyway.
+            tf.random.set_global_generator(tf.random.Generator.from_seed(0))
+            self.layer = build()
         factors = tf.random.Generator.from_seed(0)
         # Visit order (attribute order) is the same in every run, so state i always goes to the same generator.
         generators = [factors]
@@ -286,9 +295,10 @@ class KerasCVRandAugment:
             if id(layer) in seen:
                 return
             seen.add(id(layer))
-            generator = getattr(layer, "_random_generator", None)
-            if isinstance(generator, tf.random.Generator) and all(generator is not g for g in generators):
-                generators.append(generator)
+            if isinstance(getattr(layer, "_random_generator", None), tf.random.Generator):
+                # A private generator per layer: some share TF's global one, which must not be reset here.
+                layer._random_generator = tf.random.Generator.from_seed(len(generators))
+                generators.append(layer._random_generator)
             for name, value in list(vars(layer).items()):
                 if type(value) is uniform_sampler:
                     setattr(layer, name, _GeneratorUniformFactor(value.lower, value.upper))

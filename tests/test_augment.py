@@ -334,7 +334,7 @@ def test_training_cli_runs_with_randaugment_mixup_and_cutmix(tmp_path, monkeypat
     try:
         flags.FLAGS([
             "sskt_tf.train", "--flagfile=flags/smoke.cfg", "--augment=randaugment", "--mixup=0.2", "--cutmix=1",
-            "--sources=", "--epochs=1", "--steps_per_epoch=2", f"--output_dir={out}", "--verbose=0",
+            "--sources=", "--deterministic", "--epochs=1", "--steps_per_epoch=2", f"--output_dir={out}", "--verbose=0",
         ])
         results = train.main(["sskt_tf.train"])
     finally:
