@@ -1,5 +1,6 @@
 """Tests of the training CLI: every flagfile runs two smoke steps; outputs; one-line errors."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 from absl import flags
 
 from sskt_tf import config as config_lib
+from sskt_tf import sources as sources_lib
 from sskt_tf import train
 from sskt_tf.errors import UserError
 
@@ -33,37 +35,89 @@ def run_in_process(args, monkeypatch):
         FLAGS.unparse_flags()
 
 
-def smoke_overrides(flagfile, output_dir, monkeypatch):
-    """Offline stand-ins: synthetic data with the right class count, random-weight sources, 2 steps."""
+# Stand-in class counts of sources whose weights are not here (pretrained or converted files).
+_IMAGENET_CLASSES, _PLACES_CLASSES = 1000, 365
+_DATASET_STAND_INS = {
+    "cifar10": "synthetic:10",
+    "cifar100": "synthetic:100",
+    "stl10": "synthetic:10",
+    "voc2007": "synthetic_multilabel:20",
+}
+
+
+@pytest.fixture(scope="session")
+def stand_ins(tmp_path_factory):
+    """`stand_ins(name, classes)`: a tiny random source saved once per session.
+
+    Raw images -> mean colour -> Dense(classes), any input size, named like the source it stands in
+    for (so metric and layer names are the real run's). The class count is what shapes the
+    auxiliary head and the loss; the sources themselves (applications, files, preprocessing) are
+    tested in test_sources.py.
+    """
+    root = tmp_path_factory.mktemp("stand_in_sources")
+
+    def make(name, classes, index=0):
+        path = root / f"{index}.{classes}" / f"{name}.keras"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            inputs = keras.Input((None, None, 3))
+            x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            keras.Model(inputs, keras.layers.Dense(classes)(x), name=name).save(path)
+        return str(path)
+
+    return make
+
+
+def _spec_classes(spec, default):
+    """Classes of the network a spec names: <app>:random:<N>, a places365 file, or `default`."""
+    weights = spec.partition(":")[2]
+    if weights.startswith("random:"):
+        return int(weights.split(":")[1])
+    if spec.endswith(".keras") and "places365" in spec:
+        return _PLACES_CLASSES
+    return default
+
+
+def _dataset_classes(dataset):
+    if dataset.startswith(("synthetic:", "synthetic_multilabel:")):
+        return int(dataset.split(":")[1])
+    return 10  # synthetic
+
+
+def resolved_config(args, monkeypatch):
+    """The `Config` the training command builds from `args` (raises what it raises)."""
     monkeypatch.chdir(ROOT)
     FLAGS.unparse_flags()
-    FLAGS(["sskt_tf.train", f"--flagfile={flagfile}"])
-    config = config_lib.from_flags()
-    FLAGS.unparse_flags()
-    stand_ins = {
-        "cifar10": "synthetic:10",
-        "cifar100": "synthetic:100",
-        "stl10": "synthetic:10",
-        "voc2007": "synthetic_multilabel:20",
-    }
-    dataset = stand_ins.get(config.dataset, config.dataset)
-    # Pretrained weights and converted files are not here: a small random-weight network of the same
-    # class count stands in (the class count is what shapes the auxiliary head; a small network keeps
-    # the ~20 flagfiles' runs to a few minutes; sources themselves are tested in test_sources.py).
-    def stand_in(spec):
-        if spec.endswith(":imagenet"):
-            return "mobilenet_v3_small:random:1000"
-        if spec.endswith(".keras") and not os.path.exists(spec):
-            return f"mobilenet_v3_small:random:{365 if 'places365' in spec else 1000}"
-        return spec
+    try:
+        FLAGS(["sskt_tf.train", *args])
+        return config_lib.from_flags()
+    finally:
+        FLAGS.unparse_flags()
 
-    specs = [stand_in(s) for s in config.sources]
+
+def smoke_overrides(flagfile, output_dir, monkeypatch, stand_ins):
+    """Offline stand-ins: synthetic data with the right class count, tiny random sources, 2 steps."""
+    config = resolved_config([f"--flagfile={flagfile}"], monkeypatch)
+    dataset = _DATASET_STAND_INS.get(config.dataset, config.dataset)
+
+    # Every source becomes a tiny network of the same class count and name: pretrained weights and
+    # converted files are not here, and a real application (even with random weights) would cost
+    # most of each run in building and tracing. Existing .keras files are used as they are.
+    def stand_in(spec, default_classes, index):
+        if spec.endswith(".keras") and os.path.exists(spec):
+            return spec
+        return stand_ins(sources_lib.source_name(spec), _spec_classes(spec, default_classes), index)
+
+    specs = [stand_in(s, _IMAGENET_CLASSES, i) for i, s in enumerate(config.sources)]
+    teacher = [f"--teacher={stand_in(config.teacher, _dataset_classes(dataset), 'teacher')}"] if config.teacher else []
     # 224-px rows (VOC) train at 32 px here: the network and loss paths are the same, the step is fast.
     size = [f"--image_size={min(config.image_size[0], 32)}"] if config.image_size else []
     return [
         f"--flagfile={flagfile}",
         f"--dataset={dataset}",
         f"--sources={','.join(specs)}",
+        *teacher,
         *size,
         "--epochs=1",
         "--steps_per_epoch=2",
@@ -75,12 +129,29 @@ def smoke_overrides(flagfile, output_dir, monkeypatch):
     ]
 
 
+# Smoke runs by their resolved configuration (output directory aside): flagfiles that resolve to the
+# same `Config` (cifar.cfg and cifar10_resnet20_imagenet.cfg, or a CIFAR-10 and an STL-10 row once both
+# stand in as synthetic:10) are the same run, because train.main depends on its flags only through
+# the `Config`. Each distinct run trains once; its flagfiles all check its outputs.
+_SMOKE_RUNS = {}
+
+
 @pytest.mark.parametrize("flagfile", FLAGFILES)
-def test_every_flagfile_runs_two_smoke_steps(flagfile, tmp_path, monkeypatch):
-    results = run_in_process(smoke_overrides(flagfile, tmp_path / "run", monkeypatch), monkeypatch)
-    assert results["epochs_completed"] == 1
-    assert np.isfinite(results["test"]["loss"])
-    assert os.path.exists(tmp_path / "run" / "target.keras")
+def test_every_flagfile_runs_two_smoke_steps(flagfile, tmp_path, monkeypatch, stand_ins):
+    args = smoke_overrides(flagfile, tmp_path / "run", monkeypatch, stand_ins)
+    config = resolved_config(args, monkeypatch)
+    key = dataclasses.replace(config, output_dir="").to_json()
+    if key not in _SMOKE_RUNS:
+        results = run_in_process(args, monkeypatch)
+        _SMOKE_RUNS[key] = (results, tmp_path / "run", flagfile)
+    results, out, first = _SMOKE_RUNS[key]
+    assert results["epochs_completed"] == 1, first
+    assert np.isfinite(results["test"]["loss"]), first
+    assert os.path.exists(out / "target.keras"), first
+    written = json.loads((out / "config.json").read_text())
+    assert {k: v for k, v in written.items() if k != "output_dir"} == {
+        k: v for k, v in json.loads(config.to_json()).items() if k != "output_dir"
+    }, first
 
 
 def test_flagfiles_open_with_command_runtime_and_expectation():
@@ -129,33 +200,34 @@ def test_smoke_cli_writes_every_output(tmp_path):
     assert {l.name for l in target.layers} == {"images", "resnet20", "pool", "classifier"}
 
 
-def _cli(args, tmp_path):
-    return subprocess.run(
-        [sys.executable, "-m", "sskt_tf.train", *args, f"--output_dir={tmp_path / 'out'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+BAD_INPUT = [
+    (["--dataset=imagenet21k"], 2, "error: --dataset='imagenet21k' is not a known dataset"),
+    (["--dataset=synthetic", "--sources=/nowhere/teacher.keras"], 2, "error: --sources: model file '/nowhere/teacher.keras' does not exist"),
+    (["--model=resnet19"], 1, "--model"),
+]
 
 
-@pytest.mark.parametrize(
-    "args, rc, message",
-    [
-        (["--dataset=imagenet21k"], 2, "error: --dataset='imagenet21k' is not a known dataset"),
-        (["--dataset=synthetic", "--sources=/nowhere/teacher.keras"], 2, "error: --sources: model file '/nowhere/teacher.keras' does not exist"),
-        (["--model=resnet19"], 1, "--model"),
-    ],
-)
-def test_bad_input_is_one_line_not_a_traceback(args, rc, message, tmp_path):
-    proc = _cli(args, tmp_path)
-    assert proc.returncode == rc
-    assert "Traceback" not in proc.stderr
-    assert message in proc.stderr
+def test_bad_input_is_one_line_not_a_traceback(tmp_path):
+    # The commands run at the same time: each is mostly TensorFlow's import, on one core.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sskt_tf.train", *args, f"--output_dir={tmp_path / str(i)}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (args, _, _) in enumerate(BAD_INPUT)
+    ]
+    for (args, rc, message), proc in zip(BAD_INPUT, procs):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == rc, (args, stderr[-2000:])
+        assert "Traceback" not in stderr, args
+        assert message in stderr, (args, stderr[-2000:])
 
 
-def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch):
-    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch)
+def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch, stand_ins):
+    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins)
     args[args.index("--overwrite")] = "--nooverwrite"  # smoke.cfg itself allows overwriting
     run_in_process(args, monkeypatch)
     before = (tmp_path / "run" / "results.json").read_text()
@@ -167,9 +239,9 @@ def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch):
     assert json.loads(before)["epochs_completed"] == 1
 
 
-def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, monkeypatch):
+def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, monkeypatch, stand_ins):
     out = tmp_path / "run"
-    args = smoke_overrides("flags/smoke.cfg", out, monkeypatch)
+    args = smoke_overrides("flags/smoke.cfg", out, monkeypatch, stand_ins)
     results = run_in_process(
         [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2"], monkeypatch
     )
@@ -193,15 +265,15 @@ def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, m
     assert (out / "checkpoints" / "best.keras").exists()  # Picked by val_map.
 
 
-def test_target_loss_must_fit_the_labels(tmp_path, monkeypatch):
-    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch)
+def test_target_loss_must_fit_the_labels(tmp_path, monkeypatch, stand_ins):
+    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins)
     with pytest.raises(UserError, match=r"--target_loss=bce is for multi-label datasets"):
         run_in_process([*args, "--target_loss=bce"], monkeypatch)
     with pytest.raises(UserError, match=r"is multi-label .* pass --target_loss=bce"):
         run_in_process([*args, "--dataset=synthetic_multilabel:6"], monkeypatch)
 
 
-def test_bce_is_refused_for_the_baselines(tmp_path, monkeypatch):
-    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch)
+def test_bce_is_refused_for_the_baselines(tmp_path, monkeypatch, stand_ins):
+    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins)
     with pytest.raises(UserError, match=r"--target_loss=bce \(multi-label\) only applies to --method=sskt or scratch"):
         run_in_process([*args, "--sources=", "--method=dml", "--target_loss=bce"], monkeypatch)
