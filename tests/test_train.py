@@ -45,30 +45,6 @@ _DATASET_STAND_INS = {
 }
 
 
-@pytest.fixture(scope="session")
-def stand_ins(tmp_path_factory):
-    """`stand_ins(name, classes)`: a tiny random source saved once per session.
-
-    Raw images -> mean colour -> Dense(classes), any input size, named like the source it stands in
-    for (so metric and layer names are the real run's). The class count is what shapes the
-    auxiliary head and the loss; the sources themselves (applications, files, preprocessing) are
-    tested in test_sources.py.
-    """
-    root = tmp_path_factory.mktemp("stand_in_sources")
-
-    def make(name, classes, index=0):
-        path = root / f"{index}.{classes}" / f"{name}.keras"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            inputs = keras.Input((None, None, 3))
-            x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-            x = keras.layers.GlobalAveragePooling2D()(x)
-            keras.Model(inputs, keras.layers.Dense(classes)(x), name=name).save(path)
-        return str(path)
-
-    return make
-
-
 def _spec_classes(spec, default):
     """Classes of the network a spec names: <app>:random:<N>, a places365 file, or `default`."""
     weights = spec.partition(":")[2]
