@@ -203,7 +203,8 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch, stand_ins):
-    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins)
+    # Without a source: the refusals are about the directory, not the run's contents.
+    args = [*smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins), "--sources="]
     args[args.index("--overwrite")] = "--nooverwrite"  # smoke.cfg itself allows overwriting
     run_in_process(args, monkeypatch)
     before = (tmp_path / "run" / "results.json").read_text()
@@ -219,7 +220,7 @@ def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, m
     out = tmp_path / "run"
     args = smoke_overrides("flags/smoke.cfg", out, monkeypatch, stand_ins)
     results = run_in_process(
-        [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2"], monkeypatch
+        [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2", "--aux_head=linear"], monkeypatch
     )
     test = results["test"]
     assert set(test) == {"loss", "target_loss", "map", "map_per_image_reference"}
