@@ -145,10 +145,15 @@ def test_without_matplotlib_the_table_says_how_to_get_the_picture(parsed, tmp_pa
     assert not (tmp_path / "comparison.png").exists()
 
 
-def test_the_command_trains_for_real_on_smoke_settings(tmp_path):
-    out = tmp_path / "compare"
+def _real_command(workdir, stand_ins, items):
+    out = workdir / "compare"
     command = [sys.executable, "-m", "sskt_tf.compare", *SMOKE, "--methods=kd", "--seeds=1", "--steps_per_epoch=1", f"--output_dir={out}"]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return lambda: (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600))
+
+
+@pytest.mark.background(job=_real_command)
+def test_the_command_trains_for_real_on_smoke_settings(background):
+    out, proc = background.result()
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     # KD: the routed --teacher reached the subprocess (the other methods run from the command in test_methods).
     results = json.loads((out / "kd" / "seed0" / "results.json").read_text())
