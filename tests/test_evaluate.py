@@ -61,9 +61,8 @@ def image_colours():
     return colours
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
+def make_run_dir(root):
+    """A run directory with the colour model, evaluated on a folder of the TEST_SET images."""
     data = root / "data"
     for i, ((label, _), colour) in enumerate(zip(TEST_SET, image_colours())):
         png = tf.io.encode_png(np.full((8, 8, 3), colour, np.uint8))
@@ -76,6 +75,11 @@ def run_dir(tmp_path_factory):
     (run / "config.json").write_text(json.dumps({"dataset": f"folder:{data}", "data_dir": None, "target_loss": "ce"}))
     (run / "results.json").write_text(json.dumps({"class_names": CLASSES, "image_size": [8, 8]}))
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run_dir(tmp_path_factory.mktemp("evaluate"))
 
 
 def read_csv(path):
@@ -164,11 +168,15 @@ def test_a_dataset_of_another_task_is_refused(run_dir, tmp_path, dataset, messag
         evaluate.run_evaluation(str(run_dir), dataset, output_dir=str(tmp_path))
 
 
-def test_cli_prints_the_metrics_and_the_table(run_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "sskt_tf.evaluate", f"--model={run_dir / 'target.keras'}", f"--output_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+def _cli(workdir, stand_ins, items):
+    run, out = make_run_dir(workdir), workdir / "cli"
+    command = [sys.executable, "-m", "sskt_tf.evaluate", f"--model={run / 'target.keras'}", f"--output_dir={out}"]
+    return lambda: (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300))
+
+
+@pytest.mark.background(job=_cli)
+def test_cli_prints_the_metrics_and_the_table(background):
+    out, proc = background.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "accuracy=0.8500" in proc.stdout and "precision" in proc.stdout and "airplane" in proc.stdout
-    assert sorted(os.listdir(tmp_path)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "per_class.csv"]
+    assert sorted(os.listdir(out)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "per_class.csv"]
