@@ -13,10 +13,11 @@ import tensorflow as tf
 from absl import flags
 
 from sskt_tf import config as config_lib
-from sskt_tf import losses, methods, train
+from sskt_tf import losses, methods
 from sskt_tf.baselines import DMLModel, KDModel, MAXLModel
 from sskt_tf.config import Config
 from sskt_tf.errors import UserError
+from conftest import TrainingRuns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config_lib.define_flags()
@@ -441,40 +442,43 @@ def test_maxl_psi_per_class_must_match_the_classes(tmp_path):
 # --- The training command, every method -------------------------------------------------------------
 
 
-def run_train(tmp_path, monkeypatch, *args):
-    monkeypatch.chdir(ROOT)
-    out = tmp_path / "run"
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(
-            [
-                "sskt_tf.train",
-                "--flagfile=flags/smoke.cfg",
-                "--sources=",
-                *args,
-                "--epochs=1",
-                "--steps_per_epoch=2",
-                "--batch_size=8",
-                "--eval_batch_size=128",
-                f"--output_dir={out}",
-                "--verbose=0",
-            ]
-        )
-        results = train.main(["sskt_tf.train"])
-    finally:
-        FLAGS.unparse_flags()
-    return out, results
+def _command_args(*args):
+    return [
+        "--flagfile=flags/smoke.cfg",
+        "--sources=",
+        *args,
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--batch_size=8",
+        "--eval_batch_size=128",
+        "--verbose=0",
+    ]
 
 
-@pytest.mark.parametrize(
-    "method, args",
-    [("scratch", []), ("kd", ["--teacher=TEACHER", "--kd_alpha=0.5"]), ("dml", ["--dml_peers=3"]), ("maxl", [])],
-)
-def test_every_method_trains_from_the_command(method, args, tmp_path, monkeypatch, stand_ins):
+METHOD_ARGS = {"scratch": [], "kd": ["--teacher=TEACHER", "--kd_alpha=0.5"], "dml": ["--dml_peers=3"], "maxl": []}
+
+
+def _method_runs(workdir, stand_ins, items):
+    """The training command once per method: in this process or in the background lane's helper."""
     # KD's teacher: a tiny network of the 10 classes (an application teacher runs in test_compare.py).
     teacher = stand_ins("teacher_net", 10)
-    args = [a.replace("TEACHER", teacher) for a in args]
-    out, results = run_train(tmp_path, monkeypatch, f"--method={method}", *args)
+    methods = [item.callspec.params["method"] for item in items]
+    runs = TrainingRuns(
+        workdir,
+        [(m, _command_args(f"--method={m}", *(a.replace("TEACHER", teacher) for a in METHOD_ARGS[m]))) for m in methods],
+    )
+    runs.methods, runs.teacher = methods, teacher
+    return runs
+
+
+@pytest.mark.background(job=_method_runs)
+@pytest.mark.parametrize("method", list(METHOD_ARGS))
+def test_every_method_trains_from_the_command(method, background):
+    runs = background.prepared
+    index = runs.methods.index(method)
+    outcome = background.training_run(index)
+    assert "error" not in outcome, outcome.get("error")
+    out, teacher = runs.output_dir(index), runs.teacher
     written = json.loads((out / "results.json").read_text())
     assert written["method"] == method and written["epochs_completed"] == 1
     assert np.isfinite(written["test"]["loss"]) and written["sources"] == []
@@ -499,13 +503,13 @@ def test_every_method_trains_from_the_command(method, args, tmp_path, monkeypatc
         assert {"aux_loss", "meta_loss", "label_entropy"} <= set(header)
 
 
-def test_a_contradiction_is_one_error_line_from_the_command(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "sskt_tf.train", "--flagfile=flags/smoke.cfg", "--method=dml", f"--output_dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def _contradiction(workdir, stand_ins, items):
+    command = [sys.executable, "-m", "sskt_tf.train", "--flagfile=flags/smoke.cfg", "--method=dml", f"--output_dir={workdir}"]
+    return lambda: subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.background(job=_contradiction)
+def test_a_contradiction_is_one_error_line_from_the_command(background):
+    proc = background.result()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: --sources=mobilenet_v2:random only applies to --method=sskt; received --method=dml" in proc.stderr
