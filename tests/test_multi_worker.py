@@ -8,6 +8,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 import sskt_tf  # noqa: F401  (registers the custom layers for loading)
 
@@ -24,9 +25,8 @@ def _free_ports(n):
     return ports
 
 
-def test_two_local_workers_finish_with_identical_weights(tmp_path, stand_ins):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    out = tmp_path / "run"
+def _two_workers(workdir, stand_ins, items):
+    out = workdir / "run"
     # smoke.cfg with a tiny source of MobileNetV2's class count: the workers' time goes to starting
     # TensorFlow and tracing, and a real application would add the most to both.
     command = [
@@ -34,12 +34,30 @@ def test_two_local_workers_finish_with_identical_weights(tmp_path, stand_ins):
         f"--sources={stand_ins('mobilenet_v2_random', 1000)}",
         "--sync_bn", "--epochs=2", "--steps_per_epoch=2", "--batch_size=16", "--eval_batch_size=64", "--verbose=2", f"--output_dir={out}",
     ]
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [p.communicate(timeout=400)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+
+    def run():
+        workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+        procs, logs = [], [workdir / f"worker_{index}.log" for index in range(2)]
+        for index in range(2):
+            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+            with open(logs[index], "w") as log:
+                procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        try:
+            codes = [p.wait(timeout=400) for p in procs]
+        finally:
+            for p in procs:  # After a timeout: no worker left behind.
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        return out, codes, [log.read_text() for log in logs]
+
+    return run
+
+
+@pytest.mark.background(job=_two_workers)
+def test_two_local_workers_finish_with_identical_weights(background):
+    out, codes, logs = background.result()
+    assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
     chief = keras.saving.load_model(out / "target.keras").get_weights()
     other = keras.saving.load_model(out / "worker_1" / "target.keras").get_weights()
     assert len(chief) == len(other) > 0
