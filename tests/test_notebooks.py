@@ -57,21 +57,24 @@ def test_notebooks_are_stored_thin_and_without_outputs(name):
     assert "import sskt_tf" in body or "from sskt_tf import" in body
 
 
-def test_quickstart_trains_exports_and_predicts(tmp_path, stand_ins):
-    run = tmp_path / "run"
-    nb = execute(
-        "sskt_quickstart.ipynb",
-        {
-            **OFFLINE,
-            "FLAGFILE": "flags/cifar.cfg",
-            "DATASET": "synthetic",
-            # A tiny source of ImageNet's 1000 classes in place of the ResNet-50 (a spec like any other).
-            "SOURCES": stand_ins("resnet50_imagenet", 1000),
-            "EPOCHS": 1,
-            "EXTRA_FLAGS": SMOKE_TRAINING,
-            "RUN_DIR": str(run),
-        },
-    )
+def _quickstart(workdir, stand_ins, items):
+    run = workdir / "run"
+    parameters = {
+        **OFFLINE,
+        "FLAGFILE": "flags/cifar.cfg",
+        "DATASET": "synthetic",
+        # A tiny source of ImageNet's 1000 classes in place of the ResNet-50 (a spec like any other).
+        "SOURCES": stand_ins("resnet50_imagenet", 1000),
+        "EPOCHS": 1,
+        "EXTRA_FLAGS": SMOKE_TRAINING,
+        "RUN_DIR": str(run),
+    }
+    return lambda: (run, execute("sskt_quickstart.ipynb", parameters))
+
+
+@pytest.mark.background(job=_quickstart)
+def test_quickstart_trains_exports_and_predicts(background):
+    run, nb = background.result()
     assert (run / "results.json").exists() and (run / "saved_model" / "saved_model.pb").exists()
     assert len(outputs(nb, "image/png")) == 2  # The augmented batch and the predictions.
     text = "\n".join(outputs(nb, "text"))
@@ -79,9 +82,9 @@ def test_quickstart_trains_exports_and_predicts(tmp_path, stand_ins):
     assert text.count(" predicted class_") == 16  # One line per test image.
 
 
-def test_bring_your_own_uses_the_folder_and_the_source_model(tmp_path):
+def _bring_your_own(workdir, stand_ins, items):
     rng = np.random.default_rng(0)
-    images = tmp_path / "images"
+    images = workdir / "images"
     for split, count in (("train", 8), ("test", 3)):
         for label, colour in (("apple", (200, 40, 40)), ("leaf", (40, 180, 40)), ("sky", (60, 90, 220))):
             os.makedirs(images / split / label)
@@ -92,22 +95,25 @@ def test_bring_your_own_uses_the_folder_and_the_source_model(tmp_path):
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(4, 3, activation="relu")(x)
     source = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x)))
-    source.save(tmp_path / "my_source.keras")
-    run = tmp_path / "run"
-    nb = execute(
-        "bring_your_own.ipynb",
-        {
-            **OFFLINE,
-            "IMAGE_DIR": str(images),
-            "SOURCE_MODEL": str(tmp_path / "my_source.keras"),
-            "IMAGE_SIZE": (16, 16),
-            "EPOCHS": 1,
-            "EXTRA_FLAGS": SMOKE_TRAINING,
-            "RUN_DIR": str(run),
-        },
-    )
+    source.save(workdir / "my_source.keras")
+    run = workdir / "run"
+    parameters = {
+        **OFFLINE,
+        "IMAGE_DIR": str(images),
+        "SOURCE_MODEL": str(workdir / "my_source.keras"),
+        "IMAGE_SIZE": (16, 16),
+        "EPOCHS": 1,
+        "EXTRA_FLAGS": SMOKE_TRAINING,
+        "RUN_DIR": str(run),
+    }
+    return lambda: (workdir, images, run, execute("bring_your_own.ipynb", parameters))
+
+
+@pytest.mark.background(job=_bring_your_own)
+def test_bring_your_own_uses_the_folder_and_the_source_model(background):
+    workdir, images, run, nb = background.result()
     config = (run / "config.json").read_text()
-    assert str(tmp_path / "my_source.keras") in config and f"folder:{images}" in config
+    assert str(workdir / "my_source.keras") in config and f"folder:{images}" in config
     assert (run / "results.json").exists()
     assert len(list((run / "evaluation").glob("*/confusion_matrix.png"))) == 1
     text = "\n".join(outputs(nb, "text"))
