@@ -43,29 +43,51 @@ def _weights(path):
     return keras.saving.load_model(path).get_weights()
 
 
-def test_sigkill_then_same_command_ends_bit_identical(tmp_path, args):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # The uninterrupted run goes on beside the one to be killed: each mostly starts TensorFlow and
-    # traces its steps, on one core.
-    log = open(tmp_path / "straight.log", "w")
-    uninterrupted = subprocess.Popen(_command(args, straight), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    proc = subprocess.Popen(_command(args, killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pointer = killed / "backup" / "latest.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if pointer.exists() and json.loads(pointer.read_text())["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "results.json").exists()
-    saved = json.loads(pointer.read_text())["epoch"]
-    assert 2 <= saved < 4
+def _sigkill_and_resume(workdir, stand_ins, items):
+    """Runs the same command straight through, and killed after epoch 2 then started again."""
+    args = [*ARGS, f"--sources={stand_ins('mobilenet_v2_random', 1000)}"]
+    straight, killed = workdir / "straight", workdir / "killed"
 
-    resumed = subprocess.run(_command(args, killed), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert uninterrupted.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-2000:]
-    log.close()
+    def run():
+        seen = {}
+        # The uninterrupted run goes on beside the one to be killed: each mostly starts TensorFlow
+        # and traces its steps, on one core.
+        with open(workdir / "straight.log", "w") as log:
+            uninterrupted = subprocess.Popen(_command(args, straight), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc = subprocess.Popen(_command(args, killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            pointer = killed / "backup" / "latest.json"
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                if pointer.exists() and json.loads(pointer.read_text())["epoch"] >= 2:
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            seen["killed_returncode"] = proc.wait()
+            seen["results_after_kill"] = (killed / "results.json").exists()
+            seen["saved"] = json.loads(pointer.read_text())["epoch"] if pointer.exists() else None
+            seen["resumed"] = subprocess.run(_command(args, killed), cwd=ROOT, capture_output=True, text=True, timeout=300)
+            seen["straight_returncode"] = uninterrupted.wait(timeout=300)
+        finally:
+            if uninterrupted.poll() is None:
+                uninterrupted.kill()
+                uninterrupted.wait()
+        seen["straight_log"] = (workdir / "straight.log").read_text()
+        return straight, killed, seen
+
+    return run
+
+
+@pytest.mark.background(job=_sigkill_and_resume)
+def test_sigkill_then_same_command_ends_bit_identical(background):
+    straight, killed, seen = background.result()
+    assert seen["killed_returncode"] == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not seen["results_after_kill"]
+    saved = seen["saved"]
+    assert saved is not None and 2 <= saved < 4
+
+    resumed = seen["resumed"]
+    assert seen["straight_returncode"] == 0, seen["straight_log"][-2000:]
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming after epoch {saved}" in resumed.stdout
     assert json.loads((killed / "results.json").read_text())["epochs_completed"] == 4
