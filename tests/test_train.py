@@ -1,5 +1,6 @@
 """Tests of the training CLI: every flagfile runs two smoke steps; outputs; one-line errors."""
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -16,6 +17,7 @@ from sskt_tf import config as config_lib
 from sskt_tf import sources as sources_lib
 from sskt_tf import train
 from sskt_tf.errors import UserError
+from conftest import TrainingRuns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(
@@ -61,27 +63,37 @@ def _dataset_classes(dataset):
     return 10  # synthetic
 
 
-def resolved_config(args, monkeypatch):
-    """The `Config` the training command builds from `args` (raises what it raises)."""
-    monkeypatch.chdir(ROOT)
-    FLAGS.unparse_flags()
+@contextlib.contextmanager
+def _in_root():
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # Flagfiles and checkpoints/ paths are relative to the repository root.
     try:
-        FLAGS(["sskt_tf.train", *args])
-        return config_lib.from_flags()
+        yield
     finally:
+        os.chdir(cwd)
+
+
+def resolved_config(args):
+    """The `Config` the training command builds from `args` (raises what it raises)."""
+    with _in_root():
         FLAGS.unparse_flags()
+        try:
+            FLAGS(["sskt_tf.train", *args])
+            return config_lib.from_flags()
+        finally:
+            FLAGS.unparse_flags()
 
 
-def smoke_overrides(flagfile, output_dir, monkeypatch, stand_ins):
+def smoke_overrides(flagfile, output_dir, stand_ins):
     """Offline stand-ins: synthetic data with the right class count, tiny random sources, 2 steps."""
-    config = resolved_config([f"--flagfile={flagfile}"], monkeypatch)
+    config = resolved_config([f"--flagfile={flagfile}"])
     dataset = _DATASET_STAND_INS.get(config.dataset, config.dataset)
 
     # Every source becomes a tiny network of the same class count and name: pretrained weights and
     # converted files are not here, and a real application (even with random weights) would cost
     # most of each run in building and tracing. Existing .keras files are used as they are.
     def stand_in(spec, default_classes, index):
-        if spec.endswith(".keras") and os.path.exists(spec):
+        if spec.endswith(".keras") and os.path.exists(os.path.join(ROOT, spec)):
             return spec
         return stand_ins(sources_lib.source_name(spec), _spec_classes(spec, default_classes), index)
 
@@ -105,31 +117,6 @@ def smoke_overrides(flagfile, output_dir, monkeypatch, stand_ins):
     ]
 
 
-# Smoke runs by their resolved configuration (output directory aside): flagfiles that resolve to the
-# same `Config` (cifar.cfg and cifar10_resnet20_imagenet.cfg, or a CIFAR-10 and an STL-10 row once both
-# stand in as synthetic:10) are the same run, because train.main depends on its flags only through
-# the `Config`. Each distinct run trains once; its flagfiles all check its outputs.
-_SMOKE_RUNS = {}
-
-
-@pytest.mark.parametrize("flagfile", FLAGFILES)
-def test_every_flagfile_runs_two_smoke_steps(flagfile, tmp_path, monkeypatch, stand_ins):
-    args = smoke_overrides(flagfile, tmp_path / "run", monkeypatch, stand_ins)
-    config = resolved_config(args, monkeypatch)
-    key = dataclasses.replace(config, output_dir="").to_json()
-    if key not in _SMOKE_RUNS:
-        results = run_in_process(args, monkeypatch)
-        _SMOKE_RUNS[key] = (results, tmp_path / "run", flagfile)
-    results, out, first = _SMOKE_RUNS[key]
-    assert results["epochs_completed"] == 1, first
-    assert np.isfinite(results["test"]["loss"]), first
-    assert os.path.exists(out / "target.keras"), first
-    written = json.loads((out / "config.json").read_text())
-    assert {k: v for k, v in written.items() if k != "output_dir"} == {
-        k: v for k, v in json.loads(config.to_json()).items() if k != "output_dir"
-    }, first
-
-
 def test_flagfiles_open_with_command_runtime_and_expectation():
     for flagfile in FLAGFILES:
         with open(os.path.join(ROOT, flagfile)) as f:
@@ -138,15 +125,15 @@ def test_flagfiles_open_with_command_runtime_and_expectation():
         assert "Runtime" in header and "xpected" in header, flagfile
 
 
-def test_smoke_cli_writes_every_output(tmp_path):
-    out = tmp_path / "smoke"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sskt_tf.train", "--flagfile=flags/smoke.cfg", f"--output_dir={out}", "--verbose=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _smoke_cli(workdir, stand_ins, items):
+    out = workdir / "smoke"
+    command = [sys.executable, "-m", "sskt_tf.train", "--flagfile=flags/smoke.cfg", f"--output_dir={out}", "--verbose=2"]
+    return lambda: (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300))
+
+
+@pytest.mark.background(job=_smoke_cli)
+def test_smoke_cli_writes_every_output(background):
+    out, proc = background.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "synthetic" and config["sources"] == ["mobilenet_v2:random"]
@@ -183,28 +170,35 @@ BAD_INPUT = [
 ]
 
 
-def test_bad_input_is_one_line_not_a_traceback(tmp_path):
-    # The commands run at the same time: each is mostly TensorFlow's import, on one core.
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "sskt_tf.train", *args, f"--output_dir={tmp_path / str(i)}"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i, (args, _, _) in enumerate(BAD_INPUT)
-    ]
-    for (args, rc, message), proc in zip(BAD_INPUT, procs):
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == rc, (args, stderr[-2000:])
+def _bad_input(workdir, stand_ins, items):
+    def run():
+        # The commands run at the same time: each is mostly TensorFlow's import, on one core.
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "sskt_tf.train", *args, f"--output_dir={workdir / str(i)}"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i, (args, _, _) in enumerate(BAD_INPUT)
+        ]
+        return [(proc.communicate(timeout=300)[1], proc.returncode) for proc in procs]
+
+    return run
+
+
+@pytest.mark.background(job=_bad_input)
+def test_bad_input_is_one_line_not_a_traceback(background):
+    for (args, rc, message), (stderr, returncode) in zip(BAD_INPUT, background.result()):
+        assert returncode == rc, (args, stderr[-2000:])
         assert "Traceback" not in stderr, args
         assert message in stderr, (args, stderr[-2000:])
 
 
 def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch, stand_ins):
     # Without a source: the refusals are about the directory, not the run's contents.
-    args = [*smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins), "--sources="]
+    args = [*smoke_overrides("flags/smoke.cfg", tmp_path / "run", stand_ins), "--sources="]
     args[args.index("--overwrite")] = "--nooverwrite"  # smoke.cfg itself allows overwriting
     run_in_process(args, monkeypatch)
     before = (tmp_path / "run" / "results.json").read_text()
@@ -218,7 +212,7 @@ def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch, sta
 
 def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, monkeypatch, stand_ins):
     out = tmp_path / "run"
-    args = smoke_overrides("flags/smoke.cfg", out, monkeypatch, stand_ins)
+    args = smoke_overrides("flags/smoke.cfg", out, stand_ins)
     results = run_in_process(
         [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2", "--aux_head=linear"], monkeypatch
     )
@@ -243,7 +237,7 @@ def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, m
 
 
 def test_target_loss_must_fit_the_labels(tmp_path, monkeypatch, stand_ins):
-    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins)
+    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", stand_ins)
     with pytest.raises(UserError, match=r"--target_loss=bce is for multi-label datasets"):
         run_in_process([*args, "--target_loss=bce"], monkeypatch)
     with pytest.raises(UserError, match=r"is multi-label .* pass --target_loss=bce"):
@@ -251,6 +245,53 @@ def test_target_loss_must_fit_the_labels(tmp_path, monkeypatch, stand_ins):
 
 
 def test_bce_is_refused_for_the_baselines(tmp_path, monkeypatch, stand_ins):
-    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", monkeypatch, stand_ins)
+    args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", stand_ins)
     with pytest.raises(UserError, match=r"--target_loss=bce \(multi-label\) only applies to --method=sskt or scratch"):
         run_in_process([*args, "--sources=", "--method=dml", "--target_loss=bce"], monkeypatch)
+
+
+# --- Every flagfile -----------------------------------------------------------------------------------
+#
+# Each flagfile runs two smoke steps through the training command (train.main), with offline stand-ins
+# for its data and sources (smoke_overrides). Flagfiles that resolve to the same `Config`, output
+# directory aside, are the same run (cifar.cfg and cifar10_resnet20_imagenet.cfg, or a CIFAR-10 and an
+# STL-10 row once both stand in as synthetic:10), because train.main depends on its flags only through
+# the `Config`: each distinct run trains once, and each of its flagfiles checks its outputs. The runs
+# are shared out between these tests and a helper process in the background lane (conftest.py).
+
+
+def _distinct_runs(flagfiles, stand_ins):
+    """[(first flagfile, smoke args)] of the distinct runs, and each flagfile's index among them."""
+    runs, keys, index = [], {}, {}
+    for flagfile in flagfiles:
+        args = smoke_overrides(flagfile, "OUTPUT_DIR", stand_ins)
+        args.remove("--output_dir=OUTPUT_DIR")  # TrainingRuns gives each run its own.
+        key = dataclasses.replace(resolved_config(args), output_dir="").to_json()
+        if key not in keys:
+            keys[key] = len(runs)
+            runs.append((flagfile, args))
+        index[flagfile] = keys[key]
+    return runs, index
+
+
+def _flagfile_runs(workdir, stand_ins, items):
+    runs, index = _distinct_runs([item.callspec.params["flagfile"] for item in items], stand_ins)
+    training_runs = TrainingRuns(workdir, runs)
+    training_runs.flagfile_index = index
+    return training_runs
+
+
+@pytest.mark.background(job=_flagfile_runs)
+@pytest.mark.parametrize("flagfile", FLAGFILES)
+def test_every_flagfile_runs_two_smoke_steps(flagfile, background, stand_ins):
+    index = background.prepared.flagfile_index[flagfile]
+    out = background.prepared.output_dir(index)
+    config = resolved_config(smoke_overrides(flagfile, out, stand_ins))
+    outcome = background.training_run(index)
+    assert "error" not in outcome, f"{background.prepared.runs[index]['name']}:\n{outcome.get('error')}"
+    results = outcome["results"]
+    assert results["epochs_completed"] == 1
+    assert np.isfinite(results["test"]["loss"])
+    assert (out / "target.keras").exists()
+    # The run is this flagfile's: the configuration it wrote is the one this flagfile resolves to.
+    assert json.loads((out / "config.json").read_text()) == json.loads(config.to_json())
