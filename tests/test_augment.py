@@ -149,9 +149,8 @@ def test_mixup_mixes_each_image_with_one_partner_and_its_label_with_the_same_wei
 @pytest.mark.parametrize("alpha", [0.2, 1.0])
 def test_mixup_weight_follows_beta_alpha_alpha(alpha):
     images, labels = _constant_images(4), tf.eye(4)
-    lams = np.array(
-        [float(augment.mixup(images, labels, tf.constant([s, 0], tf.int64), alpha)[2]) for s in range(1500)]
-    )
+    draw = tf.function(lambda s: augment.mixup(images, labels, tf.stack([s, tf.constant(0, tf.int64)]), alpha)[2])
+    lams = np.array([float(draw(tf.constant(s, tf.int64))) for s in range(1500)])
     # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)); the tolerances are ~5 standard errors.
     assert abs(lams.mean() - 0.5) < 0.05
     assert abs(lams.var() - 1.0 / (4 * (2 * alpha + 1))) < 0.02
@@ -189,9 +188,9 @@ def test_cutmix_pastes_one_box_and_weighs_labels_by_its_exact_area():
 def test_mix_batch_probability_and_switch():
     images, labels = _constant_images(8), tf.eye(8)
     kinds = []
+    mix = tf.function(lambda seed: augment.mix_batch(images, labels, seed, 0.5, 1.0, prob=0.4)[0])
     for s in range(300):
-        out, _ = augment.mix_batch(images, labels, tf.constant([s, 7], tf.int64), 0.5, 1.0, prob=0.4)
-        out = out.numpy()[..., 0]
+        out = mix(tf.constant([s, 7], tf.int64)).numpy()[..., 0]
         if np.array_equal(out, images.numpy()[..., 0]):
             kinds.append("none")
         elif all(np.ptp(o) == 0 for o in out):
