@@ -3,7 +3,6 @@
 import dataclasses
 
 import pytest
-import tensorflow as tf
 
 from sskt_tf import distribute, optim
 from sskt_tf.config import Config

@@ -1,7 +1,5 @@
 """Tests of the frozen sources: spec parsing, preprocessing, sizes, weight files, BatchNorm modes, errors."""
 
-import os
-
 import keras
 import numpy as np
 import pytest

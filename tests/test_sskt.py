@@ -1,15 +1,12 @@
 """Tests of SSKTModel: which weights move, golden losses, coupled weight decay, replicas, saving, export."""
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sskt_tf import heads, losses, sources
+from sskt_tf import losses
 from sskt_tf.config import Config
-from sskt_tf.models import get_backbone
 from sskt_tf.sskt import SSKTModel, build_model
 
 RNG = np.random.RandomState(0)
