@@ -92,15 +92,22 @@ class BackgroundJob:
     `prepared` is what the job's `prepare` returned: a callable, or a `TrainingRuns`.
     """
 
-    def __init__(self, name, prepared, workdir):
+    def __init__(self, name, prepared, workdir, prepare_error=None):
         self.name = name
-        self.prepared = prepared
+        self._prepared = prepared
+        self._prepare_error = prepare_error  # Raised in the tests of a job whose `prepare` failed.
         self.workdir = workdir  # The directory its `prepare` was given.
         self._lock = threading.Lock()
         self._started = False
         self._done = threading.Event()
         self._value = self._error = None
         self.where, self.seconds = None, None  # Where it ran ("lane" or "test") and for how long.
+
+    @property
+    def prepared(self):
+        if self._prepare_error is not None:
+            raise self._prepare_error
+        return self._prepared
 
     def start(self, where="test"):
         """Runs the job here unless it has started elsewhere; returns whether it ran here."""
@@ -231,7 +238,10 @@ def _background_lane(request, tmp_path_factory, stand_ins):
             users.setdefault(marker.kwargs["job"], []).append(item)
     for prepare, items in users.items():
         workdir = tmp_path_factory.mktemp(prepare.__name__.strip("_"))
-        jobs[prepare] = BackgroundJob(prepare.__name__, prepare(workdir, stand_ins, items), workdir)
+        try:
+            jobs[prepare] = BackgroundJob(prepare.__name__, prepare(workdir, stand_ins, items), workdir)
+        except Exception as e:  # noqa: BLE001  (fails the job's own tests, not the session)
+            jobs[prepare] = BackgroundJob(prepare.__name__, None, workdir, prepare_error=e)
     stop = threading.Event()
 
     def lane():
@@ -248,8 +258,8 @@ def _background_lane(request, tmp_path_factory, stand_ins):
     # The session is over (all its tests have their jobs' results, or it was cut short): start nothing new.
     stop.set()
     for job in jobs.values():
-        if isinstance(job.prepared, TrainingRuns):
-            open(job.prepared.stop_file, "w").close()
+        if isinstance(job._prepared, TrainingRuns):
+            open(job._prepared.stop_file, "w").close()
     if thread is not None:
         thread.join()
     _LANE_REPORT[:] = [(job.name, job.where, job.seconds) for job in jobs.values()]
