@@ -75,7 +75,7 @@ def test_unknown_depth_and_name():
 
 
 def _torch_adaptive_average_pool(x, output_size):
-    torch = pytest.importorskip("torch")
+    import torch  # In the [dev] extra, as for test_convert_torch.py: this test must run, never skip.
     pooled = torch.nn.AdaptiveAvgPool2d(output_size)(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
     return pooled.numpy().transpose(0, 2, 3, 1)
 
