@@ -6,6 +6,7 @@ Library code receives a `Config` (or plain arguments), never FLAGS.
 import dataclasses
 import fractions
 import json
+import math
 
 from absl import flags
 
@@ -19,6 +20,10 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOURCE_PRECISIONS = ("same", "float32", "float16", "bfloat16")
 SOFT_LABEL_CACHES = ("off", "clean")
 JIT_CHOICES = ("auto", "true", "false")
+# What the sources' and the teacher's outputs are: auto detects a final softmax (sskt_tf.sources).
+SOURCE_OUTPUTS = ("auto", "logits", "probabilities")
+# Where the decoded training images are kept: auto = memory within a budget, else decoded every epoch.
+CACHES = ("auto", "memory", "disk", "none")
 # Flags of one method each, named <method>_*: any other --method refuses them.
 METHOD_FLAGS = (
     "kd_alpha",
@@ -40,6 +45,10 @@ class Config:
     data_dir: str | None = None
     image_size: tuple[int, int] | None = None
     train_subset: int | None = None
+    # Share of the training set held out (seeded, stratified) to choose best.keras; 0: the paper's protocol.
+    validation_split: float = 0.0
+    cache: str = "auto"
+    skip_bad_images: bool = False
     # Augmentation of training batches (sskt_tf.augment).
     augment: str = "standard"
     randaugment_layers: int = 2
@@ -59,6 +68,7 @@ class Config:
     kd_reduction: str = "batchmean"
     source_scale: float = 7 / 3
     source_bn: str = "inference"
+    source_outputs: str = "auto"
     # Method: SSKT or a baseline (sskt_tf.methods).
     method: str = "sskt"
     teacher: str | None = None
@@ -82,6 +92,7 @@ class Config:
     lr_milestones: tuple[int, ...] = (60, 120, 160)
     lr_gamma: float = 0.2
     seed: int = 0
+    eval_every: int = 1
     # Execution and outputs.
     strategy: str = "auto"
     tpu: str = ""
@@ -135,6 +146,7 @@ def _check_config(c):
     def bad(message):
         raise UserError(message)
 
+    _check_numbers(c, bad)
     n = len(c.sources)
     for flag, values in (("alpha", c.alpha), ("temperature", c.temperature)):
         if len(values) not in (1, max(n, 1)):
@@ -187,6 +199,33 @@ def _check_config(c):
     _check_method(c, bad)
 
 
+def _check_numbers(c, bad):
+    """Every numeric field is a finite number: NaN passes every `<`/`>` test, so it is refused first."""
+    for field in dataclasses.fields(c):
+        value = getattr(c, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                bad(f"--{field.name}={_show(value)}: expected a finite number; NaN and infinity are not allowed.")
+    if not 0 <= c.validation_split < 1:
+        bad(f"--validation_split must be in [0, 1) (0: no validation set). Received: {c.validation_split}.")
+    if c.eval_every < 1:
+        bad(f"--eval_every must be >= 1 (evaluate every N epochs). Received: {c.eval_every}.")
+    if c.train_subset is not None and c.train_subset < 1:
+        bad(f"--train_subset must be >= 1. Received: {c.train_subset}.")
+    if c.verbose not in (0, 1, 2):
+        bad(f"--verbose must be 0, 1 or 2. Received: {c.verbose}.")
+    if c.seed < 0:
+        bad(f"--seed must be >= 0. Received: {c.seed}.")
+    for name, allowed in (("cache", CACHES), ("source_outputs", SOURCE_OUTPUTS)):
+        if getattr(c, name) not in allowed:
+            bad(f"--{name}={getattr(c, name)} is not known. Allowed: {', '.join(allowed)}.")
+
+
+def _show(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _check_method(c, bad):
     if c.method not in METHODS:
         bad(f"--method={c.method} is not known. Allowed: {', '.join(METHODS)}.")
@@ -226,6 +265,9 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).")
     flags.DEFINE_list("image_size", None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).")
     flags.DEFINE_integer("train_subset", None, "Train on a fixed random subset of this many examples (quick experiments).")
+    flags.DEFINE_float("validation_split", d.validation_split, "Hold out this share of the training set (seeded, stratified) to choose best.keras and show validation metrics; the test set is then scored once, at the end. 0 (default): the paper's protocol, best.keras chosen on the test set. A folder: dataset with a val/ directory uses it instead.")
+    flags.DEFINE_enum("cache", d.cache, CACHES, "Decoded training images: memory (cached after the first epoch), disk (a tf.data cache file in <output_dir>/data_cache), none (decoded from the files every epoch), auto (memory if they fit in 25% of RAM, else none). The batches are identical whichever is used.")
+    flags.DEFINE_bool("skip_bad_images", d.skip_bad_images, "folder: datasets: train without images that cannot be decoded, listed in <output_dir>/skipped_images.txt (default: stop and name them).")
     flags.DEFINE_enum("augment", d.augment, augment.AUGMENTS, "Training augmentation: standard (random crop of the 4-padded image + flip, the paper's), randaugment (standard, then keras-cv RandAugment), none.")
     flags.DEFINE_integer("randaugment_layers", d.randaugment_layers, "--augment=randaugment: operations per image (RandAugment's N).")
     flags.DEFINE_float("randaugment_magnitude", d.randaugment_magnitude, "--augment=randaugment: magnitude of every operation in [0, 1] (keras-cv's scale; RandAugment's M / 10), fixed.")
@@ -244,6 +286,7 @@ def define_flags():
     flags.DEFINE_enum("kd_reduction", d.kd_reduction, losses.KD_REDUCTIONS, "For --aux_loss=kd: batchmean (true KL) or mean (PyTorch KLDivLoss() default of the reference code: / classes).")
     flags.DEFINE_string("source_scale", "7/3", "Sources see the (augmented) batch resized by this factor (a number or a fraction), floor per side: 32 -> 74, 96 -> 224.")
     flags.DEFINE_enum("source_bn", d.source_bn, sources.SOURCE_BN_MODES, "inference: sources use their moving BatchNorm statistics; batch: batch statistics, as the reference code (statistics never updated).")
+    flags.DEFINE_enum("source_outputs", d.source_outputs, SOURCE_OUTPUTS, "What the sources and the --teacher output: auto (a final softmax is detected and stripped, so its logits are used), logits, probabilities (their log is taken as logits).")
     # Method.
     flags.DEFINE_enum("method", d.method, METHODS, "sskt (with --sources; none: scratch), or a baseline: scratch (the target alone), kd (distillation from --teacher), dml (deep mutual learning of --dml_peers peers), maxl (meta auxiliary learning).")
     flags.DEFINE_string("teacher", None, "--method=kd: the frozen teacher, any source spec of the target's classes (e.g. /path/target.keras of a run on the same data); it sees the target's image size.")
@@ -266,6 +309,7 @@ def define_flags():
     flags.DEFINE_list("lr_milestones", [str(m) for m in d.lr_milestones], "Epochs at which multistep multiplies the learning rate by --lr_gamma (ignored by the other schedules).")
     flags.DEFINE_float("lr_gamma", d.lr_gamma, "Multistep decay factor.")
     flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order and augmentation.")
+    flags.DEFINE_integer("eval_every", d.eval_every, "Evaluate (and consider best.keras) every N epochs, and always after the last.")
     # Execution and outputs.
     flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy, see --tpu).")
     flags.DEFINE_string("tpu", d.tpu, "TPU address for --strategy=tpu ('' = the local or Colab TPU).")
@@ -321,6 +365,9 @@ def from_flags(fl=flags.FLAGS):
         data_dir=fl.data_dir,
         image_size=image_size,
         train_subset=fl.train_subset,
+        validation_split=fl.validation_split,
+        cache=fl.cache,
+        skip_bad_images=fl.skip_bad_images,
         augment=fl.augment,
         randaugment_layers=fl.randaugment_layers,
         randaugment_magnitude=fl.randaugment_magnitude,
@@ -337,6 +384,7 @@ def from_flags(fl=flags.FLAGS):
         kd_reduction=fl.kd_reduction,
         source_scale=_fraction("source_scale", fl.source_scale),
         source_bn=fl.source_bn,
+        source_outputs=fl.source_outputs,
         method=fl.method,
         teacher=(fl.teacher or "").strip() or None,
         kd_alpha=fl.kd_alpha,
@@ -357,6 +405,7 @@ def from_flags(fl=flags.FLAGS):
         lr_milestones=_numbers("lr_milestones", fl.lr_milestones, int),
         lr_gamma=fl.lr_gamma,
         seed=fl.seed,
+        eval_every=fl.eval_every,
         strategy=fl.strategy,
         tpu=fl.tpu,
         precision=fl.precision,
