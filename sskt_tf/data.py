@@ -16,10 +16,19 @@ tf.data.)
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import dataclasses
+import glob
+import hashlib
+import json
+import math
 import os
+import re
 import socket
+import sys
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -30,7 +39,12 @@ from sskt_tf.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Every format tf.io.decode_image reads (it goes by the content, not the name).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp")
+
+CACHE_MODES = ("auto", "memory", "disk", "none")
+# `cache="auto"` keeps decoded images in memory while they fit in this share of physical RAM.
+AUTO_CACHE_RAM_SHARE = 0.25
 
 SYNTHETIC_NUM_TRAIN = 512
 SYNTHETIC_NUM_TEST = 128
@@ -98,7 +112,8 @@ class Datasets:
         num_classes: number of classes.
         class_names: class names; the label is the index.
         image_size: `(H, W)` of every image in both streams.
-        num_train: training examples actually used (after `train_subset`).
+        num_train: training examples actually used (after the validation hold-out, then
+            `train_subset`, and without skipped bad files).
         num_test: test examples.
         steps_per_epoch: `num_train // batch_size`.
         train_from: `train_from(start_batch, extras=())` is `train` from its
@@ -109,6 +124,13 @@ class Datasets:
             training examples in a fixed order, `(images float32, labels)`.
         multi_label: labels are float32 multi-hot `[B, num_classes]` instead of int32 `[B]`
             (VOC, `synthetic_multilabel`); train with `--target_loss=bce`.
+        validation: one un-augmented pass over the validation set, like `test`
+            (batched with `eval_batch_size`), or None without one.
+        num_validation: validation examples (0 without a validation set).
+        validation_from: "validation_split" (held out of the training set), "val/" (the
+            `val/` folder of a folder dataset), or None.
+        bad_files: image files left out because they cannot be decoded
+            (`skip_bad_images=True`, folder datasets), sorted.
     """
 
     train: tf.data.Dataset
@@ -122,6 +144,10 @@ class Datasets:
     train_from: Callable = dataclasses.field(repr=False, default=None)
     train_ordered: Callable = dataclasses.field(repr=False, default=None)
     multi_label: bool = False
+    validation: tf.data.Dataset | None = None
+    num_validation: int = 0
+    validation_from: str | None = None
+    bad_files: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,18 +157,27 @@ class _Split:
     `elements` holds what is cheap to keep (file paths, or images already in memory)
     with int32 labels; `decode`, when set, maps one element to
     `(uint8 [H, W, 3], int32 label)`. Keeping the two apart lets the un-cached folder
-    pipeline shuffle file names, which costs nothing, instead of decoded images.
+    pipeline decode after shuffling, in parallel, every epoch.
     """
 
     elements: tf.data.Dataset
     size: int
     decode: Callable | None
-    element_bytes: int  # Rough size of one element of `elements`, to size the shuffle buffer.
+    image_bytes: int  # Bytes of one decoded image as it leaves `decoded()` (H * W * 3).
+    # The labels in element order (np.ndarray), or a function computing them (TFDS reads them
+    # in a pass without image decoding); needed by the validation hold-out only.
+    labels: np.ndarray | Callable[[], np.ndarray] | None = None
+    # Identifies the contents (files and their stamps, TFDS version, seed), to name disk caches.
+    key: str = ""
 
     def decoded(self) -> tf.data.Dataset:
         if self.decode is None:
             return self.elements
         return self.elements.map(self.decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    def label_array(self) -> np.ndarray:
+        labels = self.labels() if callable(self.labels) else self.labels
+        return np.asarray(labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +187,8 @@ class _Source:
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
     multi_label: bool = False
+    validation: _Split | None = None  # A folder dataset's val/.
+    bad_files: tuple[str, ...] = ()
 
 
 def check_target_loss(dataset: str, multi_label: bool, target_loss: str) -> None:
@@ -205,10 +242,16 @@ def load(
     seed: int = 0,
     train_subset: int | None = None,
     augment: augment_lib.Augmentation | str = "standard",
-    cache: bool = True,
+    cache: str = "auto",
+    cache_dir: str | None = None,
+    validation_split: float = 0.0,
+    skip_bad_images: bool = False,
     deterministic: bool = False,
 ) -> Datasets:
-    """Builds the training and test pipelines for `dataset`.
+    """Builds the training, validation and test pipelines for `dataset`.
+
+    Everything is checked here, before anything is written (only the folder-check cache,
+    under `~/.cache`, is written); a `UserError` names the problem in one line.
 
     Args:
         dataset: one of
@@ -228,12 +271,19 @@ def load(
               All TFDS datasets fail fast offline as CIFAR does (the archives TFDS would
               download, named as in their URLs, may be put in the manual directory).
             - `folder:<path>`: `<path>/train/<class>/*` and `<path>/test/<class>/*`
-              image files (JPEG/PNG/BMP/GIF by extension; other files are ignored).
-              Labels follow the sorted class folder names; the test split must have
-              the same class folders. The first bytes of every file are checked here,
-              so an empty or non-image file raises a `UserError` naming it; a file
-              with a valid header but a corrupt body fails only when the pipeline
-              decodes it, with TensorFlow's decode error (which names no file).
+              image files (JPEG, PNG, BMP, GIF, WebP, by extension, see
+              `IMAGE_EXTENSIONS`), and optionally `<path>/val/<class>/*`, the
+              validation set. Labels follow the sorted class folder names; test/ and
+              val/ must have the same class folders as train/. Every other file (other
+              extensions, hidden files, files outside the class folders or in their
+              sub-folders) is reported in one printed line, counted per extension.
+              Every image is decoded once up front, in parallel (the result is cached
+              in `$XDG_CACHE_HOME/sskt_tf/folder_checks/`, keyed by path, size and
+              modification time, so a second run checks only new or changed files): a
+              file that cannot be decoded raises a `UserError` naming it, or is left
+              out with `skip_bad_images`. Without `image_size`, images are resized to
+              the most common size of the training images (ties: the larger), printed
+              when the sizes differ.
             - `synthetic` or `synthetic:<num_classes>`: 512 train and 128 test
               images generated from `seed` (10 classes by default), each class with
               its own colour and stripe pattern plus noise, so a model can learn it.
@@ -241,23 +291,42 @@ def load(
               per image (the mean of their patterns) and multi-hot float32 labels.
         batch_size: training batch size; the partial batch at the end of an epoch is
             dropped.
-        eval_batch_size: test batch size (default `batch_size`); the partial last
-            batch is kept.
+        eval_batch_size: test and validation batch size (default `batch_size`); the
+            partial last batch is kept.
         data_dir: TFDS data directory (default: TFDS's own, `$TFDS_DATA_DIR` or
             `~/tensorflow_datasets`). Unused by folder and synthetic datasets.
         image_size: `(H, W)` to resize every image to (bilinear). Default: the CIFAR
-            size, the size of the first training image of a folder dataset, or 32x32
-            for synthetic data.
-        seed: seeds the training subset, the shuffle order, the augmentation and the
-            synthetic data.
-        train_subset: if set, train on a fixed random subset of this many examples.
+            size, the most common size of the training images of a folder dataset,
+            or 32x32 for synthetic data.
+        seed: seeds the validation hold-out, the training subset, the shuffle order,
+            the augmentation and the synthetic data.
+        train_subset: if set, train on a fixed random subset of this many examples of
+            the training part (after the validation hold-out).
         augment: an `sskt_tf.augment.Augmentation`, or one of its kinds: "none",
             "standard" (random crop of the 4-padded image and flip), "randaugment".
             With mixing (MixUp/CutMix), training labels are float32 soft rows
             `[B, num_classes]`.
-        cache: keep the decoded uint8 images in memory after the first pass (about
-            `examples * H * W * 3` bytes per split). Without it every epoch decodes
-            again.
+        cache: where decoded images are kept between epochs, for every split:
+            "memory" (after the first pass, about `examples * H * W * 3` bytes),
+            "disk" (a `tf.data` cache file per split under `cache_dir`, written
+            during the first pass; a partial file left by a killed process is
+            removed and written again), "none" (decoded from the files, in
+            parallel, every epoch; TFDS data is read from its records), or "auto":
+            "memory" while the decoded splits (training, then validation, then test)
+            fit in `AUTO_CACHE_RAM_SHARE` of physical RAM, "none" for the rest
+            (printed). The training batches are bit-identical whichever is used.
+        cache_dir: directory of the "disk" cache (needed for it); created when the
+            first pass starts. It belongs to one process at a time.
+        validation_split: F in [0, 1). 0 (default): no validation set (the paper's
+            protocol), unless a folder dataset has `val/`. F > 0: hold out a seeded
+            share of the training set. Single-label data is stratified: per class,
+            `round(F * n_c)` examples, at least 1 for a class with 2 or more (so the
+            total is about `F * n` and every such class is validated); multi-label
+            data: `round(F * n)` examples drawn at random. A `UserError` when the
+            validation set would be empty, a class would be left without training
+            examples, or a folder dataset has `val/` as well.
+        skip_bad_images: folder datasets: leave out image files that cannot be
+            decoded (returned in `Datasets.bad_files`) instead of raising.
         deterministic: run RandAugment one batch at a time, which makes its stream
             bit-reproducible (and resumable) at the cost of parallelism. The other
             augmentations are reproducible either way.
@@ -266,8 +335,8 @@ def load(
         A `Datasets`.
 
     Raises:
-        UserError: unknown dataset, missing or malformed data, no way to download,
-            or batch/subset sizes that do not fit the data.
+        UserError: unknown dataset, missing, malformed or undecodable data, no way to
+            download, or sizes and flags that do not fit the data.
     """
     if not isinstance(dataset, str):
         raise UserError(
@@ -283,11 +352,13 @@ def load(
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise UserError(f"--seed must be an integer, got {seed!r}; pass e.g. --seed=0.")
     seed = int(seed)
+    cache = _check_cache(cache, cache_dir)
+    validation_split = _check_validation_split(validation_split)
 
     if dataset in _TFDS_DATASETS or dataset.startswith(_TFDS_PREFIX):
         source = _tfds_source(dataset, data_dir, image_size)
     elif dataset.startswith("folder:"):
-        source = _folder_source(dataset[len("folder:"):], image_size)
+        source = _folder_source(dataset[len("folder:"):], image_size, skip_bad_images)
     elif dataset == "synthetic" or dataset.startswith(("synthetic:", "synthetic_multilabel:")):
         source = _synthetic_source(dataset, image_size or (32, 32), seed)
     else:
@@ -298,6 +369,20 @@ def load(
         )
 
     train_split = source.train
+    validation_split_data, validation_from = None, None
+    if source.validation is not None:
+        if validation_split > 0:
+            raise UserError(
+                f"--validation_split={validation_split} contradicts {dataset}, which has a val/ folder (its "
+                "validation set); pass --validation_split=0 to validate on val/, or remove val/ to hold out "
+                "part of train/."
+            )
+        validation_split_data, validation_from = source.validation, "val/"
+    elif validation_split > 0:
+        train_split, validation_split_data = _hold_out(
+            dataset, train_split, validation_split, seed, source.class_names, source.multi_label
+        )
+        validation_from = "validation_split"
     if train_subset is not None:
         train_split = _subset(dataset, train_split, train_subset, batch_size, seed)
     if batch_size > train_split.size:
@@ -312,22 +397,41 @@ def load(
         raise UserError(f"augment must be an Augmentation or one of {', '.join(augment_lib.AUGMENTS)}; got {augment!r}.")
     augmenter = augment_lib.BatchAugmenter(augment, len(source.class_names), source.multi_label)
 
+    # Where each split's decoded images live; decided (and stale disk caches cleared) only
+    # once everything above has been checked.
+    parts = {"train": train_split, "validation": validation_split_data, "test": source.test}
+    parts = {name: split for name, split in parts.items() if split is not None}
+    modes = _cache_modes(cache, parts, dataset)
+    selection = [seed, validation_split, train_subset]
+    caches = {
+        name: _disk_prefix(cache_dir, name, split, selection) if modes[name] == "disk" else modes[name]
+        for name, split in parts.items()
+    }
+    for name, where in caches.items():
+        if modes[name] == "disk":
+            _clear_partial_cache(where)
+
     def train_from(start_batch, extras=()):
         if extras and augment.mixes:
             raise UserError(
                 "stored source logits (--soft_label_cache=clean) belong to single images and cannot follow "
                 "--mixup/--cutmix; use --soft_label_cache=off."
             )
-        return _train_pipeline(train_split, batch_size, seed, augmenter, cache, start_batch, extras, deterministic)
+        return _train_pipeline(
+            train_split, batch_size, seed, augmenter, caches["train"], start_batch, extras, deterministic
+        )
 
     def train_ordered(ordered_batch_size):
-        return _test_pipeline(train_split, ordered_batch_size, cache=False)
+        return _test_pipeline(train_split, ordered_batch_size, "none")
 
+    validation = None
+    if validation_split_data is not None:
+        validation = _test_pipeline(validation_split_data, eval_batch_size, caches["validation"])
     return Datasets(
         train=train_from(0),
         train_from=train_from,
         train_ordered=train_ordered,
-        test=_test_pipeline(source.test, eval_batch_size, cache),
+        test=_test_pipeline(source.test, eval_batch_size, caches["test"]),
         num_classes=len(source.class_names),
         class_names=source.class_names,
         image_size=source.image_size,
@@ -335,7 +439,16 @@ def load(
         num_test=source.test.size,
         steps_per_epoch=train_split.size // batch_size,
         multi_label=source.multi_label,
+        validation=validation,
+        num_validation=validation_split_data.size if validation_split_data is not None else 0,
+        validation_from=validation_from,
+        bad_files=source.bad_files,
     )
+
+
+def _info(message: str) -> None:
+    """One line for the user (standard output, as the train command's other notes)."""
+    print(message, flush=True)
 
 
 def _is_int(value) -> bool:
@@ -362,12 +475,108 @@ def _check_image_size(image_size) -> tuple[int, int]:
     return int(image_size[0]), int(image_size[1])
 
 
+def _check_cache(cache, cache_dir) -> str:
+    if isinstance(cache, bool):  # The former API: True kept decoded images in memory.
+        cache = "memory" if cache else "none"
+    if cache not in CACHE_MODES:
+        raise UserError(f"--cache={cache!r} is not known; allowed: {', '.join(CACHE_MODES)}; pass e.g. --cache=auto.")
+    if cache == "disk" and not cache_dir:
+        raise UserError(
+            "--cache=disk needs a directory for the cache files (cache_dir, the train command's "
+            "<output_dir>/data_cache); pass one, or use --cache=memory, none or auto."
+        )
+    return cache
+
+
+def _check_validation_split(value) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not 0 <= value < 1:
+        raise UserError(
+            f"--validation_split must be a number in [0, 1), got {value!r}; pass e.g. --validation_split=0.1, "
+            "or 0 for no validation set."
+        )
+    return float(value)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 1024**3  # Unknown: assume a small machine.
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1024**3:.1f} GB"
+
+
+def _cache_modes(cache: str, parts: dict, dataset: str) -> dict:
+    """The cache mode of each split: `cache` itself, or what "auto" chooses."""
+    if cache != "auto":
+        return {name: cache for name in parts}
+    budget = AUTO_CACHE_RAM_SHARE * _physical_memory()
+    modes, used = {}, 0
+    for name, split in parts.items():  # Training first: it is read most.
+        need = split.size * split.image_bytes
+        if used + need <= budget:
+            modes[name], used = "memory", used + need
+        else:
+            modes[name] = "none"
+            _info(
+                f"--cache=auto: the decoded {name} images of {dataset} ({_gb(need)}) do not fit in "
+                f"{AUTO_CACHE_RAM_SHARE:.0%} of this machine's {_gb(_physical_memory())} of memory "
+                f"({_gb(max(0.0, budget - used))} left); they are decoded again every pass "
+                "(--cache=disk keeps a decoded copy on disk instead)."
+            )
+    return modes
+
+
+def _disk_prefix(cache_dir: str, name: str, split: _Split, selection) -> str:
+    """The tf.data cache file prefix of one split: named by what is in it."""
+    key = hashlib.sha256(json.dumps([split.key, split.size, selection]).encode()).hexdigest()[:16]
+    return os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), f"{name}-{key}")
+
+
+def _clear_partial_cache(prefix: str) -> None:
+    """Removes what a process killed while writing the cache `prefix` left behind.
+
+    A finished cache has `<prefix>.index`. Without it, the lock file `<prefix>_0.lockfile`
+    of a killed writer would make TensorFlow refuse the cache ("There appears to be a
+    concurrent caching iterator running"), so it and the partial data go.
+    """
+    if os.path.exists(f"{prefix}.index"):
+        return
+    for path in glob.glob(f"{glob.escape(prefix)}_*") + glob.glob(f"{glob.escape(prefix)}.data-*"):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _cached(ds: tf.data.Dataset, where: str) -> tf.data.Dataset:
+    """`ds` cached in memory ("memory"), not at all ("none"), or in the file cache `where`."""
+    if where == "memory":
+        return ds.cache()
+    if where in ("none", "auto"):
+        return ds
+    directory = os.path.dirname(where)
+    note = os.path.join(directory, "README.txt")
+    text = "tf.data cache files of sskt_tf (decoded images); delete them when no run uses them.\n"
+
+    def make_directory(_):
+        # TensorFlow's cache does not create its directory; tf.io.write_file does. Creating it
+        # when the first pass starts, not in `load`, keeps `load` from writing anything.
+        with tf.control_dependencies([tf.io.write_file(note, text)]):
+            return tf.constant(0)
+
+    return tf.data.Dataset.from_tensors(0).map(make_directory).flat_map(lambda _: ds.cache(where))
+
+
 def _train_pipeline(
     split: _Split,
     batch_size: int,
     seed: int,
     augmenter: augment_lib.BatchAugmenter,
-    cache: bool,
+    cache: str,
     start_batch: int = 0,
     extras: Sequence[np.ndarray] = (),
     deterministic: bool = False,
@@ -379,27 +588,27 @@ def _train_pipeline(
     batch i is augmented with seed (seed, i). A stream started at `start_batch` skips
     that many batches' worth of (undecoded or cached) examples, which is cheap, so a
     run resumed after a crash sees exactly the batches an uninterrupted run sees.
+    `cache` ("memory", "none" or a disk cache prefix) changes where decoded images come
+    from, never the stream: the shuffle buffer has the same size in every mode, and
+    shuffling does not depend on what it shuffles.
     """
     extras = tuple(np.asarray(e) for e in extras)
     for e in extras:
         if len(e) != split.size:
             raise ValueError(f"extras must have one row per training example ({split.size}); got {len(e)}")
-    elements = split.decoded().cache() if cache else split.elements
+    decode_late = cache == "none" and not extras and split.decode is not None
+    elements = split.elements if decode_late else _cached(split.decoded(), cache)
     if extras:
         # Attached before shuffling, so each example keeps its own rows.
-        if not cache:
-            elements = split.decoded()
         elements = tf.data.Dataset.zip((elements, tf.data.Dataset.from_tensor_slices(extras))).map(
             lambda example, rows: (*example, *rows)
         )
-    decode = split.decode if (not cache and not extras) else None
-    element_bytes = _image_bytes(elements.element_spec) if decode is None else split.element_bytes
-    buffer = _shuffle_buffer(split.size, element_bytes)
-    # Shuffling before decoding (un-cached folders: file names) costs nothing.
+    buffer = _shuffle_buffer(split.size, split.image_bytes)
+    # Un-cached: file names are shuffled and decoded afterwards, in parallel.
     ds = elements.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.skip(int(start_batch) * batch_size)
-    if decode is not None:
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if decode_late:
+        ds = ds.map(split.decode, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     seed64 = tf.constant(seed, tf.int64)
     # One seed per batch, [seed, batch index]: the augmented stream then depends only on
@@ -433,11 +642,9 @@ def _train_pipeline(
     return ds.prefetch(AUTOTUNE)
 
 
-def _test_pipeline(split: _Split, batch_size: int, cache: bool) -> tf.data.Dataset:
+def _test_pipeline(split: _Split, batch_size: int, cache: str) -> tf.data.Dataset:
     """One un-augmented pass with the partial last batch kept and a known length."""
-    ds = split.decoded()
-    if cache:
-        ds = ds.cache()
+    ds = _cached(split.decoded(), cache)
     ds = ds.apply(tf.data.experimental.assert_cardinality(split.size))
     ds = ds.batch(batch_size)
     ds = ds.map(
@@ -446,14 +653,76 @@ def _test_pipeline(split: _Split, batch_size: int, cache: bool) -> tf.data.Datas
     return ds.prefetch(AUTOTUNE)
 
 
-def _image_bytes(element_spec) -> int:
-    shape = element_spec[0].shape
-    return int(np.prod([d if d is not None else 256 for d in shape]))
-
-
-def _shuffle_buffer(size: int, element_bytes: int) -> int:
-    by_memory = max(_MIN_SHUFFLE_BUFFER, _SHUFFLE_BUFFER_BYTES // max(1, element_bytes))
+def _shuffle_buffer(size: int, image_bytes: int) -> int:
+    by_memory = max(_MIN_SHUFFLE_BUFFER, _SHUFFLE_BUFFER_BYTES // max(1, image_bytes))
     return int(max(1, min(size, by_memory)))
+
+
+def _select(split: _Split, keep: np.ndarray) -> _Split:
+    """The examples of `split` where the boolean mask `keep` is set, in their order."""
+    n = int(keep.sum())
+    mask_t = tf.constant(keep)
+    elements = (
+        split.elements.enumerate()
+        .filter(lambda i, element: tf.gather(mask_t, i))
+        .map(lambda i, element: element)
+        .apply(tf.data.experimental.assert_cardinality(n))
+    )
+    labels = split.labels[keep] if isinstance(split.labels, np.ndarray) else None
+    return dataclasses.replace(split, elements=elements, size=n, labels=labels)
+
+
+def _hold_out(dataset, split: _Split, fraction: float, seed: int, class_names, multi_label: bool):
+    """(training part, validation part) of `split`: a seeded hold-out of about `fraction`."""
+    flag = f"--validation_split={fraction}"
+    labels = split.label_array()
+    if len(labels) != split.size:
+        raise ValueError(f"{len(labels)} labels for {split.size} examples")
+    split = dataclasses.replace(split, labels=labels)
+    rng = np.random.default_rng([seed, 0x76616C])  # Its own stream: independent of the other draws from `seed`.
+    held = np.zeros(split.size, dtype=bool)
+    if multi_label:
+        k = int(math.floor(fraction * split.size + 0.5))
+        if k >= split.size:
+            raise UserError(f"{flag} holds out all {split.size} training examples of {dataset}; pass a smaller share.")
+        held[rng.choice(split.size, size=k, replace=False)] = True
+        present = labels.sum(axis=0) > 0
+        left = labels[~held].sum(axis=0) > 0
+        lost = [class_names[c] for c in np.flatnonzero(present & ~left)]
+        if lost:
+            raise UserError(
+                f"{flag} leaves class {lost[0]!r}{f' (and {len(lost) - 1} more)' if len(lost) > 1 else ''} of "
+                f"{dataset} without a training example; pass a smaller --validation_split or another --seed."
+            )
+        how = "drawn at random (multi-label)"
+    else:
+        for c in range(len(class_names)):
+            index = np.flatnonzero(labels == c)
+            n_c = len(index)
+            if n_c == 0:
+                continue
+            k = int(math.floor(fraction * n_c + 0.5))
+            if n_c >= 2:
+                k = max(k, 1)
+            if k >= n_c:
+                raise UserError(
+                    f"{flag} would hold out all {n_c} training example{'s' if n_c > 1 else ''} of class "
+                    f"{class_names[c]!r} of {dataset}, leaving it none to train on; pass a smaller "
+                    "--validation_split, or add training images of that class."
+                )
+            held[rng.choice(index, size=k, replace=False)] = True
+        how = "stratified: round(share x class size) per class, at least 1 per class of 2 or more"
+    k = int(held.sum())
+    if k == 0:
+        raise UserError(
+            f"{flag} holds out no example of the {split.size} training examples of {dataset}, so the "
+            "validation set would be empty; pass a larger --validation_split, or 0 for no validation set."
+        )
+    _info(
+        f"{dataset}: validation set of {k} of the {split.size} training examples ({flag}, seed {seed}, {how}); "
+        f"training on the other {split.size - k}."
+    )
+    return _select(split, ~held), _select(split, held)
 
 
 def _subset(dataset: str, split: _Split, n, batch_size: int, seed: int) -> _Split:
@@ -479,14 +748,7 @@ def _subset(dataset: str, split: _Split, n, batch_size: int, seed: int) -> _Spli
     keep = np.sort(np.random.default_rng(seed).choice(split.size, size=n, replace=False))
     mask = np.zeros(split.size, dtype=bool)
     mask[keep] = True
-    mask_t = tf.constant(mask)
-    elements = (
-        split.elements.enumerate()
-        .filter(lambda i, element: tf.gather(mask_t, i))
-        .map(lambda i, element: element)
-        .apply(tf.data.experimental.assert_cardinality(n))
-    )
-    return dataclasses.replace(split, elements=elements, size=n)
+    return _select(split, mask)
 
 
 def _to_size(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
@@ -605,7 +867,23 @@ def _tfds_source(dataset: str, data_dir: str | None, image_size: tuple[int, int]
             n = int(info.splits[split_name].num_examples)
         ds = ds.map(to_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
         decode = None if size == native_size else (lambda x, y: (_to_size(x, size), y))
-        return _Split(elements=ds, size=n, decode=decode, element_bytes=(native_size or size)[0] * (native_size or size)[1] * 3)
+
+        def labels():
+            # One pass over the records without decoding images, in the order of `ds`.
+            raw = tfds.load(
+                name, split=split_name, data_dir=data_dir, decoders={"image": tfds.decode.SkipDecoding()}
+            )
+            pairs = raw.map(lambda example: to_pair(example)[1], num_parallel_calls=AUTOTUNE, deterministic=True)
+            return np.concatenate([batch for batch in pairs.batch(8192).as_numpy_iterator()])
+
+        return _Split(
+            elements=ds,
+            size=n,
+            decode=decode,
+            image_bytes=size[0] * size[1] * 3,
+            labels=labels,
+            key=json.dumps(["tfds", name, str(info.version), split_name, data_dir, list(size)]),
+        )
 
     return _Source(
         train=make_split(train, spec.train_split),
@@ -625,44 +903,66 @@ def info_splits(builder) -> list[str]:
 
 # ------------------------------------------------------------------------- folders
 
-_MAGIC = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",
-    b"GIF87a",
-    b"GIF89a",
-    b"BM",  # BMP
-)
-_LAYOUT = "<path>/train/<class>/<image> and <path>/test/<class>/<image>"
+_LAYOUT = "<path>/train/<class>/<image> and <path>/test/<class>/<image> (optionally <path>/val/<class>/<image>)"
+_SPLIT_DIRS = ("train", "test", "val")
+_FORMATS = "JPEG, PNG, BMP, GIF or WebP"
+_CHECK_CACHE_VERSION = 1
+# Show a progress bar when the check has run this long and is not done.
+_PROGRESS_AFTER_S = 1.0
 
 
-def _folder_source(path: str, image_size: tuple[int, int] | None) -> _Source:
-    """An image folder with `train/<class>/*` and `test/<class>/*`."""
+def _folder_source(path: str, image_size: tuple[int, int] | None, skip_bad_images: bool = False) -> _Source:
+    """An image folder with `train/<class>/*`, `test/<class>/*` and optionally `val/<class>/*`."""
     flag = f"--dataset=folder:{path}"
     if not path:
         raise UserError(
             "--dataset=folder: needs a directory after 'folder:', got an empty path; pass "
             f"--dataset=folder:/path/to/images laid out as {_LAYOUT}."
         )
-    root = os.path.expanduser(path)
+    root = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(root):
         raise UserError(
             f"{flag}: directory {root} does not exist; pass a directory laid out as {_LAYOUT}."
         )
-    train_classes = _class_folders(root, "train", flag)
-    test_classes = _class_folders(root, "test", flag)
-    if train_classes != test_classes:
-        only_train = sorted(set(train_classes) - set(test_classes))
-        only_test = sorted(set(test_classes) - set(train_classes))
-        raise UserError(
-            f"{flag}: {os.path.join(root, 'test')} must have the same class folders as "
-            f"{os.path.join(root, 'train')}; only in train: {only_train or 'none'}, only in "
-            f"test: {only_test or 'none'}. Add or remove class folders so that both match."
-        )
+    splits = ["train", "test"] + (["val"] if os.path.isdir(os.path.join(root, "val")) else [])
+    classes = {split: _class_folders(root, split, flag) for split in splits}
+    for split in splits[1:]:
+        if classes[split] != classes["train"]:
+            only_train = sorted(set(classes["train"]) - set(classes[split]))
+            only_other = sorted(set(classes[split]) - set(classes["train"]))
+            raise UserError(
+                f"{flag}: {os.path.join(root, split)} must have the same class folders as "
+                f"{os.path.join(root, 'train')}; only in train: {only_train or 'none'}, only in "
+                f"{split}: {only_other or 'none'}. Add or remove class folders so that both match."
+            )
+    class_names = classes["train"]
 
-    train_paths, train_labels = _list_images(root, "train", train_classes, flag)
-    test_paths, test_labels = _list_images(root, "test", test_classes, flag)
-    _check_headers(train_paths + test_paths, flag)
-    size = image_size or _first_image_size(train_paths[0], flag)
+    listed, unused = _scan_folder(root, splits, class_names)
+    _report_unused(flag, root, unused)
+    for split in splits:
+        _check_not_empty(root, split, class_names, listed[split], flag)
+    all_paths = [p for split in splits for p, _ in listed[split]]
+    checked, stamps = _check_images(root, all_paths, flag)
+    bad = sorted(p for p in all_paths if isinstance(checked[p], str))
+    if bad and not skip_bad_images:
+        shown = "; ".join(f"{p} ({checked[p]})" for p in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise UserError(
+            f"{flag}: {len(bad)} of {len(all_paths)} image files cannot be decoded: {shown}{more}. Delete or "
+            "replace them, or pass --skip_bad_images to train without them (the train command lists them in "
+            "<output_dir>/skipped_images.txt)."
+        )
+    if bad:
+        _info(
+            f"{flag}: leaving out {len(bad)} image file{'s' if len(bad) > 1 else ''} that cannot be decoded "
+            f"(--skip_bad_images): {', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}."
+        )
+        bad_set = set(bad)
+        listed = {split: [(p, y) for p, y in items if p not in bad_set] for split, items in listed.items()}
+        for split in splits:
+            _check_not_empty(root, split, class_names, listed[split], flag, after_skipping=True)
+
+    size = image_size or _common_size(flag, [checked[p] for p, _ in listed["train"]])
 
     def decode(file_path, label):
         image = tf.io.decode_image(
@@ -670,22 +970,29 @@ def _folder_source(path: str, image_size: tuple[int, int] | None) -> _Source:
         )
         return _to_size(image, size), label
 
-    def make_split(paths: list[str], labels: list[int]) -> _Split:
-        elements = tf.data.Dataset.from_tensor_slices(
-            (tf.constant(paths, tf.string), tf.constant(labels, tf.int32))
-        )
+    def make_split(items, split: str, mix: bool) -> _Split:
+        if mix:
+            # The files come sorted by class; a fixed permutation (independent of --seed, so the
+            # soft-label cache's order stays put) lets a bounded shuffle buffer mix the classes.
+            items = [items[i] for i in np.random.default_rng(0).permutation(len(items))]
+        paths = [p for p, _ in items]
+        labels = np.asarray([y for _, y in items], np.int32)
         return _Split(
-            elements=elements,
+            elements=tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels))),
             size=len(paths),
             decode=decode,
-            element_bytes=max(len(p) for p in paths),
+            image_bytes=size[0] * size[1] * 3,
+            labels=labels,
+            key=json.dumps(["folder", split, list(size), hashlib.sha256(json.dumps([paths, [stamps[p] for p in paths]]).encode()).hexdigest()]),
         )
 
     return _Source(
-        train=make_split(train_paths, train_labels),
-        test=make_split(test_paths, test_labels),
-        class_names=tuple(train_classes),
+        train=make_split(listed["train"], "train", mix=True),
+        test=make_split(listed["test"], "test", mix=False),
+        validation=make_split(listed["val"], "val", mix=False) if "val" in listed else None,
+        class_names=tuple(class_names),
         image_size=size,
+        bad_files=tuple(bad),
     )
 
 
@@ -704,61 +1011,235 @@ def _class_folders(root: str, split: str, flag: str) -> list[str]:
     return classes
 
 
-def _list_images(
-    root: str, split: str, classes: Sequence[str], flag: str
-) -> tuple[list[str], list[int]]:
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = os.path.join(root, split, name)
-        with os.scandir(class_dir) as entries:
-            files = sorted(
-                e.name
-                for e in entries
-                if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        if not files:
-            raise UserError(
-                f"{flag}: class folder {class_dir} has no image files "
-                f"({'/'.join(IMAGE_EXTENSIONS)}); add images or remove the class from both "
-                "train/ and test/."
-            )
-        paths.extend(os.path.join(class_dir, f) for f in files)
-        labels.extend([label] * len(files))
-    return paths, labels
+def _files_under(directory: str) -> list[str]:
+    """Every file below `directory`, hidden ones included."""
+    found = []
+    for where, _, files in os.walk(directory):
+        found.extend(os.path.join(where, f) for f in files)
+    return found
 
 
-def _check_headers(paths: Sequence[str], flag: str) -> None:
-    """Raises a UserError naming a file that is empty, unreadable or not an image.
+def _scan_folder(root: str, splits: Sequence[str], classes: Sequence[str]):
+    """The image files of each split as `[(path, label)]`, and every other file as `[(path, why)]`.
 
-    Reads 8 bytes per file (about 0.5 s for CIFAR-10's 60k files with a warm page
-    cache); decoding everything here would cost a whole extra pass.
+    Read: files with an image extension directly in `<split>/<class>/`, not hidden.
+    Everything else under `root` is returned as unused, with the reason.
     """
-    bad = []
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                head = f.read(8)
-        except OSError:
-            head = b""
-        if not head.startswith(_MAGIC):
-            bad.append(p)
-    if bad:
-        more = f" (and {len(bad) - 1} more such files)" if len(bad) > 1 else ""
-        raise UserError(
-            f"{flag}: {bad[0]}{more} is empty, unreadable or not a JPEG/PNG/BMP/GIF image; "
-            "delete or replace it."
-        )
+    listed = {split: [] for split in splits}
+    unused = []
+    with os.scandir(root) as entries:
+        for e in sorted(entries, key=lambda e: e.name):
+            if e.name in splits and e.is_dir():
+                continue
+            why = "hidden" if e.name.startswith(".") else f"outside {'/, '.join(splits)}/"
+            unused.extend((p, why) for p in (_files_under(e.path) if e.is_dir() else [e.path]))
+    for split in splits:
+        split_dir = os.path.join(root, split)
+        with os.scandir(split_dir) as entries:
+            for e in sorted(entries, key=lambda e: e.name):
+                if e.is_dir() and not e.name.startswith("."):
+                    continue  # A class folder.
+                why = "hidden" if e.name.startswith(".") else "outside the class folders"
+                unused.extend((p, why) for p in (_files_under(e.path) if e.is_dir() else [e.path]))
+        for label, name in enumerate(classes):
+            class_dir = os.path.join(split_dir, name)
+            with os.scandir(class_dir) as entries:
+                for e in sorted(entries, key=lambda e: e.name):
+                    if e.name.startswith("."):
+                        unused.extend((p, "hidden") for p in (_files_under(e.path) if e.is_dir() else [e.path]))
+                    elif e.is_dir():
+                        unused.extend((p, "in a sub-folder of a class folder") for p in _files_under(e.path))
+                    elif not e.is_file():
+                        unused.append((e.path, "not a regular file (a broken link?)"))
+                    elif not e.name.lower().endswith(IMAGE_EXTENSIONS):
+                        unused.append((e.path, "not an image extension"))
+                    else:
+                        listed[split].append((e.path, label))
+    return listed, unused
 
 
-def _first_image_size(path: str, flag: str) -> tuple[int, int]:
+def _extension(path: str) -> str:
+    name = os.path.basename(path)
+    ext = os.path.splitext(name.lstrip("."))[1].lower()
+    return ext or "no extension"
+
+
+def _report_unused(flag: str, root: str, unused) -> None:
+    """One line: the files under `root` that are not read, counted per extension and per reason."""
+    if not unused:
+        return
+    by_ext = collections.Counter(_extension(p) for p, _ in unused)
+    by_why = collections.Counter(why for _, why in unused)
+    exts = ", ".join(f"{ext}: {n}" for ext, n in sorted(by_ext.items(), key=lambda kv: (-kv[1], kv[0])))
+    whys = ", ".join(f"{n} {why}" for why, n in sorted(by_why.items(), key=lambda kv: (-kv[1], kv[0])))
+    _info(
+        f"{flag}: {len(unused)} file{'s are' if len(unused) > 1 else ' is'} not used ({exts}; {whys}; e.g. "
+        f"{unused[0][0]}); read are {'/'.join(IMAGE_EXTENSIONS)} files directly in <split>/<class>/ "
+        "(train/, test/, val/), not hidden."
+    )
+
+
+def _check_not_empty(root, split, classes, items, flag, after_skipping=False) -> None:
+    counts = collections.Counter(y for _, y in items)
+    for label, name in enumerate(classes):
+        if not counts[label]:
+            class_dir = os.path.join(root, split, name)
+            why = " once the files that cannot be decoded are left out" if after_skipping else ""
+            raise UserError(
+                f"{flag}: class folder {class_dir} has no image files{why} "
+                f"({'/'.join(IMAGE_EXTENSIONS)}); add images or remove the class from "
+                f"{', '.join(s + '/' for s in _SPLIT_DIRS if os.path.isdir(os.path.join(root, s)))}."
+            )
+
+
+def _stamp(path: str) -> list[int]:
     try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _check_cache_file(root: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    name = hashlib.sha256(root.encode()).hexdigest()[:24] + ".json"
+    return os.path.join(base, "sskt_tf", "folder_checks", name)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences what the C image libraries print to standard error ("Corrupt JPEG data...")."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _decode_reason(path: str) -> str:
+    """Why TensorFlow cannot decode the file at `path`, in a few words."""
+    try:
+        data = tf.io.read_file(path)
+    except tf.errors.OpError as e:
+        return f"cannot be read: {e.message.splitlines()[0]}"
+    if int(tf.strings.length(data)) == 0:
+        return "empty file"
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.OpError as e:
+        # TensorFlow wraps the reason in "{{function_node ...}} ... [Op:DecodeImage]".
+        text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", e.message.splitlines()[0]).strip()
+        return f"{text} (not a complete {_FORMATS} image)" if text else f"not a complete {_FORMATS} image"
+    return "decodes now; it failed during the check"
+
+
+def _check_images(root: str, paths: Sequence[str], flag: str) -> tuple[dict, dict]:
+    """Decodes every file once, as the pipeline will: `{path: (height, width) or reason it fails}`,
+    and `{path: [size, mtime_ns]}`.
+
+    Results are cached per file under `$XDG_CACHE_HOME/sskt_tf/folder_checks/` (default
+    `~/.cache`), keyed by path, size and modification time (and the TensorFlow version),
+    so a second run decodes only new or changed files. The data folder may be read-only.
+    """
+    cache_file = _check_cache_file(root)
+    try:
+        with open(cache_file) as f:
+            stored = json.load(f)
+        if stored.get("version") != _CHECK_CACHE_VERSION or stored.get("tensorflow") != tf.__version__:
+            stored = {}
+    except (OSError, ValueError):
+        stored = {}
+    known = stored.get("files", {}) if stored.get("root") == root else {}
+    results, entries, todo, stamps = {}, {}, [], {}
+    for p in paths:
+        stamp = stamps[p] = _stamp(p)
+        entry = known.get(p)
+        if entry is not None and entry[:2] == stamp:
+            results[p] = entry[2] if len(entry) == 3 else (entry[2], entry[3])
+            entries[p] = entry
+        else:
+            todo.append((p, stamp))
+    if todo:
+        found = _decode_all([p for p, _ in todo], flag)
+        with _quiet_stderr():
+            for p, stamp in todo:
+                result = found.get(p) or _decode_reason(p)
+                results[p] = result
+                entries[p] = stamp + (list(result) if isinstance(result, tuple) else [result])
+    if todo or len(known) != len(entries):
+        record = {"version": _CHECK_CACHE_VERSION, "tensorflow": tf.__version__, "root": root, "files": entries}
+        try:
+            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            tmp = f"{cache_file}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(record, f, separators=(",", ":"))
+            os.replace(tmp, cache_file)
+        except OSError as e:
+            _info(f"{flag}: could not store the image check in {cache_file} ({e.strerror}); the next run checks again.")
+    return results, stamps
+
+
+def _decode_all(paths: Sequence[str], flag: str) -> dict:
+    """`{path: (height, width)}` of the files that decode; one parallel pass, with a progress bar."""
+
+    def probe(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-        raise UserError(
-            f"{flag}: cannot decode {path} ({e.message.splitlines()[0]}); delete or replace "
-            "the file, or pass --image_size."
-        ) from e
-    return int(image.shape[0]), int(image.shape[1])
+        shape = tf.shape(image)
+        return path, shape[0], shape[1]
+
+    ds = (
+        tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
+        .map(probe, num_parallel_calls=AUTOTUNE, deterministic=False)
+        .ignore_errors()
+        .batch(256)
+        .prefetch(AUTOTUNE)
+    )
+    found, done, bar = {}, 0, None
+    start = time.perf_counter()
+    with _quiet_stderr():
+        for names, heights, widths in ds.as_numpy_iterator():
+            for name, h, w in zip(names, heights, widths):
+                found[name.decode()] = (int(h), int(w))
+            done += len(names)
+            if bar is None and time.perf_counter() - start > _PROGRESS_AFTER_S:
+                import keras  # Only when a bar is shown.
+
+                print(f"{flag}: checking that every one of {len(paths)} images decodes (once; the result is cached)", flush=True)
+                bar = keras.utils.Progbar(len(paths), unit_name="image")
+            if bar is not None:
+                bar.update(done)
+    if bar is not None:
+        bar.update(len(paths), finalize=True)
+        _info(f"{flag}: checked {len(paths)} images in {time.perf_counter() - start:.1f} s.")
+    return found
+
+
+def _size_text(size, n) -> str:
+    return f"{size[0]}x{size[1]}: {n} file{'s' if n > 1 else ''}"
+
+
+def _common_size(flag: str, sizes) -> tuple[int, int]:
+    """The most common (height, width) of the training images (ties: the larger); printed when they differ."""
+    counts = collections.Counter(sizes)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], -kv[0][0] * kv[0][1], -kv[0][0]))
+    size = ranked[0][0]
+    if len(ranked) > 1:
+        shown = ", ".join(_size_text(s, n) for s, n in ranked[:5])
+        more = f", and {len(ranked) - 5} more sizes" if len(ranked) > 5 else ""
+        _info(
+            f"{flag}: the training images have {len(ranked)} sizes ({shown}{more}); training at "
+            f"{size[0]}x{size[1]}, the most common (every image is resized to it); pass --image_size=H,W to choose."
+        )
+    return size
 
 
 # ----------------------------------------------------------------------- synthetic
@@ -809,7 +1290,9 @@ def _synthetic_source(dataset: str, image_size: tuple[int, int], seed: int) -> _
             elements=tf.data.Dataset.from_tensor_slices((images, labels)),
             size=n,
             decode=None,
-            element_bytes=height * width * 3,
+            image_bytes=height * width * 3,
+            labels=labels,
+            key=json.dumps([dataset, seed, height, width, n]),
         )
 
     return _Source(

@@ -24,16 +24,30 @@ import numpy as np
 def fingerprint(source):
     """SHA-256 of a source's weights and the settings that change its logits."""
     h = hashlib.sha256()
-    h.update(json.dumps([source.spec, list(source.image_size), source.source_bn, source.network.dtype_policy.name]).encode())
+    fields = [source.spec, list(source.image_size), source.source_bn, source.network.dtype_policy.name]
+    # What turns the network's outputs into logits; only where something does, so that the keys
+    # of plain-logits sources (all sources before this existed) stay the same.
+    adapted = [getattr(source, "network_outputs", "logits"), getattr(source, "stripped_activation", None)]
+    if adapted != ["logits", None]:
+        fields.append(adapted)
+    h.update(json.dumps(fields).encode())
     for weight in source.network.weights:
         h.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return h.hexdigest()[:16]
 
 
+# Raised whenever the order of `Datasets.train_ordered` can change for the same data, so that no cache
+# written in an older order is read (2: folder training files in a fixed pseudo-random order).
+_ORDER_VERSION = 2
+
+
 def data_key(config, data):
-    """What the training images are: dataset, location, subset (it depends on the seed), size."""
-    fields = [config.dataset, config.data_dir, config.train_subset, config.seed if config.train_subset else None,
-              list(data.image_size), data.num_train]
+    """What the training images are and their order: dataset, location, hold-out and subset (both
+    depend on the seed), skipped files, size."""
+    seeded = config.train_subset or config.validation_split
+    fields = [config.dataset, config.data_dir, config.train_subset, config.validation_split, data.validation_from,
+              config.seed if seeded else None, list(data.bad_files), list(data.image_size), data.num_train,
+              _ORDER_VERSION]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 

@@ -12,6 +12,12 @@ from sskt_tf import data
 from sskt_tf.errors import UserError
 
 
+@pytest.fixture(autouse=True)
+def _own_check_cache(monkeypatch, tmp_path_factory):
+    """The folder-check cache of each test in a fresh directory (not ~/.cache, not inside a data folder)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 # ------------------------------------------------------------------------ folders
 
 
@@ -105,11 +111,12 @@ def test_folder_dataset_reads_jpeg_and_resizes(tmp_path):
     assert np.abs(images[2] - 120).max() <= 3
 
 
-def test_folder_dataset_size_from_first_image(tmp_path):
+def test_folder_dataset_size_of_the_images(tmp_path, capsys):
     _make_tree(str(tmp_path), size=(6, 10))
     ds = data.load(f"folder:{tmp_path}", batch_size=2)
     assert ds.image_size == (6, 10)
     assert next(iter(ds.test))[0].shape[1:] == (6, 10, 3)
+    assert "sizes" not in capsys.readouterr().out  # One size: nothing to say.
 
 
 def _error(fn):
@@ -424,3 +431,277 @@ def test_stl10_offline_fails_fast_naming_the_archive(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "network_available", lambda host, **kw: False)
     with pytest.raises(UserError, match=r"stl10 is not prepared.*stl10_binary\.tar\.gz.*downloads/manual"):
         data.load("stl10", batch_size=4, data_dir=str(tmp_path))
+
+
+# ------------------------------------------- folders: formats, bad files, sizes, check cache
+
+# An 8x8 lossless WebP of the flat colour (10, 200, 30), written once with Pillow (TensorFlow
+# decodes WebP but cannot encode it).
+_WEBP_10_200_30 = (
+    b"RIFF\x1e\x00\x00\x00WEBPVP8L\x11\x00\x00\x00/\x07\xc0\x01\x00\x07P\xe4*\xd4\xa3\xff\x81\x88\xe8\x7f\x00\x00"
+)
+# An 8x8 animated GIF: a frame of grey 50, then one of grey 150 (Pillow, once).
+_GIF_50_THEN_150 = (
+    b"GIF87a\x08\x00\x08\x00\x81\x00\x00222\x00\x00\x00\x00\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x08"
+    b"\x00\x08\x00\x00\x08\x0f\x00\x01\x08\x1cH\xb0\xa0\xc1\x83\x08\x13*L\x18\x10\x00!\xf9\x04\x01\x00\x00"
+    b"\x01\x00,\x00\x00\x00\x00\x08\x00\x08\x00\x81\x96\x96\x96\x00\x00\x00\x00\x00\x00\x00\x00\x00\x08"
+    b"\x0f\x00\x01\x08\x1cH\xb0\xa0\xc1\x83\x08\x13*L\x18\x10\x00;"
+)
+
+
+def _messy_tree(root):
+    """A folder as users bring them: every format, odd files, three bad images, one thumbnail.
+
+    Returns (bad files, number of good train files, number of good test files).
+    """
+    rng = np.random.default_rng(1)
+    rgb = lambda h=8, w=8: rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)  # noqa: E731
+    for d in ("train/cat/extra", "train/dog", "test/cat", "test/dog"):
+        os.makedirs(os.path.join(root, d))
+    put = lambda rel, content: open(os.path.join(root, rel), "wb").write(content)  # noqa: E731
+    png = lambda px: tf.io.encode_png(px).numpy()  # noqa: E731
+    good_png = png(rgb())
+    put("train/cat/000.png", good_png)
+    put("train/cat/001.webp", _WEBP_10_200_30)
+    put("train/cat/002.gif", _GIF_50_THEN_150)
+    put("train/cat/003.jpg", png(rgb()))  # PNG data under a .jpg name: TensorFlow goes by the content.
+    put("train/cat/004.PNG", png(rgb()[..., :1]))  # Grayscale, upper-case extension.
+    put("train/cat/005.png", png(np.concatenate([rgb(), rgb()[..., :1]], axis=-1)))  # RGBA.
+    put("train/cat/006.bmp", tf.io.encode_png(rgb()).numpy())  # Any content TF decodes is fine.
+    put("train/dog/000_thumb.png", png(rgb(4, 4)))  # Sorts first; must not set the size.
+    put("train/dog/001.png", png(rgb()))
+    put("train/dog/002.jpeg", tf.io.encode_jpeg(rgb()).numpy())
+    jpeg = tf.io.encode_jpeg(rgb()).numpy()
+    put("train/dog/003.jpg", jpeg[:4] + rng.integers(0, 256, 300, dtype=np.uint8).tobytes())  # Garbage after the magic.
+    put("train/dog/004.png", good_png[: len(good_png) // 2])  # Truncated.
+    put("test/cat/000.png", png(rgb()))
+    put("test/dog/000.png", png(rgb()))
+    put("test/dog/001.png", b"")  # Empty.
+    # Not used: reported, never read.
+    put("train/cat/notes.txt", b"x")
+    put("test/cat/labels.TXT", b"x")
+    put("train/dog/.DS_Store", b"x")
+    put("train/cat/extra/more.png", png(rgb()))
+    put("train/README.md", b"x")
+    put("train/dog/._001.png", b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata: hidden, so not read.
+    bad = sorted(os.path.join(root, p) for p in ("train/dog/003.jpg", "train/dog/004.png", "test/dog/001.png"))
+    return bad, 10, 2
+
+
+def test_folder_formats_unused_files_bad_files_and_sizes(tmp_path, capsys):
+    root = str(tmp_path)
+    bad, num_train, num_test = _messy_tree(root)
+
+    message = _error(lambda: data.load(f"folder:{root}", batch_size=2))
+    assert f"3 of {num_train + 2 + num_test + 1} image files cannot be decoded" in message
+    for path in bad:
+        assert path in message
+    assert "empty file" in message and "--skip_bad_images" in message and "\n" not in message
+    out = capsys.readouterr().out
+    report = [line for line in out.splitlines() if "not used" in line]
+    assert len(report) == 1
+    # 6 files: 2 .txt, and one each of .md, .png (sub-folder), no extension (.DS_Store), .png (._001.png).
+    assert "6 files are not used (.png: 2, .txt: 2, .md: 1, no extension: 1;" in report[0]
+    assert "2 hidden" in report[0] and "1 in a sub-folder of a class folder" in report[0]
+    assert "1 outside the class folders" in report[0] and "2 not an image extension" in report[0]
+
+    ds = data.load(f"folder:{root}", batch_size=2, skip_bad_images=True, augment="none")
+    assert ds.bad_files == tuple(bad)
+    assert (ds.num_train, ds.num_test) == (num_train, num_test)
+    # The most common size, not the thumbnail's that sorts first; said in one line.
+    assert ds.image_size == (8, 8)
+    out = capsys.readouterr().out
+    assert f"2 sizes (8x8: {num_train - 1} files, 4x4: 1 file); training at 8x8" in out
+    assert "leaving out 3 image files" in out
+    images = np.concatenate([x.numpy() for x, _ in ds.train_ordered(64)])
+    assert images.shape == (num_train, 8, 8, 3)
+    flat = lambda colour: any((im == np.array(colour, np.float32)).all() for im in images)  # noqa: E731
+    assert flat((10, 200, 30))  # The WebP, exactly (lossless).
+    assert flat((50, 50, 50))  # The animated GIF's first frame.
+    assert not flat((150, 150, 150))
+
+    assert data.load(f"folder:{root}", batch_size=2, skip_bad_images=True, image_size=(4, 4)).image_size == (4, 4)
+    assert "sizes" not in capsys.readouterr().out  # --image_size chosen: nothing to say.
+
+
+def test_folder_check_is_cached(tmp_path, monkeypatch):
+    root = tmp_path / "d"
+    _make_tree(str(root))
+    real = data._decode_all
+    calls = []
+    monkeypatch.setattr(data, "_decode_all", lambda paths, flag: calls.append(list(paths)) or real(paths, flag))
+    data.load(f"folder:{root}", batch_size=2)
+    assert len(calls) == 1 and len(calls[0]) == 13  # 9 train + 4 test files, decoded once.
+    cache_files = list((tmp_path.parent / os.environ["XDG_CACHE_HOME"]).glob("sskt_tf/folder_checks/*.json"))
+    assert len(cache_files) == 1
+
+    data.load(f"folder:{root}", batch_size=2)
+    assert len(calls) == 1  # Nothing decoded again.
+
+    # A file that changes (size and time) is checked again, alone; so is a new one.
+    changed = root / "train" / "cat" / "000.png"
+    changed.write_bytes(changed.read_bytes()[:20])
+    _write_png(str(root / "test" / "bee" / "new.png"), np.zeros((8, 8, 3), np.uint8))
+    message = _error(lambda: data.load(f"folder:{root}", batch_size=2))
+    assert str(changed) in message and "1 of 14" in message
+    assert sorted(calls[1]) == sorted([str(changed), str(root / "test" / "bee" / "new.png")])
+    # A bad file stays bad from the cache too, with its reason.
+    assert str(changed) in _error(lambda: data.load(f"folder:{root}", batch_size=2))
+    assert len(calls) == 2
+
+
+def test_folder_check_cache_in_unwritable_place_still_loads(tmp_path, monkeypatch, capsys):
+    _make_tree(str(tmp_path / "d"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    ds = data.load(f"folder:{tmp_path / 'd'}", batch_size=2)
+    assert ds.num_train == 9
+    assert "could not store the image check" in capsys.readouterr().out
+
+
+def test_folder_size_ties_go_to_the_larger(tmp_path, capsys):
+    _make_tree(str(tmp_path), train_counts={"a": 2}, test_counts={"a": 1}, size=(6, 6))
+    for i in range(2):
+        _write_png(str(tmp_path / "train" / "a" / f"big{i}.png"), np.zeros((9, 7, 3), np.uint8))
+    ds = data.load(f"folder:{tmp_path}", batch_size=2)
+    assert ds.image_size == (9, 7)
+    assert "2 sizes (9x7: 2 files, 6x6: 2 files); training at 9x7" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    ds = data.load("synthetic", batch_size=8, augment="none", validation_split=0.1, seed=4)
+    full = data.load("synthetic", batch_size=8, augment="none", seed=4)  # The same images (they come from the seed).
+    full_x, full_y = _arrays(full.train_ordered(128))
+    # Independent count: synthetic labels are arange(512) % 10 permuted, so classes have 52, 52, 51 x 8.
+    sizes = np.bincount(full_y, minlength=10)
+    expected = np.floor(0.1 * sizes + 0.5).astype(int)
+    vx, vy = _arrays(ds.validation)
+    tx, ty = _arrays(ds.train_ordered(128))
+    assert (ds.validation_from, ds.num_validation, ds.num_train) == ("validation_split", expected.sum(), 512 - expected.sum())
+    assert ds.steps_per_epoch == ds.num_train // 8
+    np.testing.assert_array_equal(np.bincount(vy, minlength=10), expected)
+    np.testing.assert_array_equal(np.bincount(ty, minlength=10), sizes - expected)
+    # Together exactly the training set, no image in both.
+    assert sorted(_ids(vx) + _ids(tx)) == sorted(_ids(full_x))
+    assert not set(_ids(vx)) & set(_ids(tx))
+    # The training stream never shows a validation image.
+    assert not set(_ids(_arrays(ds.train, 2 * ds.steps_per_epoch)[0])) & set(_ids(vx))
+    # Seeded: the same seed holds out the same images (another seed: see the folder test).
+    again = data.load("synthetic", batch_size=8, augment="none", validation_split=0.1, seed=4)
+    assert _ids(_arrays(again.validation)[0]) == _ids(vx)
+    # train_subset is drawn from the training part.
+    sub = data.load("synthetic", batch_size=8, augment="none", validation_split=0.1, seed=4, train_subset=100)
+    assert (sub.num_train, sub.num_validation) == (100, expected.sum())
+    assert set(_ids(_arrays(sub.train_ordered(50))[0])) <= set(_ids(tx))
+    assert full.validation is None and full.num_validation == 0 and full.validation_from is None
+
+
+def test_validation_split_folder_small_classes_and_errors(tmp_path):
+    _make_tree(str(tmp_path), train_counts={"a": 10, "b": 3, "c": 1}, test_counts={"a": 1, "b": 1, "c": 1})
+    ds = data.load(f"folder:{tmp_path}", batch_size=2, validation_split=0.2)
+    # a: round(2.0) = 2; b: round(0.6) = 1; c: a single image stays for training.
+    labels = _arrays(ds.validation)[1]
+    np.testing.assert_array_equal(np.bincount(labels, minlength=3), [2, 1, 0])
+    assert (ds.num_validation, ds.num_train) == (3, 11)
+    held = lambda seed: _ids(_arrays(  # noqa: E731
+        data.load(f"folder:{tmp_path}", batch_size=2, validation_split=0.2, seed=seed).validation)[0])
+    assert held(0) == _ids(_arrays(ds.validation)[0]) and held(1) != held(0)
+
+    message = _error(lambda: data.load(f"folder:{tmp_path}", batch_size=2, validation_split=0.5))
+    assert "--validation_split=0.5" in message and "'c'" in message  # c's only image would be held out.
+    for bad in (1.0, -0.1, float("nan"), "0.1"):
+        assert "--validation_split" in _error(lambda: data.load("synthetic", batch_size=8, validation_split=bad))
+
+    singles = tmp_path / "singles"
+    _make_tree(str(singles), train_counts={"a": 1, "b": 1}, test_counts={"a": 1, "b": 1})
+    assert "empty" in _error(lambda: data.load(f"folder:{singles}", batch_size=1, validation_split=0.3))
+
+
+def test_validation_split_multi_label():
+    ds = data.load("synthetic_multilabel:5", batch_size=16, validation_split=0.25)
+    assert (ds.num_validation, ds.num_train) == (128, 384)
+    assert _arrays(ds.validation)[1].shape == (128, 5)
+
+
+def test_val_folder_is_the_validation_set(tmp_path):
+    pixels = _make_tree(str(tmp_path))
+    rng = np.random.default_rng(7)
+    for cls, n in (("ant", 1), ("bee", 2), ("cat", 1)):
+        os.makedirs(tmp_path / "val" / cls)
+        for i in range(n):
+            p = str(tmp_path / "val" / cls / f"{i}.png")
+            pixels[p] = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+            _write_png(p, pixels[p])
+    ds = data.load(f"folder:{tmp_path}", batch_size=2)
+    assert (ds.validation_from, ds.num_validation, ds.num_train) == ("val/", 4, 9)
+    seen = [_match(image, pixels) for batch, _ in ds.validation for image in batch.numpy()]
+    assert all("/val/" in p for p in seen) and len(set(seen)) == 4
+    assert "--validation_split=0.1 contradicts" in _error(
+        lambda: data.load(f"folder:{tmp_path}", batch_size=2, validation_split=0.1))
+    os.makedirs(tmp_path / "val" / "dog")
+    assert str(tmp_path / "val") in _error(lambda: data.load(f"folder:{tmp_path}", batch_size=2))
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _stream(ds, batches, start=0):
+    return [(x.numpy(), y.numpy()) for x, y in ds.train_from(start).take(batches)]
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for (x1, y1), (x2, y2) in zip(a, b):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("dataset", ["folder", "synthetic"])
+def test_cache_modes_give_identical_batches(tmp_path, dataset, monkeypatch):
+    if dataset == "folder":
+        _make_tree(str(tmp_path / "d"), train_counts={"a": 7, "b": 6, "c": 4}, test_counts={"a": 2, "b": 1, "c": 2})
+        name, batch = f"folder:{tmp_path / 'd'}", 4  # 17 examples: 4 batches per epoch.
+    else:
+        name, batch = "synthetic:4", 100  # 512 examples: 5 batches per epoch.
+    size = (8, 8) if dataset == "synthetic" else None
+    # A shuffle buffer smaller than the split, so its size matters.
+    monkeypatch.setattr(data, "_SHUFFLE_BUFFER_BYTES", 0)
+    monkeypatch.setattr(data, "_MIN_SHUFFLE_BUFFER", 5)
+    load = lambda cache, **kw: data.load(name, batch_size=batch, seed=3, cache=cache, image_size=size, **kw)  # noqa: E731
+    cache_dir = tmp_path / "cache"
+    memory = load("memory")
+    reference = _stream(memory, 11)  # Two epoch boundaries and more.
+    disk = load("disk", cache_dir=str(cache_dir))
+    assert not cache_dir.exists()  # load writes nothing; the first pass creates it.
+    for other in (load("none"), disk, load("disk", cache_dir=str(cache_dir))):  # Writing, then reading the file.
+        _assert_same(_stream(other, 11), reference)
+        _assert_same(_stream(other, 5, start=6), reference[6:])  # Resumed mid-stream.
+        _assert_same([_arrays(other.test)], [_arrays(memory.test)])
+    assert list(cache_dir.glob("train-*.index")) and list(cache_dir.glob("test-*.index"))
+
+    # A run killed while writing the cache leaves a lock file; the next load clears it.
+    for f in cache_dir.iterdir():
+        if f.name.startswith("train-"):
+            f.unlink()
+    _stream(load("disk", cache_dir=str(cache_dir)), 11)  # Written again, from scratch.
+    index = next(cache_dir.glob("train-*.index"))
+    prefix = str(index)[: -len(".index")]
+    for f in cache_dir.glob("train-*"):
+        f.unlink()
+    open(f"{prefix}_0.lockfile", "w").write("Created by a process that was killed")
+    open(f"{prefix}_0.data-00000-of-00001.tempstate123", "w").write("partial")
+    _assert_same(_stream(load("disk", cache_dir=str(cache_dir)), 11), reference)
+    assert os.path.exists(f"{prefix}.index") and not os.path.exists(f"{prefix}_0.lockfile")
+
+
+def test_cache_auto_and_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_physical_memory", lambda: 4 * 512 * 32 * 32 * 3)  # 25%: just the training set.
+    data.load("synthetic", batch_size=8, cache="auto")
+    out = capsys.readouterr().out
+    assert "--cache=auto" in out and "decoded test images" in out and "decoded train images" not in out
+    assert "--cache=disk needs a directory" in _error(lambda: data.load("synthetic", batch_size=8, cache="disk"))
+    assert "--cache='ram'" in _error(lambda: data.load("synthetic", batch_size=8, cache="ram"))

@@ -98,3 +98,26 @@ def test_training_command_fills_and_reuses_the_cache(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert out.count("soft-label cache: computing") == 1 and out.count("logits from") == 1
     assert len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_the_data_key_follows_the_hold_out_its_seed_and_skipped_files():
+    # The same number of training images can be other images: another hold-out, another seed of it,
+    # other skipped files. Each must read other stored logits, never those of the first.
+    import dataclasses
+    import types
+
+    config = Config(dataset="folder:/data", validation_split=0.1)
+    data = types.SimpleNamespace(validation_from="validation_split", bad_files=(), image_size=(32, 32), num_train=900)
+    key = soft_labels.data_key(config, data)
+    assert key == soft_labels.data_key(config, data)
+    others = [
+        soft_labels.data_key(dataclasses.replace(config, seed=1), data),
+        soft_labels.data_key(dataclasses.replace(config, validation_split=0.2), data),
+        soft_labels.data_key(config, types.SimpleNamespace(**{**vars(data), "bad_files": ("/data/train/a/x.jpg",)})),
+        soft_labels.data_key(config, types.SimpleNamespace(**{**vars(data), "validation_from": "val/"})),
+    ]
+    assert len({key, *others}) == 5
+    # Without a hold-out or subset the seed does not choose the images: one key for every seed.
+    plain = dataclasses.replace(config, validation_split=0.0)
+    data = types.SimpleNamespace(**{**vars(data), "validation_from": None})
+    assert soft_labels.data_key(plain, data) == soft_labels.data_key(dataclasses.replace(plain, seed=5), data)
