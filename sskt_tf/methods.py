@@ -24,25 +24,61 @@ def _backbone(config, image_size):
     return models.get_backbone(config.model, (*image_size, 3), sync_bn=config.sync_bn)
 
 
-def _target_kwargs(config, backbone):
+def _target_kwargs(config, backbone, class_names=None):
     return dict(
         target_loss=config.target_loss,
         weight_decay=config.weight_decay,
         feature_key=list(backbone.stage_channels)[-1],
+        class_names=class_names,
     )
 
 
-def _kd(config, image_size, num_classes):
+def _known_names(names):
+    """`names` as a tuple, or None where they are absent or only placeholders (`class_0`, `class_1`, ...)."""
+    if names is None:
+        return None
+    names = tuple(str(n) for n in names)
+    return None if all(n == f"class_{i}" for i, n in enumerate(names)) else names
+
+
+def _check_teacher_names(spec, teacher_names, class_names):
+    """Refuses a teacher whose stored class names are not the dataset's, in the same order.
+
+    Both sides must carry real names (a target trained by this project stores them; placeholder
+    names `class_<i>` say nothing). Same count, other names or another order: the teacher's
+    output k is another class than the target's label k, which no loss would ever notice.
+
+    Raises:
+        UserError: one line with the first differing position and the fix.
+    """
+    teacher_names, class_names = _known_names(teacher_names), _known_names(class_names)
+    if teacher_names is None or class_names is None or teacher_names == class_names:
+        return
+    k = next(i for i, (a, b) in enumerate(zip(teacher_names, class_names)) if a != b)
+    same_set = sorted(teacher_names) == sorted(class_names)
+    raise UserError(
+        f"--teacher={spec} was trained on {'the same classes in another order' if same_set else 'other classes'}: "
+        f"its output {k} is {teacher_names[k]!r} where the dataset's class {k} is {class_names[k]!r} "
+        f"(teacher: {', '.join(teacher_names[:4])}, ...; dataset: {', '.join(class_names[:4])}, ...). KD needs a "
+        "teacher of the same classes in the same order: pass the target.keras of a run on this dataset."
+    )
+
+
+def _kd(config, image_size, num_classes, class_names=None):
     backbone = _backbone(config, image_size)
     # A KD teacher shares the target's label space, so it was trained on this data: it sees the
-    # target's image size (or its own fixed input size), not the sources' 7/3 upscaling.
-    teacher = sources.build_source(config.teacher, image_size, 1.0, config.source_bn, name="teacher")
+    # target's image size (or its own fixed input size, with a printed line), not the sources'
+    # 7/3 upscaling.
+    teacher = sources.build_source(
+        config.teacher, image_size, 1.0, config.source_bn, name="teacher", outputs=config.source_outputs, flag="--teacher"
+    )
     if teacher.num_classes != num_classes:
         raise UserError(
             f"--teacher={config.teacher} predicts {teacher.num_classes} classes but the dataset has "
             f"{num_classes}; KD needs a teacher of the same label space, e.g. the target.keras of a run "
             "on the same data."
         )
+    _check_teacher_names(config.teacher, teacher.class_names, class_names)
     return KDModel(
         backbone,
         num_classes,
@@ -50,20 +86,22 @@ def _kd(config, image_size, num_classes):
         kd_alpha=config.kd_alpha,
         kd_temperature=config.temperature[0],
         name="kd",
-        **_target_kwargs(config, backbone),
+        **_target_kwargs(config, backbone, class_names),
     )
 
 
-def _dml(config, image_size, num_classes):
+def _dml(config, image_size, num_classes, class_names=None):
     peers = []
     for k in range(config.dml_peers):
         # Each backbone draws its own initial weights from the seeded global generator.
         backbone = _backbone(config, image_size)
-        peers.append(sskt.SSKTModel(backbone, num_classes, name=f"peer{k}", **_target_kwargs(config, backbone)))
+        peers.append(
+            sskt.SSKTModel(backbone, num_classes, name=f"peer{k}", **_target_kwargs(config, backbone, class_names))
+        )
     return DMLModel(peers, weight_decay=config.weight_decay, name="dml")
 
 
-def _maxl(config, image_size, num_classes):
+def _maxl(config, image_size, num_classes, class_names=None):
     psi = config.maxl_psi * num_classes if len(config.maxl_psi) == 1 else config.maxl_psi
     if len(psi) != num_classes:
         raise UserError(
@@ -72,7 +110,7 @@ def _maxl(config, image_size, num_classes):
         )
     backbone = _backbone(config, image_size)
     generator_backbone = _backbone(config, image_size)
-    kwargs = _target_kwargs(config, backbone)
+    kwargs = _target_kwargs(config, backbone, class_names)
     generator = build_label_generator(generator_backbone, sum(psi), kwargs["feature_key"])
     return MAXLModel(
         backbone,
@@ -89,15 +127,28 @@ def _maxl(config, image_size, num_classes):
     )
 
 
-def build_model(config, image_size, num_classes):
-    """The built model of `config.method` (call it inside the strategy's scope)."""
+def build_model(config, image_size, num_classes, class_names=None):
+    """The built model of `config.method` (call it inside the strategy's scope).
+
+    Args:
+        config: the run's `Config`.
+        image_size: (H, W) of the training images.
+        num_classes: classes of the dataset.
+        class_names: the dataset's class names (one str per class), or None. Stored in every
+            saved target (`SSKTModel.target_model`), and compared with a `--teacher` that
+            stores its own.
+
+    Raises:
+        UserError: a source or teacher that cannot serve (see `sources.build_source`), a teacher
+            of another label space (class count, or stored class names and their order).
+    """
     if config.method in ("sskt", "scratch"):
         # Scratch is SSKT without sources (the config refuses --sources with --method=scratch).
-        return sskt.build_model(config, image_size, num_classes)
+        return sskt.build_model(config, image_size, num_classes, class_names=class_names)
     builders = {"kd": _kd, "dml": _dml, "maxl": _maxl}
     if config.method not in builders:
         raise UserError(f"--method={config.method} is not known. Allowed: {', '.join(METHODS)}.")
-    model = builders[config.method](config, image_size, num_classes)
+    model = builders[config.method](config, image_size, num_classes, class_names)
     model.build((None, *image_size, 3))
     return model
 

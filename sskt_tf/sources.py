@@ -5,7 +5,14 @@ A spec is one of
                                   by Keras and cached in ~/.keras/models),
   `<application>:/path/w.h5`      the same network with weights from a local file (offline),
   `<application>:random[:N]`      random weights, N classes (default 1000): smoke runs and tests,
-  `/path/to/model.keras`          any Keras model that takes raw [0, 255] RGB images and returns logits.
+  `/path/to/model.keras`          any Keras model that takes raw [0, 255] RGB images and returns logits
+                                  (or probabilities: see `build_source`, `--source_outputs`).
+
+The same specs serve as KD's `--teacher`. Everything a network assumes is checked when it is
+built, before training starts (`build_source`): one input of RGB images, one output of rank 2,
+at least 2 classes, a fixed input size (used with a printed line when it is not the size the
+network would otherwise see), and what its outputs are: a final softmax or sigmoid is removed
+in a copy of the network so that its logits are used, with a printed line.
 """
 
 import dataclasses
@@ -13,12 +20,20 @@ import math
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from sskt_tf.errors import UserError
-from sskt_tf.models.layers import AdaptiveAveragePooling2D
+from sskt_tf.models.layers import AdaptiveAveragePooling2D, class_names_of
 
 SOURCE_BN_MODES = ("inference", "batch")
+# What `--source_outputs` may say the networks output (config.SOURCE_OUTPUTS; config imports this module).
+SOURCE_OUTPUTS = ("auto", "logits", "probabilities")
+# What a built `Source`'s network returns: logits as they are, or probabilities whose log is taken.
+NETWORK_OUTPUTS = ("logits", "probabilities")
+# Probabilities that underflowed to 0 get log(tiny) = -87.3 instead of -inf (a NaN in a KL term);
+# their softmax weight stays ~0 at any temperature of practical use.
+_TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,16 +191,43 @@ class Source(keras.layers.Layer):
         network_dtype: a dtype policy name ("float16", "bfloat16", "mixed_float16",
             ...) to run the network in; None keeps the network's own. The logits are
             float32 either way.
+        network_outputs: "logits" (the network's outputs are used as they are) or
+            "probabilities" (each row is a probability distribution p, whose `log p` is
+            used: `log p = z - logsumexp(z)` is a per-row shift of the logits z, which
+            every softmax, at every temperature, ignores).
+        stripped_activation: None, or "softmax"/"sigmoid" when `build_source` removed the
+            network's final activation (a record for configs and the soft-label cache key;
+            the network given is already the stripped copy).
+
+    Call arguments:
+        images: float `[N, H, W, 3]`, raw RGB in 0..255 (any size; resized to `image_size`).
+
+    Returns:
+        float32 logits `[N, num_classes]`, without gradient.
     """
 
-    def __init__(self, network, image_size, spec="", source_bn="inference", network_dtype=None, **kwargs):
+    def __init__(
+        self,
+        network,
+        image_size,
+        spec="",
+        source_bn="inference",
+        network_dtype=None,
+        network_outputs="logits",
+        stripped_activation=None,
+        **kwargs,
+    ):
         kwargs["trainable"] = False
         super().__init__(**kwargs)
         if source_bn not in SOURCE_BN_MODES:
             raise UserError(f"--source_bn={source_bn} is not allowed. Allowed: {', '.join(SOURCE_BN_MODES)}.")
+        if network_outputs not in NETWORK_OUTPUTS:
+            raise ValueError(f"network_outputs must be one of {NETWORK_OUTPUTS}. Received: {network_outputs!r}")
         self.image_size = tuple(int(s) for s in image_size)
         self.spec = spec
         self.source_bn = source_bn
+        self.network_outputs = network_outputs
+        self.stripped_activation = stripped_activation
         # A reloaded source already holds BatchStatsNormalization layers: no second conversion.
         batch_statistics = source_bn == "batch" and any(
             type(layer) is keras.layers.BatchNormalization for layer in _all_layers(network)
@@ -207,11 +249,18 @@ class Source(keras.layers.Layer):
         images = keras.ops.cast(images, "float32")
         if tuple(images.shape[1:3]) != self.image_size:
             images = tf.image.resize(images, self.image_size, method="bilinear")
-        logits = self.network(images, training=False)
-        return tf.stop_gradient(tf.cast(logits, tf.float32))
+        outputs = tf.cast(self.network(images, training=False), tf.float32)
+        if self.network_outputs == "probabilities":
+            outputs = tf.math.log(tf.maximum(outputs, _TINY))
+        return tf.stop_gradient(outputs)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
+
+    @property
+    def class_names(self):
+        """The class names the network stores (a target trained by this project), or None."""
+        return class_names_of(self.network)
 
     def get_config(self):
         config = super().get_config()
@@ -221,6 +270,8 @@ class Source(keras.layers.Layer):
                 "image_size": self.image_size,
                 "spec": self.spec,
                 "source_bn": self.source_bn,
+                "network_outputs": self.network_outputs,
+                "stripped_activation": self.stripped_activation,
             }
         )
         return config
@@ -269,21 +320,32 @@ def _adaptively_pooled(application, shape, pool_size):
     return keras.Model(inputs, x, name=application.name)
 
 
-def _application_network(spec, image_size):
+def _application_network(spec, image_size, flag="--sources"):
+    """A Keras Application spec -> `(network, image_size)`: raw RGB `[N, H, W, 3]` -> logits `[N, classes]`.
+
+    Built with `classifier_activation=None`, so these networks return logits whatever
+    `--source_outputs` says. A fixed-size application (NASNet) sees its own size, with one
+    printed line when that differs from `image_size` (see `_fixed_size`).
+
+    Raises:
+        UserError: an unknown application, a bad `random:<classes>`, a failed download or
+            weights file, or an input size below the application's minimum.
+    """
     app_name, _, weights = spec.partition(":")
     if app_name not in APPLICATIONS:
         raise UserError(
-            f"--sources: {spec!r} names no known source. Use <application>:imagenet, "
+            f"{flag}: {spec!r} names no known source. Use <application>:imagenet, "
             f"<application>:/path/weights.h5, <application>:random or /path/model.keras; "
             f"applications: {', '.join(APPLICATIONS)}."
         )
     app = APPLICATIONS[app_name]
     if app.fixed_size:
-        image_size = (app.fixed_size, app.fixed_size)
+        image_size = _fixed_size(flag, spec, (app.fixed_size, app.fixed_size), image_size)
     if min(image_size) < app.min_size:
         raise UserError(
-            f"--sources={spec}: {app_name} needs inputs of at least {app.min_size} px, received "
-            f"{image_size[0]}x{image_size[1]}; raise --source_scale."
+            f"{flag}={spec}: {app_name} needs inputs of at least {app.min_size} px, received "
+            f"{image_size[0]}x{image_size[1]}; "
+            + ("raise --source_scale." if flag == "--sources" else "a teacher sees the target's size: pick another network.")
         )
     constructor = getattr(keras.applications, app.constructor)
     shape = (*image_size, 3)
@@ -296,16 +358,16 @@ def _application_network(spec, image_size):
         try:
             classes = int(classes or 1000)
         except ValueError:
-            raise UserError(f"--sources={spec}: use {app_name}:random or {app_name}:random:<classes>.") from None
+            raise UserError(f"{flag}={spec}: use {app_name}:random or {app_name}:random:<classes>.") from None
         net = constructor(weights=None, input_shape=build_shape, classes=classes, **common)
     elif weights == "imagenet":
         try:
             pretrained = constructor(weights="imagenet", **common)
         except Exception as e:  # Keras raises a bare Exception("URL fetch failure ...").
             raise UserError(
-                f"--sources={spec}: could not download the ImageNet weights of {app_name} "
+                f"{flag}={spec}: could not download the ImageNet weights of {app_name} "
                 f"({str(e).splitlines()[0][:160]}). Offline, fetch the weights file where there is "
-                f"network and pass --sources={app_name}:/path/to/weights.h5 (Keras caches downloads "
+                f"network and pass {flag}={app_name}:/path/to/weights.h5 (Keras caches downloads "
                 f"in ~/.keras/models)."
             ) from None
         if app.adaptive_pool or shape == tuple(pretrained.input_shape[1:]):
@@ -317,12 +379,12 @@ def _application_network(spec, image_size):
             net.set_weights(pretrained.get_weights())
     else:
         if not os.path.isfile(weights):
-            raise UserError(f"--sources={spec}: weights file {weights!r} does not exist.")
+            raise UserError(f"{flag}={spec}: weights file {weights!r} does not exist.")
         try:
             net = constructor(weights=weights, input_shape=build_shape, **common)
         except Exception as e:
             raise UserError(
-                f"--sources={spec}: could not load {weights!r} into {app_name} "
+                f"{flag}={spec}: could not load {weights!r} into {app_name} "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:160]})."
             ) from None
     if app.adaptive_pool:
@@ -334,30 +396,383 @@ def _application_network(spec, image_size):
     return keras.Model(inputs, outputs, name=source_name(spec)), image_size
 
 
-def _keras_file_network(path, image_size):
+def _fixed_size(flag, spec, fixed, size):
+    """The input size of a network whose input shape fixes `fixed` (a side may be None: free).
+
+    Such a network cannot run at any other size, so it sees the images resized to its own
+    size (bilinear, as any source) instead of `size`, the size it would otherwise receive
+    (`floor(side * --source_scale)` for a source, the target's size for a teacher). This is
+    what a user of such a network wants (a 224-px source sees the target's images upsampled
+    to 224 px, as it was trained), but it overrides `--source_scale`, or makes a teacher see
+    its training size rather than the target's: never silently, one printed line says so.
+    Refusing instead would leave no flag to make such a network usable.
+
+    Returns:
+        (H, W) the network sees.
+    """
+    used = tuple(int(f) if f is not None else int(s) for f, s in zip(fixed, size))
+    if used != tuple(size):
+        why = "--source_scale does not apply to it" if flag == "--sources" else "not the target's size"
+        print(
+            f"{flag}={spec}: the network has a fixed input size of {used[0]}x{used[1]}, so it sees the "
+            f"images resized to {used[0]}x{used[1]} instead of {size[0]}x{size[1]} ({why})."
+        )
+    return used
+
+
+def _refuse(flag, spec, problem, fix):
+    return UserError(f"{flag}={spec}: {problem}; {fix}.")
+
+
+def _loaded_keras_file(flag, path):
+    """Loads `path`, checking it maps one RGB image batch `[N, H, W, 3]` to one `[N, classes]` output.
+
+    Raises:
+        UserError: a missing or unloadable file; several inputs; inputs that are not 4-D
+            channels-last RGB images; several outputs; outputs that are not `[N, classes]`.
+    """
     if not os.path.isfile(path):
-        raise UserError(f"--sources: model file {path!r} does not exist.")
+        raise UserError(f"{flag}: model file {path!r} does not exist.")
     try:
         net = keras.saving.load_model(path, compile=False)
     except Exception as e:
+        if "Lambda" in str(e) and "safe_mode" in str(e):
+            raise UserError(
+                f"{flag}: could not load {path!r}: it holds a Lambda layer of Python code, which Keras does not "
+                "load by default (it could run arbitrary code); re-save the network with a registered custom "
+                "layer (keras.saving.register_keras_serializable) in place of the Lambda, importable here."
+            ) from None
         raise UserError(
-            f"--sources: could not load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"{flag}: could not load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             "It must be a .keras file saved by Keras 3; custom layers must be importable."
         ) from None
-    shape = net.input_shape
-    if isinstance(shape, list) or len(shape) != 4 or len(net.outputs) != 1 or len(net.output_shape) != 2:
-        raise UserError(
-            f"--sources: {path!r} must map one image batch [N, H, W, 3] to logits [N, classes]; "
-            f"it has inputs {shape} and outputs {net.output_shape}."
+    form = "one image batch [N, H, W, 3] (raw RGB, 0..255) to logits [N, classes]"
+    try:
+        inputs, outputs = net.inputs, net.outputs
+        in_shape, out_shape = net.input_shape, net.output_shape
+    except (AttributeError, ValueError):  # An unbuilt Sequential, a subclassed model never called.
+        raise _refuse(
+            flag, path, f"the model has no defined input and output shapes (a {type(net).__name__} never built)",
+            "save it built, starting from keras.Input((H, W, 3)) (or after calling it once)",
+        ) from None
+    if not inputs or len(inputs) != 1:
+        raise _refuse(
+            flag, path, f"the model takes {len(inputs or [])} inputs {in_shape}; a source or teacher takes "
+            f"{form}", "pass a model with one image input",
         )
-    fixed = shape[1:3]
-    if all(side is not None for side in fixed):
-        image_size = tuple(fixed)
-    return net, image_size
+    if len(in_shape) != 4:
+        raise _refuse(
+            flag, path, f"the model takes inputs of shape {in_shape}, not image batches; it must map {form}",
+            "pass a model whose input is keras.Input((H, W, 3))",
+        )
+    if in_shape[-1] not in (3, None):
+        layout = " (channels first?)" if in_shape[1] == 3 else ""
+        raise _refuse(
+            flag, path, f"the model takes {in_shape[-1]}-channel images, input shape {in_shape}{layout}; it "
+            f"receives RGB images [N, H, W, 3], channels last",
+            "pass a model built for 3-channel channels-last inputs, e.g. keras.Input((None, None, 3))",
+        )
+    if not outputs or len(outputs) != 1:
+        raise _refuse(
+            flag, path, f"the model has {len(outputs or [])} outputs {out_shape}; a source or teacher has one, "
+            "logits [N, classes]", "save a model with only the classifier's output",
+        )
+    if len(out_shape) != 2:
+        raise _refuse(
+            flag, path, f"the model returns outputs of shape {out_shape}; a source or teacher returns "
+            "logits [N, classes]", "end the model in its classifier (e.g. global pooling and a Dense layer)",
+        )
+    _check_classes(flag, path, out_shape[-1])
+    return net
 
 
-def build_source(spec, image_size, source_scale=7 / 3, source_bn="inference", name=None, dtype_policy=None):
-    """Builds the frozen `Source` for one `--sources` entry.
+def _check_classes(flag, spec, classes):
+    if classes is None or classes < 2:
+        raise _refuse(
+            flag, spec, f"the network predicts {classes} class{'' if classes == 1 else 'es'}; a softmax over "
+            "fewer than 2 classes is constant, so there is nothing to learn from it",
+            "pass a classifier of at least 2 classes",
+        )
+
+
+# Layers that pass their input through unchanged at inference (after a final softmax they hide it).
+_TRANSPARENT_LAYERS = (
+    keras.layers.Identity,
+    keras.layers.Dropout,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+)
+
+
+def _is_transparent(op):
+    if isinstance(op, _TRANSPARENT_LAYERS):
+        return True
+    return isinstance(op, keras.layers.Activation) and op.activation is keras.activations.linear
+
+
+def _activation_kind(op):
+    """Returns "softmax" or "sigmoid" where `op` ends in one over the classes, else None.
+
+    Sees a `Softmax` layer or `keras.ops.softmax`/`keras.activations.softmax` operation (and the
+    sigmoid ones) of a functional graph, and a layer's `activation` (Dense, Conv, Activation,
+    ...) given as a Keras or TensorFlow function or its name. A log_softmax is logits up to a
+    per-row shift: nothing to do.
+    """
+    cls = type(op)
+    if cls.__module__.startswith("keras") and cls.__name__ in ("Softmax", "Sigmoid"):
+        axis = getattr(op, "axis", -1)
+        axes = axis if isinstance(axis, (list, tuple)) else [axis]
+        # The output is [N, classes]: axis -1 or 1 is the classes; another axis is no class softmax.
+        return cls.__name__.lower() if all(a in (-1, 1) for a in axes) else None
+    fn = getattr(op, "activation", None)
+    if fn is None or not callable(fn):
+        return None
+    if fn is keras.activations.softmax or fn is keras.activations.sigmoid:
+        return fn.__name__
+    name, module = getattr(fn, "__name__", ""), getattr(fn, "__module__", "") or ""
+    if module.startswith(("keras", "tensorflow")) and name in ("softmax", "softmax_v2", "sigmoid"):
+        return "sigmoid" if name == "sigmoid" else "softmax"
+    return None
+
+
+@dataclasses.dataclass
+class _FinalActivation:
+    """A softmax/sigmoid that produces a model's output, and the path from the output to it."""
+
+    kind: str  # "softmax" or "sigmoid"
+    where: str  # for messages: "layer 'predictions' (Dense)", "... inside 'head'"
+    # (operation, node) from the output back to the activation's operation; the ones before it
+    # are transparent layers, the last one the activation (or the nested model holding it).
+    path: list
+    inner: "_FinalActivation | None" = None  # when the last operation is a nested model
+
+
+def _final_activation(model):
+    """The `_FinalActivation` of a functional or Sequential `model`, or None where none is visible.
+
+    Follows the single output back through transparent layers (identity at inference) and into
+    nested functional/Sequential models. What a Lambda, a subclassed model or a custom layer
+    computes is not visible: None (`build_source`'s probe covers those).
+    """
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or len(outputs) != 1:
+        return None
+    tensor, path = outputs[0], []
+    while True:
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        op = history.operation
+        node = op._inbound_nodes[history.node_index]
+        kind = _activation_kind(op)
+        if kind is not None:
+            return _FinalActivation(kind, f"{type(op).__name__} {op.name!r}", path + [(op, node)])
+        if isinstance(op, keras.Model):
+            inner = _final_activation(op)
+            if inner is None:
+                return None
+            return _FinalActivation(inner.kind, f"{inner.where} inside {op.name!r}", path + [(op, node)], inner)
+        if _is_transparent(op) and len(node.input_tensors) == 1:
+            path.append((op, node))
+            tensor = node.input_tensors[0]
+            continue
+        return None
+
+
+def _without_final_activation(model, found):
+    """A functional model computing `model` without `found`'s activation: its pre-activation logits.
+
+    Every layer is `model`'s own (same weights, not copied) except the one whose activation
+    is removed, rebuilt from its config with a linear activation and given its weights; a
+    nested model holding the activation is rebuilt the same way. `model` itself is unchanged.
+
+    Raises:
+        Exception (any): where a layer cannot be rebuilt so; the caller falls back.
+    """
+    *through, (op, node) = found.path
+    if len(node.input_tensors) != 1:
+        raise ValueError(f"{op.name!r} has {len(node.input_tensors)} inputs")
+    x = node.input_tensors[0]
+    if found.inner is not None:
+        y = _without_final_activation(op, found.inner)(x)
+    elif isinstance(op, keras.layers.Layer) and not isinstance(op, (keras.layers.Activation, keras.layers.Softmax)):
+        # A layer with an `activation` (Dense, Conv, ...): the same layer, linear.
+        config = op.get_config()
+        if "activation" not in config:
+            raise ValueError(f"{op.name!r} has no activation in its config")
+        config["activation"] = "linear"
+        replacement = type(op).from_config(config)
+        y = replacement(x)
+        replacement.set_weights(op.get_weights())
+    else:  # A Softmax/Sigmoid layer or operation, an Activation layer: the tensor it receives.
+        y = x
+    for transparent, _ in reversed(through):
+        y = transparent(y)
+    return keras.Model(model.inputs[0], y, name=model.name)
+
+
+def _probe_batch(size):
+    # Its own generator: the probe must not draw from the seeded global one that training uses.
+    return np.random.default_rng(0).uniform(0.0, 255.0, (4, *size, 3)).astype(np.float32)
+
+
+def _run(flag, spec, network, images):
+    try:
+        out = network(images, training=False)
+    except Exception as e:
+        raise _refuse(
+            flag, spec, f"the network does not run on images of {images.shape[1]}x{images.shape[2]} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})",
+            "it must accept raw RGB images [N, H, W, 3] of that size"
+            + (" (raise --source_scale for a network that needs larger images)" if flag == "--sources" else ""),
+        ) from None
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")), np.float64)
+
+
+def _are_probabilities(out):
+    """Every row in [0, 1] and summing to 1: the outputs of a softmax, which logits never are.
+
+    On 4 random images and at least 2 classes, logits (unbounded scores) satisfy this only by
+    construction, i.e. when the model normalises them. The tolerance allows float16 softmaxes.
+    """
+    return (
+        out.shape[-1] >= 2
+        and out.min() >= -1e-6
+        and out.max() <= 1.0 + 1e-6
+        and bool(np.all(np.abs(out.sum(axis=-1) - 1.0) <= 5e-3))
+    )
+
+
+def _describe(out):
+    sums = out.sum(axis=-1)
+    return f"values {out.min():.3g}..{out.max():.3g}, row sums {sums.min():.3g}..{sums.max():.3g}"
+
+
+def _adapted_keras_file(flag, path, net, size, outputs):
+    """What `net`'s outputs are, and the network and mode that turn them into logits.
+
+    Decision, per `outputs` (`--source_outputs`):
+
+    - A final softmax visible in the structure (`_final_activation`): with "auto" or
+      "probabilities", removed in a copy (`_without_final_activation`), which is checked on a
+      random batch to give the same probabilities through a softmax; where it cannot be removed,
+      the log of the probabilities is used (the same logits up to a per-row shift). With
+      "logits": refused, the outputs are probabilities.
+    - A final sigmoid (independent per-label probabilities, a multi-label network): with "auto",
+      its pre-sigmoid logits, which the auxiliary loss softens with one softmax over the labels
+      as any source's logits. "logits" and "probabilities" (one distribution per row) refused.
+    - None visible (a Lambda, a custom layer, a subclassed model): the outputs of 4 random images
+      decide where they are certain. Rows that are probability distributions (`_are_probabilities`)
+      are probabilities: "auto" and "probabilities" take their log, "logits" is refused. Otherwise
+      "probabilities" is refused (these are no softmax outputs), and "auto"/"logits" use them as
+      logits; "auto" prints one line where every value lies in [0, 1], as a hidden sigmoid's would.
+
+    Every adaptation prints one line. Non-finite outputs on the random batch are refused.
+
+    Returns:
+        `(network, network_outputs, stripped_activation)` for `Source`.
+
+    Raises:
+        UserError: the refusals above, or a network that does not run at `size`.
+    """
+    images = _probe_batch(size)
+    out = _run(flag, path, net, images)
+    if not np.all(np.isfinite(out)):
+        raise _refuse(
+            flag, path, "the network returns NaN or infinite values on random images", "check the file (diverged weights?)"
+        )
+    found = _final_activation(net)
+    name = repr(net.name)
+    if found is not None and outputs == "logits":
+        raise _refuse(
+            flag, path, f"--source_outputs=logits, but the network ends in a {found.kind} ({found.where}): its "
+            f"outputs are probabilities", f"use --source_outputs=auto, which uses its pre-{found.kind} logits",
+        )
+    if found is not None and found.kind == "sigmoid" and outputs == "probabilities":
+        raise _refuse(
+            flag, path, f"--source_outputs=probabilities, but the network ends in a sigmoid ({found.where}): "
+            "independent per-label probabilities, not one distribution per row",
+            "use --source_outputs=auto, which uses its pre-sigmoid logits",
+        )
+    if found is not None:
+        # The copy must give back the very outputs through the activation, else it is not used.
+        try:
+            stripped = _without_final_activation(net, found)
+            z = _run(flag, path, stripped, images)
+            again = keras.ops.convert_to_numpy(getattr(keras.activations, found.kind)(z))
+            ok = z.shape == out.shape and np.allclose(again, out, rtol=1e-3, atol=1e-3)
+        except Exception:  # Any layer that cannot be rebuilt: fall back below.
+            ok = False
+        if ok:
+            print(
+                f"{flag}={path}: using the pre-{found.kind} logits of {name} (its final {found.kind}, "
+                f"{found.where}, is removed in a copy"
+                + ("; a multi-label network: its labels' logits are softened by one softmax, as any source's)."
+                   if found.kind == "sigmoid" else ").")
+            )
+            return stripped, "logits", found.kind
+        if found.kind == "sigmoid":
+            raise _refuse(
+                flag, path, f"the network ends in a sigmoid ({found.where}) that cannot be removed in a copy, "
+                "and sigmoid probabilities are no logits", "save the network without its final sigmoid",
+            )
+        print(
+            f"{flag}={path}: using the log of the probabilities of {name} as its logits (its final softmax, "
+            f"{found.where}, cannot be removed in a copy; the log differs from the logits by one value per row)."
+        )
+        return net, "probabilities", None
+
+    if _are_probabilities(out):
+        if outputs == "logits":
+            raise _refuse(
+                flag, path, f"--source_outputs=logits, but the outputs on random images are probability rows "
+                f"({_describe(out)})", "use --source_outputs=probabilities (their log is used) or auto",
+            )
+        print(
+            f"{flag}={path}: using the log of the outputs of {name} as its logits: on random images every row "
+            "lies in [0, 1] and sums to 1, probabilities of a softmax hidden in a layer that cannot be inspected"
+            + (" (--source_outputs=probabilities)." if outputs == "probabilities" else " (--source_outputs=auto).")
+        )
+        return net, "probabilities", None
+    if outputs == "probabilities":
+        raise _refuse(
+            flag, path, f"--source_outputs=probabilities, but the outputs on random images are no probability rows "
+            f"({_describe(out)})", "use --source_outputs=auto or logits for a network that returns logits",
+        )
+    if outputs == "auto" and out.min() >= 0.0 and out.max() <= 1.0:
+        print(
+            f"{flag}={path}: warning: every output of {name} on random images lies in [0, 1] ({_describe(out)}), "
+            "as a hidden sigmoid's would; they are used as logits. Save the network without a final sigmoid if it has one."
+        )
+    return net, "logits", None
+
+
+def build_source(
+    spec,
+    image_size,
+    source_scale=7 / 3,
+    source_bn="inference",
+    name=None,
+    dtype_policy=None,
+    outputs="auto",
+    flag="--sources",
+):
+    """Builds the frozen `Source` for one `--sources` (or `--teacher`) entry, checking it first.
+
+    Checks, each a one-line `UserError` naming the entry, what it received, what is allowed and
+    the fix: a file that loads as a Keras 3 model; one input of 4-D RGB images (3 channels,
+    channels last); one output of rank 2, logits `[N, classes]`; at least 2 classes (a softmax
+    over one class is constant: nothing to transfer); a network that runs at the size it will
+    see and returns finite values. A fixed input size that differs from the size the network
+    would receive is used, with one printed line (`_fixed_size`). What a `.keras` file's outputs
+    are is decided by `outputs` (`_adapted_keras_file`): a final softmax or sigmoid is removed in
+    a copy of the network, with one printed line. Keras Applications named by a spec are built
+    without their softmax and always return logits.
 
     Args:
         spec: the source spec (see the module docstring).
@@ -369,17 +784,33 @@ def build_source(spec, image_size, source_scale=7 / 3, source_bn="inference", na
         name: layer name; default `source_<source_name(spec)>`.
         dtype_policy: precision of the source's network (see `Source`); None: the global policy
             for applications, the file's own for `.keras` sources.
+        outputs: `--source_outputs`: "auto", "logits" or "probabilities".
+        flag: the flag named in messages, "--sources" or "--teacher".
+
+    Returns:
+        A built, frozen `Source`: raw RGB images -> float32 logits `[N, classes]`.
+
+    Raises:
+        UserError: a spec or network that cannot serve (see above).
     """
+    if outputs not in SOURCE_OUTPUTS:
+        raise UserError(f"--source_outputs={outputs} is not known. Allowed: {', '.join(SOURCE_OUTPUTS)}.")
     size = scaled_size(image_size, source_scale)
+    network_outputs, stripped = "logits", None
     if spec.endswith(".keras"):
-        network, size = _keras_file_network(spec, size)
+        network = _loaded_keras_file(flag, spec)
+        size = _fixed_size(flag, spec, network.input_shape[1:3], size)
+        network, network_outputs, stripped = _adapted_keras_file(flag, spec, network, size, outputs)
     else:
-        network, size = _application_network(spec, size)
+        network, size = _application_network(spec, size, flag)
+    _check_classes(flag, spec, network.output_shape[-1])
     return Source(
         network,
         size,
         spec=spec,
         source_bn=source_bn,
         network_dtype=dtype_policy,
+        network_outputs=network_outputs,
+        stripped_activation=stripped,
         name=name or f"source_{source_name(spec)}",
     )

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from sskt_tf import heads, losses, models, sources
+from sskt_tf.models.layers import Classifier
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
@@ -38,6 +39,9 @@ class SSKTModel(keras.Model):
             variable's gradient before the optimizer (PyTorch SGD's weight_decay);
             it is not part of the logged losses.
         feature_key: the stage output the classifier pools.
+        class_names: one name per class (str), or None. The classifier (a `Classifier`, a Dense
+            layer) keeps them in its config, so every saved target (target.keras, checkpoints)
+            carries them (`sskt_tf.models.class_names_of`).
 
     Example:
     >>> model = SSKTModel(CifarResNet(20), 10, [source], [LinearHead(1000)], [0.1], [3.0])
@@ -59,9 +63,17 @@ class SSKTModel(keras.Model):
         kd_reduction="batchmean",
         weight_decay=0.0,
         feature_key="stage3",
+        class_names=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if class_names is not None:
+            class_names = tuple(str(n) for n in class_names)
+            if len(class_names) != num_classes:
+                raise ValueError(
+                    f"class_names must name each of the {num_classes} classes. Received: {len(class_names)} "
+                    f"names ({list(class_names)[:5]}...)."
+                )
         sources, aux_heads = list(sources), list(aux_heads)
         alphas, temperatures = [float(a) for a in alphas], [float(t) for t in temperatures]
         if not len(sources) == len(aux_heads) == len(alphas) == len(temperatures):
@@ -74,7 +86,7 @@ class SSKTModel(keras.Model):
         self.backbone = backbone
         self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
         # Logits in float32 also under mixed precision, for stable softmax and losses.
-        self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="classifier")
+        self.classifier = Classifier(num_classes, class_names=class_names, dtype="float32", name="classifier")
         self.sources = sources
         self.aux_heads = aux_heads
 
@@ -87,6 +99,7 @@ class SSKTModel(keras.Model):
         self.kd_reduction = kd_reduction
         self.weight_decay = float(weight_decay)
         self.feature_key = feature_key
+        self.class_names = class_names
         self._target_loss_fn = losses.target_loss_fn(target_loss)
         # Multi-hot float labels [B, C]: accuracies do not apply; mAP is computed over the whole
         # evaluation set outside the step (sskt_tf.metrics).
@@ -131,7 +144,13 @@ class SSKTModel(keras.Model):
         return variables
 
     def target_model(self, name=None):
-        """The target alone: raw images -> logits, sharing this model's layers (no heads, no sources)."""
+        """The target alone: raw images -> logits, sharing this model's layers (no heads, no sources).
+
+        Returns:
+            A functional model, float raw RGB `[N, H, W, 3]` in 0..255 -> float32 logits `[N, C]`.
+            Its last layer, the classifier, stores `class_names` (`sskt_tf.models.class_names_of`
+            reads them back, also from a reloaded file).
+        """
         inputs = keras.Input(self.backbone.input_shape[1:], name="images")
         outputs = self._target_logits(self.backbone(inputs))
         return keras.Model(inputs, outputs, name=name or f"{self.backbone.name}_target")
@@ -228,6 +247,7 @@ class SSKTModel(keras.Model):
                 "kd_reduction": self.kd_reduction,
                 "weight_decay": self.weight_decay,
                 "feature_key": self.feature_key,
+                "class_names": None if self.class_names is None else list(self.class_names),
             }
         )
         return config
@@ -251,10 +271,15 @@ def _step_logs(logs):
     return logs
 
 
-def build_model(config, image_size, num_classes):
+def build_model(config, image_size, num_classes, class_names=None):
     """The built `SSKTModel` of a `Config`: target `config.model`, one source and head per `config.sources`.
 
-    Call it inside the strategy's scope.
+    Call it inside the strategy's scope. `class_names` (one per class, or None) are stored in the
+    saved targets (see `SSKTModel`). Each source is checked and adapted by
+    `sources.build_source` (`config.source_outputs`) before anything trains.
+
+    Raises:
+        UserError: a source that cannot serve (see `sources.build_source`).
     """
     backbone = models.get_backbone(config.model, (*image_size, 3), sync_bn=config.sync_bn)
     frozen, aux_heads, names = [], [], set()
@@ -272,6 +297,7 @@ def build_model(config, image_size, num_classes):
             config.source_bn,
             name=f"source_{name}",
             dtype_policy=config.precision if config.source_precision == "same" else config.source_precision,
+            outputs=config.source_outputs,
         )
         frozen.append(source)
         aux_heads.append(
@@ -297,6 +323,7 @@ def build_model(config, image_size, num_classes):
         kd_reduction=config.kd_reduction,
         weight_decay=config.weight_decay,
         feature_key=list(backbone.stage_channels)[-1],
+        class_names=class_names,
         name="sskt",
     )
     model.build((None, *image_size, 3))

@@ -17,6 +17,7 @@ from sskt_tf import losses, methods
 from sskt_tf.baselines import DMLModel, KDModel, MAXLModel
 from sskt_tf.config import Config
 from sskt_tf.errors import UserError
+from sskt_tf.models.layers import Classifier, class_names_of
 from conftest import TrainingRuns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,6 +209,110 @@ def test_kd_refuses_a_teacher_of_another_label_space(tmp_path):
     config = make_config(tmp_path, method="kd", teacher=teacher_file(tmp_path, classes=7))
     with pytest.raises(UserError, match=r"--teacher=.*predicts 7 classes but the dataset has 10"):
         methods.build_model(config, SIZE, 10)
+
+
+# --- Class names in saved targets; what a teacher carries -------------------------------------------
+
+NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def saved_target(tmp_path, class_names, method="scratch", file="target.keras"):
+    """`(model, path)`: a model of `method` on 10 classes, its target saved as train.py saves target.keras."""
+    model = methods.build_model(make_config(tmp_path, method=method), SIZE, 10, class_names=class_names)
+    path = str(tmp_path / file)
+    model.target_model(name="resnet20_target").save(path)
+    return model, path
+
+
+def test_a_saved_target_carries_its_class_names_and_returns_the_same_logits(tmp_path):
+    model, path = saved_target(tmp_path, NAMES)
+    loaded = keras.saving.load_model(path)
+    assert class_names_of(loaded) == NAMES and isinstance(loaded.get_layer("classifier"), Classifier)
+    # The names ride in the classifier's config: the same layers, the target's logits bit for bit.
+    assert {l.name for l in loaded.layers} == {"images", "resnet20", "pool", "classifier"}
+    np.testing.assert_array_equal(loaded(X, training=False).numpy(), model(X, training=False).numpy())
+    assert loaded.output.dtype == "float32"
+    assert type(model).from_config(model.get_config()).class_names == NAMES
+    # Without names (a model built by hand), the target carries none.
+    plain = methods.build_model(make_config(tmp_path, method="scratch"), SIZE, 10)
+    assert class_names_of(plain.target_model()) is None
+    with pytest.raises(ValueError, match="class_names must name each of the 10 classes. Received: 3 names"):
+        methods.build_model(make_config(tmp_path, method="scratch"), SIZE, 10, class_names=NAMES[:3])
+
+
+def test_every_peer_of_dml_carries_the_class_names(tmp_path):
+    model = methods.build_model(make_config(tmp_path, method="dml"), SIZE, 10, class_names=NAMES)
+    for _, network in [("target.keras", model.target_model()), *methods.extra_targets(model, "t")]:
+        network.save(str(tmp_path / "peer.keras"))
+        assert class_names_of(keras.saving.load_model(str(tmp_path / "peer.keras"))) == NAMES
+
+
+def test_load_trained_reads_the_stored_names_and_refuses_a_contradicting_run(tmp_path):
+    from sskt_tf import export as export_lib
+
+    _, path = saved_target(tmp_path, NAMES)  # No config.json or results.json beside it.
+    trained = export_lib.load_trained(path)
+    assert trained.class_names == NAMES and trained.image_size == SIZE
+    run = tmp_path / "run"
+    run.mkdir()
+    os.replace(path, run / "target.keras")
+    (run / "config.json").write_text("{}")
+    (run / "results.json").write_text(json.dumps({"class_names": list(reversed(NAMES)), "image_size": list(SIZE)}))
+    with pytest.raises(UserError, match=r"target.keras stores the class names \['airplane'.*results.json names \['truck'.*pass the model of that run"):
+        export_lib.load_trained(str(run))
+    (run / "results.json").write_text(json.dumps({"class_names": list(NAMES), "image_size": list(SIZE)}))
+    assert export_lib.load_trained(str(run)).class_names == NAMES
+
+
+@pytest.mark.parametrize(
+    "dataset_names, message",
+    [
+        (NAMES, None),
+        (tuple(f"class_{i}" for i in range(10)), None),  # Placeholders say nothing: no check.
+        (None, None),
+        (tuple(reversed(NAMES)), r"--teacher=.*target.keras was trained on the same classes in another order: its output 0 is 'airplane' where the dataset's class 0 is 'truck'.*pass the target.keras of a run on this dataset"),
+        (NAMES[:9] + ("lorry",), r"was trained on other classes: its output 9 is 'truck' where the dataset's class 9 is 'lorry'"),
+    ],
+)
+def test_a_teacher_with_other_class_names_is_refused(dataset_names, message, tmp_path):
+    teacher, path = saved_target(tmp_path, NAMES)
+    config = make_config(tmp_path, method="kd", teacher=path)
+    if message is None:
+        model = methods.build_model(config, SIZE, 10, class_names=dataset_names)
+        assert model.teacher.class_names == NAMES
+        np.testing.assert_allclose(model.teacher(X).numpy(), teacher(X, training=False).numpy(), rtol=1e-5, atol=1e-5)
+        return
+    with pytest.raises(UserError, match=message) as error:
+        methods.build_model(config, SIZE, 10, class_names=dataset_names)
+    assert "\n" not in str(error.value)
+
+
+def softmax_teacher_file(tmp_path):
+    """`(logits twin, path)`: a teacher ending in Dense(softmax), and the same network without the softmax."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, strides=2)(keras.layers.Rescaling(1 / 255.0)(inputs)))
+    twin = keras.Model(inputs, keras.layers.Dense(10, kernel_initializer=keras.initializers.RandomNormal(stddev=30.0))(x))
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, strides=2)(keras.layers.Rescaling(1 / 255.0)(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x), name="softmax_teacher")
+    model.set_weights(twin.get_weights())
+    path = str(tmp_path / "softmax_teacher.keras")
+    model.save(path)
+    return twin, path
+
+
+def test_a_softmax_ended_teacher_distils_from_its_logits(tmp_path, capsys):
+    twin, path = softmax_teacher_file(tmp_path)
+    model = methods.build_model(make_config(tmp_path, method="kd", teacher=path), SIZE, 10, class_names=NAMES)
+    assert capsys.readouterr().out.startswith(f"--teacher={path}: using the pre-softmax logits of 'softmax_teacher'")
+    z = twin(X, training=False).numpy()
+    assert np.ptp(z, axis=1).min() > 1.0
+    np.testing.assert_allclose(model.teacher(X).numpy(), z, rtol=1e-5, atol=1e-5)
+    student = RNG.normal(0, 1, (8, 10)).astype(np.float32)
+    _, _, kd = losses.distillation_loss(Y, model.teacher(X), student, 0.5, 4.0)
+    assert float(kd) == pytest.approx(16.0 * np_kl(z, student, 4.0), rel=1e-4)
+    with pytest.raises(UserError, match=rf"^--teacher={path}: --source_outputs=logits, but the network ends in a softmax"):
+        methods.build_model(make_config(tmp_path, method="kd", teacher=path, source_outputs="logits"), SIZE, 10)
 
 
 def test_dml_each_peer_steps_on_its_own_loss_and_peers_stay_different(tmp_path):

@@ -1,11 +1,14 @@
 """Tests of the frozen sources: spec parsing, preprocessing, sizes, weight files, BatchNorm modes, errors."""
 
+import re
+import warnings
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from sskt_tf import sources
+from sskt_tf import losses, sources
 from sskt_tf.errors import UserError
 
 RNG = np.random.RandomState(0)
@@ -218,3 +221,341 @@ def test_a_file_that_is_not_a_keras_model(tmp_path):
     path.write_text("not a zip")
     with pytest.raises(UserError, match="could not load"):
         sources.build_source(str(path), (32, 32))
+
+
+# --- What the outputs are: softmax, sigmoid, probabilities, logits (--source_outputs) -------------
+
+
+@keras.saving.register_keras_serializable(package="sskt_tf_tests")
+class HiddenSoftmaxHead(keras.layers.Layer):
+    """A classifier whose softmax is inside its `call`: invisible to any inspection of the graph."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = keras.layers.Dense(units)
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        return keras.ops.softmax(self.dense(x))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+CLASSES = 5
+
+
+def _features(inputs):
+    """The shared trunk of the twins: raw [0, 255] images -> 8 features, weights drawn fresh."""
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv")(x)
+    return keras.layers.GlobalAveragePooling2D()(x)
+
+
+def _twins(ending, tmp_path, input_shape=(None, None, 3), seed=1):
+    """`(logits model, its twin ending in `ending`, path of the twin's .keras file)`, with equal weights.
+
+    The logits model is saved too (`logits.keras`). Both map raw images to [N, CLASSES].
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape)
+    features = _features(inputs)
+    # Logits spread over several units, as a trained classifier's: softmax(p / T) of probabilities is
+    # then far from softmax(z / T), so the tests below can tell the two apart.
+    classifier = keras.layers.Dense(CLASSES, kernel_initializer=keras.initializers.RandomNormal(stddev=60.0), name="classifier")
+    logits_model = keras.Model(inputs, classifier(features), name="twin")
+    inputs = keras.Input(input_shape)
+    features = _features(inputs)
+    if ending == "dense_softmax":
+        outputs = keras.layers.Dense(CLASSES, activation="softmax", name="classifier")(features)
+    elif ending == "dense_sigmoid":
+        outputs = keras.layers.Dense(CLASSES, activation="sigmoid", name="classifier")(features)
+    elif ending == "softmax_layer":
+        outputs = keras.layers.Softmax()(keras.layers.Dense(CLASSES, name="classifier")(features))
+    elif ending == "activation_layer":
+        # As the mixed-precision guide writes it: a float32 softmax after the classifier.
+        outputs = keras.layers.Activation("softmax", dtype="float32")(keras.layers.Dense(CLASSES, name="classifier")(features))
+    elif ending == "activation_function":
+        outputs = keras.layers.Dense(CLASSES, activation=keras.activations.softmax, name="classifier")(features)
+    elif ending == "ops_softmax":
+        outputs = keras.ops.softmax(keras.layers.Dense(CLASSES, name="classifier")(features))
+    elif ending == "softmax_then_dropout":
+        outputs = keras.layers.Dropout(0.5)(keras.layers.Dense(CLASSES, activation="softmax", name="classifier")(features))
+    elif ending == "nested_sequential":
+        head = keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(CLASSES, name="classifier"), keras.layers.Softmax()], name="head"
+        )
+        outputs = head(features)
+    elif ending == "nested_functional":
+        head_in = keras.Input((8,))
+        head = keras.Model(head_in, keras.layers.Dense(CLASSES, activation="softmax", name="classifier")(head_in), name="head")
+        outputs = head(features)
+    elif ending == "hidden_softmax":
+        outputs = HiddenSoftmaxHead(CLASSES, name="hidden")(features)
+    else:
+        raise ValueError(ending)
+    model = keras.Model(inputs, outputs, name="ended")
+    model.set_weights(logits_model.get_weights())
+    logits_model.save(str(tmp_path / "logits.keras"))
+    path = str(tmp_path / f"{ending}.keras")
+    model.save(path)
+    return logits_model, model, path
+
+
+def np_log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def np_soft_ce(source_logits, aux_logits, t):
+    """SSKT's `ce` auxiliary loss in numpy: T^2 * mean_b sum_c -softmax(s/T) log_softmax(a/T)."""
+    p = np.exp(np_log_softmax(np.asarray(source_logits, np.float64) / t))
+    return t * t * float(np.mean(np.sum(-p * np_log_softmax(np.asarray(aux_logits, np.float64) / t), -1)))
+
+
+AUX = RNG.normal(0, 2, (4, CLASSES)).astype(np.float32)
+SOFTMAX_ENDINGS = [
+    "dense_softmax", "softmax_layer", "activation_layer", "activation_function", "ops_softmax",
+    "softmax_then_dropout", "nested_sequential", "nested_functional",
+]
+
+
+@pytest.mark.parametrize("ending", SOFTMAX_ENDINGS)
+def test_a_softmax_ended_source_gives_the_aux_loss_of_its_logits_twin(ending, tmp_path, capsys):
+    logits_model, model, path = _twins(ending, tmp_path)
+    source = sources.build_source(path, (16, 16))
+    assert (source.network_outputs, source.stripped_activation) == ("logits", "softmax")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"--sources={path}: using the pre-softmax logits of 'ended'") and "\n" not in line
+    size = source.image_size
+    assert size == (37, 37)
+    z = logits_model(tf.image.resize(IMAGES, size), training=False).numpy()
+    # The file's own outputs are the twin's probabilities: the test compares what it should.
+    p = model(tf.image.resize(IMAGES, size), training=False).numpy()
+    assert np.ptp(z, axis=1).min() > 2.0
+    np.testing.assert_allclose(p, np.exp(np_log_softmax(z)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(source(IMAGES).numpy(), z, rtol=1e-5, atol=1e-5)
+    for t in (1.0, 4.0):
+        expected = np_soft_ce(z, AUX, t)
+        for kind in ("ce", "kd"):
+            twin_loss = float(losses.aux_loss(kind, sources.build_source(str(tmp_path / "logits.keras"), (16, 16))(IMAGES), AUX, t))
+            assert float(losses.aux_loss(kind, source(IMAGES), AUX, t)) == pytest.approx(twin_loss, rel=1e-5, abs=1e-6)
+        assert float(losses.aux_loss("ce", source(IMAGES), AUX, t)) == pytest.approx(expected, rel=1e-5)
+        # Taken as logits, the probabilities would have given another loss: the test can tell.
+        assert abs(np_soft_ce(p, AUX, t) - expected) > 1e-2
+    # The stripped copy shares the trunk's layers; the loaded model itself still ends in its softmax.
+    np.testing.assert_allclose(model(tf.image.resize(IMAGES, size)).numpy(), p)
+
+
+def test_a_sigmoid_ended_source_gives_its_pre_sigmoid_logits(tmp_path, capsys):
+    logits_model, _, path = _twins("dense_sigmoid", tmp_path)
+    source = sources.build_source(path, (16, 16))
+    assert (source.network_outputs, source.stripped_activation) == ("logits", "sigmoid")
+    assert "using the pre-sigmoid logits of 'ended'" in capsys.readouterr().out
+    z = logits_model(tf.image.resize(IMAGES, source.image_size)).numpy()
+    np.testing.assert_allclose(source(IMAGES).numpy(), z, rtol=1e-5, atol=1e-5)
+    # Per-label probabilities are not one distribution: neither 'logits' nor 'probabilities' fits.
+    for outputs in ("logits", "probabilities"):
+        with pytest.raises(UserError, match=rf"--sources={path}: --source_outputs={outputs}, but the network ends in a sigmoid.*use --source_outputs=auto"):
+            sources.build_source(path, (16, 16), outputs=outputs)
+
+
+@pytest.mark.parametrize("outputs", ["probabilities", "auto"])
+def test_a_hidden_softmax_gives_log_probabilities_equal_to_the_logits_under_every_softmax(outputs, tmp_path, capsys):
+    logits_model, model, path = _twins("hidden_softmax", tmp_path)
+    source = sources.build_source(path, (16, 16), outputs=outputs)
+    assert (source.network_outputs, source.stripped_activation) == ("probabilities", None)
+    assert f"--sources={path}: using the log of the outputs of 'ended' as its logits" in capsys.readouterr().out
+    size = source.image_size
+    z = logits_model(tf.image.resize(IMAGES, size)).numpy().astype(np.float64)
+    p = model(tf.image.resize(IMAGES, size)).numpy().astype(np.float64)
+    s = source(IMAGES).numpy()
+    np.testing.assert_allclose(s, np.log(p), rtol=1e-6, atol=1e-6)
+    # log p = z - logsumexp(z): a per-row shift, so softmax(log p / T) == softmax(z / T) at every T.
+    shift = s - z
+    np.testing.assert_allclose(shift, np.repeat(shift[:, :1], CLASSES, axis=1), atol=1e-4)
+    for t in (1.0, 2.0, 4.0):
+        np.testing.assert_allclose(np.exp(np_log_softmax(s / t)), np.exp(np_log_softmax(z / t)), atol=1e-5)
+        assert float(losses.aux_loss("ce", source(IMAGES), AUX, t)) == pytest.approx(np_soft_ce(z, AUX, t), rel=1e-4)
+
+
+def test_log_probabilities_survive_underflow():
+    inputs = keras.Input((1, 1, 3))
+    # A confident softmax: probabilities of 0 where exp underflowed in float32.
+    net = keras.Model(inputs, keras.ops.softmax(keras.layers.Flatten()(inputs) * 1e3))
+    source = sources.Source(net, (1, 1), network_outputs="probabilities")
+    images = np.array([[[[0.0, 255.0, 10.0]]]], np.float32)
+    assert np.array_equal(net(images).numpy(), [[0.0, 1.0, 0.0]])
+    # log(0) would be -inf (and a NaN in the KL); the floor is log(float32 tiny) = -87.34.
+    np.testing.assert_allclose(source(images).numpy(), [[-87.336544, 0.0, -87.336544]], rtol=1e-6)
+
+
+def test_logits_are_refused_where_the_outputs_are_probabilities(tmp_path):
+    _, _, path = _twins("dense_softmax", tmp_path)
+    with pytest.raises(UserError, match=rf"--sources={path}: --source_outputs=logits, but the network ends in a softmax \(Dense 'classifier'\).*use --source_outputs=auto"):
+        sources.build_source(path, (16, 16), outputs="logits")
+    _, _, hidden = _twins("hidden_softmax", tmp_path)
+    with pytest.raises(UserError, match=r"--source_outputs=logits, but the outputs on random images are probability rows.*use --source_outputs=probabilities"):
+        sources.build_source(hidden, (16, 16), outputs="logits")
+
+
+def test_probabilities_are_refused_where_the_outputs_are_logits(tmp_path, capsys):
+    logits_model, _, _ = _twins("dense_softmax", tmp_path)
+    path = str(tmp_path / "logits.keras")
+    with pytest.raises(UserError, match=rf"--sources={path}: --source_outputs=probabilities, but the outputs on random images are no probability rows \(values -.*use --source_outputs=auto or logits"):
+        sources.build_source(path, (16, 16), outputs="probabilities")
+    # Logits as they are: no line, no change, with auto and with logits.
+    for outputs in ("auto", "logits"):
+        source = sources.build_source(path, (16, 16), outputs=outputs)
+        assert (source.network_outputs, source.stripped_activation) == ("logits", None)
+        expected = logits_model(tf.image.resize(IMAGES, source.image_size)).numpy()
+        np.testing.assert_allclose(source(IMAGES).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(UserError, match="--source_outputs=softmax is not known. Allowed: auto, logits, probabilities"):
+        sources.build_source(path, (16, 16), outputs="softmax")
+
+
+def test_applications_return_logits_whatever_the_flag_says(capsys):
+    source = sources.build_source("mobilenet_v2:random:4", (32, 32), outputs="probabilities")
+    assert (source.network_outputs, source.stripped_activation) == ("logits", None)
+    assert source.network.layers[-1].get_layer("predictions").activation is keras.activations.linear
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("ending, outputs", [("dense_softmax", "auto"), ("hidden_softmax", "probabilities")])
+def test_an_adapted_source_reloads_identically(ending, outputs, tmp_path):
+    _, _, path = _twins(ending, tmp_path)
+    source = sources.build_source(path, (16, 16), outputs=outputs)
+    inputs = keras.Input((16, 16, 3))
+    wrapper = keras.Model(inputs, source(inputs))
+    wrapper.save(str(tmp_path / "wrapper.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "wrapper.keras"))
+    reloaded = loaded.layers[-1]
+    assert isinstance(reloaded, sources.Source)
+    assert (reloaded.network_outputs, reloaded.stripped_activation) == (source.network_outputs, source.stripped_activation)
+    np.testing.assert_array_equal(loaded(IMAGES[:, :16, :16]).numpy(), wrapper(IMAGES[:, :16, :16]).numpy())
+    clone = sources.Source.from_config(source.get_config())
+    clone.set_weights(source.get_weights())
+    np.testing.assert_array_equal(clone(IMAGES).numpy(), source(IMAGES).numpy())
+
+
+def test_a_stripped_source_also_runs_with_batch_statistics(tmp_path):
+    logits_model, _, path = _twins("nested_functional", tmp_path)
+    source = sources.build_source(path, (16, 16), source_bn="batch")
+    z = logits_model(tf.image.resize(IMAGES, source.image_size)).numpy()
+    np.testing.assert_allclose(source(IMAGES).numpy(), z, rtol=1e-5, atol=1e-5)  # No BatchNorm in the twins.
+
+
+# --- Misfits: what a source assumes, checked before training ------------------------------------------
+
+
+def _saved(tmp_path, name, inputs, outputs):
+    path = str(tmp_path / f"{name}.keras")
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def _misfit(kind, tmp_path):
+    if kind == "channels":
+        inputs = keras.Input((16, 16, 1))
+        return _saved(tmp_path, kind, inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    if kind == "channels_first":
+        inputs = keras.Input((3, 16, 16))
+        return _saved(tmp_path, kind, inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+    if kind == "two_inputs":
+        a, b = keras.Input((16, 16, 3)), keras.Input((16, 16, 3))
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
+        return _saved(tmp_path, kind, [a, b], keras.layers.Dense(4)(x))
+    if kind == "flat_input":
+        inputs = keras.Input((48,))
+        return _saved(tmp_path, kind, inputs, keras.layers.Dense(4)(inputs))
+    if kind == "two_outputs":
+        inputs = keras.Input((16, 16, 3))
+        x = keras.layers.GlobalAveragePooling2D()(inputs)
+        return _saved(tmp_path, kind, inputs, [keras.layers.Dense(4)(x), keras.layers.Dense(2)(x)])
+    if kind == "rank4_output":
+        inputs = keras.Input((16, 16, 3))
+        return _saved(tmp_path, kind, inputs, keras.layers.Conv2D(4, 1)(inputs))
+    if kind == "one_class":
+        inputs = keras.Input((16, 16, 3))
+        return _saved(tmp_path, kind, inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    if kind == "too_small":
+        inputs = keras.Input((None, None, 3))
+        x = keras.layers.Conv2D(4, 48)(inputs)  # A 48x48 kernel, 'valid': 37 px is too small.
+        return _saved(tmp_path, kind, inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+    if kind == "non_finite":
+        inputs = keras.Input((None, None, 3))
+        dense = keras.layers.Dense(4)
+        outputs = dense(keras.layers.GlobalAveragePooling2D()(inputs))
+        dense.kernel.assign(np.full((3, 4), np.nan, np.float32))
+        return _saved(tmp_path, kind, inputs, outputs)
+    if kind == "unbuilt":
+        path = str(tmp_path / "unbuilt.keras")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns that it saves a model never built: the point here.
+            keras.Sequential([keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4)]).save(path)
+        return path
+    if kind == "lambda":
+        inputs = keras.Input((None, None, 3))
+        x = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(inputs))
+        return _saved(tmp_path, kind, inputs, keras.layers.Lambda(lambda t: keras.ops.softmax(t))(x))
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("channels", r"the model takes 1-channel images, input shape \(None, 16, 16, 1\); it receives RGB images .*pass a model built for 3-channel"),
+        ("channels_first", r"takes 16-channel images, input shape \(None, 3, 16, 16\) \(channels first\?\)"),
+        ("two_inputs", r"the model takes 2 inputs .*pass a model with one image input"),
+        ("flat_input", r"the model takes inputs of shape \(None, 48\), not image batches.*keras.Input\(\(H, W, 3\)\)"),
+        ("two_outputs", r"the model has 2 outputs .*save a model with only the classifier's output"),
+        ("rank4_output", r"returns outputs of shape \(None, 16, 16, 4\); a source or teacher returns logits \[N, classes\]; end the model"),
+        ("one_class", r"the network predicts 1 class; a softmax over fewer than 2 classes is constant.*at least 2 classes"),
+        ("too_small", r"the network does not run on images of 37x37 \(.*raise --source_scale"),
+        ("non_finite", r"returns NaN or infinite values on random images"),
+        ("unbuilt", r"no defined input and output shapes \(a Sequential never built\); save it built"),
+        ("lambda", r"could not load .*: it holds a Lambda layer of Python code.*re-save the network with a registered custom layer"),
+    ],
+)
+def test_a_misfit_source_is_one_line_naming_the_file_and_the_fix(kind, message, tmp_path):
+    path = _misfit(kind, tmp_path)
+    with pytest.raises(UserError) as error:
+        sources.build_source(path, (16, 16))
+    text = str(error.value)
+    assert "\n" not in text and text.startswith(f"--sources={path}: " if kind != "lambda" else "--sources: could not load")
+    assert re.search(message, text), text
+
+
+def test_misfits_of_a_teacher_name_the_teacher(tmp_path):
+    with pytest.raises(UserError, match=r"^--teacher=.*channels\.keras: the model takes 1-channel images"):
+        sources.build_source(_misfit("channels", tmp_path), (16, 16), 1.0, flag="--teacher")
+    with pytest.raises(UserError, match=r"^--sources=mobilenet_v2:random:1: the network predicts 1 class"):
+        sources.build_source("mobilenet_v2:random:1", (32, 32))
+
+
+def test_a_fixed_input_size_is_used_with_one_line(tmp_path, capsys):
+    path = str(tmp_path / "fixed.keras")
+    _tiny_model((16, 16, 3)).save(path)
+    assert sources.build_source(path, (32, 32)).image_size == (16, 16)
+    assert capsys.readouterr().out == (
+        f"--sources={path}: the network has a fixed input size of 16x16, so it sees the images resized to 16x16 "
+        "instead of 74x74 (--source_scale does not apply to it).\n"
+    )
+    assert sources.build_source(path, (16, 16), 1.0, flag="--teacher").image_size == (16, 16)
+    assert capsys.readouterr().out == ""  # The size it would receive anyway: nothing to say.
+    sources.build_source(path, (32, 32), 1.0, flag="--teacher")
+    assert "instead of 32x32 (not the target's size)" in capsys.readouterr().out
+
+
+def test_the_flag_and_the_builder_allow_the_same_values():
+    from sskt_tf import config
+
+    assert config.SOURCE_OUTPUTS == sources.SOURCE_OUTPUTS

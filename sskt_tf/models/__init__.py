@@ -2,7 +2,7 @@
 
 from sskt_tf.errors import UserError
 from sskt_tf.models.cifar_resnet import CifarResNet
-from sskt_tf.models.layers import ImageNormalization
+from sskt_tf.models.layers import Classifier, ImageNormalization, class_names_of
 from sskt_tf.models.resnet import ResNet, resnet_classifier
 from sskt_tf.models.vgg import VGG16BN
 

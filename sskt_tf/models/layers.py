@@ -108,3 +108,79 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         config = super().get_config()
         config.update({"output_size": self.output_size})
         return config
+
+
+@keras.saving.register_keras_serializable(package="sskt_tf")
+class Classifier(keras.layers.Dense):
+    """A Dense layer that also carries the names of its output classes in its config.
+
+    The targets' classifier (`SSKTModel.classifier`): the names then travel inside every
+    `.keras` file of a target (target.keras, checkpoints), so a target used later as a
+    `--teacher`, or exported without its run directory, still says which class each output
+    is. It computes exactly what `Dense` computes, with the same weights and weight paths;
+    the saved target keeps its layers (`images`, the backbone, `pool`, `classifier`).
+
+    Args:
+        units: number of classes.
+        class_names: one name per output (str), or None where they are not known.
+        **kwargs: `keras.layers.Dense` arguments.
+
+    Call arguments:
+        inputs: float `[batch, features]`.
+
+    Returns:
+        `[batch, units]` logits (with the default linear activation).
+
+    Example:
+    >>> layer = Classifier(2, class_names=("cat", "dog"), name="classifier")
+    >>> layer(keras.ops.ones((4, 8))).shape
+    TensorShape([4, 2])
+    """
+
+    def __init__(self, units, class_names=None, **kwargs):
+        super().__init__(units, **kwargs)
+        if class_names is not None:
+            class_names = tuple(str(n) for n in class_names)
+            if len(class_names) != units:
+                raise ValueError(
+                    f"class_names must name each of the {units} outputs. Received: {len(class_names)} names "
+                    f"({list(class_names)[:5]}...)."
+                )
+        self.class_names = class_names
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"class_names": None if self.class_names is None else list(self.class_names)})
+        return config
+
+
+def class_names_of(model):
+    """The class names a model carries in its final `Classifier` layer, or None.
+
+    Looks at the operation producing the model's single output, and into a nested functional or
+    Sequential model that produces it.
+
+    Args:
+        model: a Keras model (or layer).
+
+    Returns:
+        A tuple of str, one per output column, or None when the model carries no names
+        (models not trained by this project, subclassed models, several outputs).
+    """
+    if isinstance(model, Classifier):
+        return model.class_names
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):  # An unbuilt Sequential or a subclassed model.
+        return None
+    if not outputs or len(outputs) != 1:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    if history is None:
+        return None
+    op = history.operation
+    if isinstance(op, Classifier):
+        return op.class_names
+    if isinstance(op, keras.Model) and op is not model:
+        return class_names_of(op)
+    return None
