@@ -31,7 +31,7 @@ from absl import flags  # noqa: E402
 
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import train  # noqa: E402
-from sskt_tf.errors import UserError, run_cli  # noqa: E402
+from sskt_tf.errors import UserError, run_cli, writable_dir  # noqa: E402
 from sskt_tf.methods import METHODS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -95,8 +95,31 @@ def training_args(fl, method, seed, run_dir):
     return args
 
 
+def _flag_state():
+    """What `_restore_flags` needs to put the global flags back as they are now (None: unparsed)."""
+    if not FLAGS.is_parsed():
+        return None
+    return {name: (f.value, f.present, f.using_default_value) for name, f in FLAGS._flags().items()}
+
+
+def _restore_flags(state):
+    FLAGS.unparse_flags()
+    if state is None:
+        return
+    for name, (value, present, using_default_value) in state.items():
+        if name in FLAGS:
+            flag = FLAGS[name]
+            flag.value, flag.present, flag.using_default_value = value, present, using_default_value
+    FLAGS.mark_as_parsed()
+
+
 def resolve_config(args):
-    """The `Config` a run with `args` will have (parses them on the global flags)."""
+    """The `Config` a run with `args` will have.
+
+    Parses `args` on the global flags, then puts them back as they were (the runner's own flags
+    stay readable after this).
+    """
+    state = _flag_state()
     FLAGS.unparse_flags()
     try:
         FLAGS(["sskt_tf.train", *args])
@@ -104,12 +127,17 @@ def resolve_config(args):
     except flags.Error as e:
         raise UserError(str(e)) from None
     finally:
-        FLAGS.unparse_flags()
+        _restore_flags(state)
 
 
 def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} is not valid JSON ({e.msg}, line {e.lineno}); delete the run directory that holds it to redo that run."
+        ) from None
 
 
 def run_state(config):
@@ -132,7 +160,7 @@ def run_state(config):
 
 def launch(args, log_path):
     """Runs `python -m sskt_tf.train args` in a subprocess, its output in `log_path`; returns the exit status."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    writable_dir(os.path.dirname(log_path), None, what="run directory")
     with open(log_path, "a") as log:
         log.write(f"$ {sys.executable} -m sskt_tf.train {' '.join(args)}\n")
         log.flush()
@@ -348,7 +376,7 @@ def plan(fl):
             f"--methods={','.join(fl.methods)}: give each method once, from {', '.join(METHODS)}."
         )
     if fl.seeds < 1:
-        raise UserError(f"--seeds must be >= 1. Received: {fl.seeds}.")
+        raise UserError(f"--seeds must be >= 1. Received: {fl.seeds}; pass e.g. --seeds=3.")
     root = fl.output_dir if fl["output_dir"].present else "runs/compare"
     runs = []
     for method in methods:
@@ -371,8 +399,10 @@ def main(argv, run_training=launch, command=None):
             configs.append(resolve_config(args))
         except UserError as e:
             raise UserError(f"--methods includes {method}: {e}") from None
+    writable_dir(root, "--output_dir")
+    for _, _, run_dir, _ in runs:  # Before the first run: a file in the way of a later one stops the runner now.
+        writable_dir(run_dir, None, what=f"run directory under --output_dir={root}")
     states = [run_state(c) for c in configs]
-    os.makedirs(root, exist_ok=True)
     runs_by_method = {m: [] for m in methods}
     for i, ((method, seed, run_dir, args), state) in enumerate(zip(runs, states), 1):
         label = f"[{i}/{len(runs)}] {method} seed {seed}"

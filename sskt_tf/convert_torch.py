@@ -16,11 +16,10 @@ of DataParallel. Needs torch: `pip install ".[torch]"`.
 import argparse
 import os
 import pickle
-import sys
 
 import numpy as np
 
-from sskt_tf.errors import UserError
+from sskt_tf.errors import UserError, exit_with_error, writable_file
 
 # --arch -> (family, depth, batch norm), as torchvision's constructors of the same names.
 ARCHS = {f"resnet{depth}": ("resnet", depth, True) for depth in (18, 34, 50, 101, 152)}
@@ -232,8 +231,15 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
     return model
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are a UserError (one `error:` line, exit status 2), not usage + message."""
+
+    def error(self, message):
+        raise UserError(f"{message}; see python -m sskt_tf.convert_torch --help.")
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="python -m sskt_tf.convert_torch",
         description="Port a torchvision-layout PyTorch ResNet or VGG checkpoint into a Keras .keras source "
         "(raw [0, 255] RGB images in, logits out).",
@@ -250,6 +256,7 @@ def _parser():
         action="store_true",
         help="unpickle arbitrary Python objects in the checkpoint (torch.load weights_only=False); trusted files only",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("checkpoint", help="PyTorch .pth (state dict) or .pth.tar (dict with 'state_dict')")
     parser.add_argument("output", help="the .keras file to write")
     return parser
@@ -259,12 +266,17 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if not args.output.endswith(".keras"):
         raise UserError(f"output {args.output!r} must end in .keras (Keras 3 model file); e.g. {args.arch}.keras.")
+    if os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"output {args.output!r} exists; pass --overwrite to replace it, or another output path.")
+    writable_file(args.output, None, what="output .keras file")  # Before the checkpoint is read.
     state_dict = load_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
     stem = os.path.splitext(os.path.basename(args.output))[0]
     name = "".join(c if c.isalnum() else "_" for c in stem) or args.arch
     model = convert(state_dict, args.arch, args.num_classes, name=name, origin=f"checkpoint {args.checkpoint!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    model.save(args.output)
+    # Through a temporary file: an interrupted save never leaves half a model where a source was.
+    tmp = f"{args.output}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, args.output)
     parameters = sum(int(np.prod(w.shape)) for w in model.trainable_weights)  # as torch counts them
     print(
         f"wrote {args.output}: {args.arch}, {model.output_shape[-1]} classes, {parameters:,} parameters "
@@ -277,8 +289,7 @@ def run():
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(e)
 
 
 if __name__ == "__main__":

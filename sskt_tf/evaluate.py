@@ -34,7 +34,7 @@ from sskt_tf import data as data_lib  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf import metrics as metrics_lib  # noqa: E402  (shared with training)
 from sskt_tf.metrics import average_precision  # noqa: E402,F401
-from sskt_tf.errors import UserError, run_cli  # noqa: E402
+from sskt_tf.errors import UserError, run_cli, writable_dir  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 256
 TOP5_MIN_CLASSES = 6
@@ -144,6 +144,7 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
 
     Returns the dict written to `metrics.json`.
     """
+    writable_dir(output_dir, "--output_dir")  # Before the test set is read.
     data = data_lib.load(
         dataset,
         batch_size=1,  # The training stream is not used; 1 fits any dataset.
@@ -151,6 +152,7 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
         data_dir=data_dir,
         image_size=tuple(trained.image_size),
         augment="none",
+        cache="none",  # One pass over the test set: nothing to keep.
     )
     if data.num_classes != trained.num_classes:
         raise UserError(
@@ -165,7 +167,6 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
         )
     class_names = list(data.class_names)
     logits, labels = predict_logits(trained.model, data.test)
-    os.makedirs(output_dir, exist_ok=True)
     results = {
         "model": trained.model_path,
         "dataset": dataset,
@@ -249,7 +250,7 @@ def run_evaluation(model, dataset=None, *, data_dir=None, output_dir=None, batch
         base = trained.run_dir or os.path.dirname(os.path.abspath(trained.model_path))
         output_dir = os.path.join(base, "evaluation", _slug(dataset))
     if batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1. Received: {batch_size}.")
+        raise UserError(f"--batch_size must be >= 1. Received: {batch_size}; pass e.g. --batch_size={DEFAULT_BATCH_SIZE}.")
     return evaluate(trained, dataset, data_dir=data_dir, output_dir=output_dir, batch_size=batch_size)
 
 

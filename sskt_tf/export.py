@@ -3,6 +3,9 @@
     python -m sskt_tf.export --model=runs/cifar [--output=runs/cifar/saved_model]
     python -m sskt_tf.export --model=runs/cifar --format=tflite [--quantize=dynamic_int8]
 
+An existing export at the output (a SavedModel directory, a `.tflite` file or its labels file) is
+replaced only with `--overwrite`; a non-empty directory that holds no SavedModel never is.
+
 `--model` is a run directory (its `target.keras`, with the class names and image size of its
 `results.json`) or a `.keras` file (inside a run directory, e.g. `checkpoints/best.keras`, the
 run's `results.json` is used too). Only the target is exported: no auxiliary heads, no sources.
@@ -44,7 +47,7 @@ from absl import flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 import sskt_tf  # noqa: E402,F401  (registers the custom layers that .keras files refer to)
-from sskt_tf.errors import UserError, run_cli  # noqa: E402
+from sskt_tf.errors import UserError, blocking_file, run_cli, writable_dir, writable_file  # noqa: E402
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "dynamic_int8")
@@ -151,7 +154,18 @@ def load_trained(path, *, multi_label=None, flag="--model"):
 
     results = _read_json(os.path.join(run_dir, "results.json")) if run_dir else {}
     config = _read_json(os.path.join(run_dir, "config.json")) if run_dir else {}
-    class_names = tuple(results.get("class_names") or (f"class_{i}" for i in range(num_outputs)))
+    # A target saved by this project stores its class names (in its Classifier layer); the run's
+    # results.json names them too. Either serves alone; where both do, they must agree.
+    from sskt_tf.models.layers import class_names_of
+
+    stored = class_names_of(model)
+    listed = tuple(results["class_names"]) if results.get("class_names") else None
+    if stored is not None and listed is not None and stored != listed:
+        raise UserError(
+            f"{flag}: {keras_path} stores the class names {list(stored)[:4]}... but {run_dir}/results.json "
+            f"names {list(listed)[:4]}...; the file is not that run's model: pass the model of that run."
+        )
+    class_names = listed or stored or tuple(f"class_{i}" for i in range(num_outputs))
     if len(class_names) != num_outputs:
         raise UserError(
             f"{flag}: {keras_path} has {num_outputs} outputs but {run_dir}/results.json names "
@@ -226,26 +240,39 @@ def _check_top_k(top_k):
     return int(top_k)
 
 
-def _prepare_output_dir(output_dir):
-    """Refuses to write into a non-empty directory that is not a previous export."""
-    if os.path.isfile(output_dir):
-        raise UserError(f"--output={output_dir} is a file; pass a directory for the SavedModel.")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not is_saved_model(output_dir):
-        raise UserError(
-            f"--output={output_dir} is a non-empty directory that holds no SavedModel; pass a new or empty "
-            "directory (an earlier export there is replaced)."
-        )
+def _prepare_output_dir(output_dir, overwrite):
+    """Refuses a file, a non-empty directory that is not an earlier export, an earlier export without
+    `overwrite`, and a place that cannot be written; creates the parent directories."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise UserError(f"--output={output_dir} is a file; pass a directory (new or empty) for the SavedModel.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if not is_saved_model(output_dir):
+            raise UserError(
+                f"--output={output_dir} is a non-empty directory that holds no SavedModel; pass a new or empty "
+                "directory."
+            )
+        if not overwrite:
+            raise UserError(
+                f"--output={output_dir} holds an earlier export (a SavedModel); pass --overwrite to replace it, "
+                "or another --output."
+            )
+    # The new export is written beside the old one first: the parent must be writable.
+    blocking = blocking_file(os.path.dirname(output_dir))
+    if blocking is not None:
+        raise UserError(f"--output={output_dir}: cannot create the SavedModel directory there, {blocking} is a file; pass another path.")
+    writable_dir(os.path.dirname(output_dir), None, what=f"parent directory of --output={output_dir}")
 
 
-def export_saved_model(trained, output_dir, *, top_k=DEFAULT_TOP_K):
+def export_saved_model(trained, output_dir, *, top_k=DEFAULT_TOP_K, overwrite=False):
     """Writes `trained` as a SavedModel with the signatures of the module docstring.
 
-    An earlier export in `output_dir` is replaced; the new one is written beside it first, so a
-    failure leaves the old one in place. Returns `output_dir`.
+    An earlier export in `output_dir` is replaced only with `overwrite` (UserError otherwise); the
+    new one is written beside it first, so a failure leaves the old one in place. A non-empty
+    directory that holds no SavedModel is never written into. Returns `output_dir`.
     """
     top_k = min(_check_top_k(top_k), trained.num_classes)
     output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
-    _prepare_output_dir(output_dir)
+    _prepare_output_dir(output_dir, overwrite)
     model, image_size, multi_label = trained.model, tuple(trained.image_size), trained.multi_label
     class_names = tf.Variable(list(trained.class_names), trainable=False, dtype=tf.string, name="class_names")
 
@@ -275,7 +302,6 @@ def export_saved_model(trained, output_dir, *, top_k=DEFAULT_TOP_K):
     archive.add_variable_collection("class_names", [class_names])
 
     parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", dir=parent)
     try:
         with _quiet_tensorflow_logs():
@@ -319,8 +345,11 @@ def labels_path(tflite_path):
     return f"{os.path.splitext(tflite_path)[0]}.labels.txt"
 
 
-def export_tflite(trained, output_path, *, quantize="none"):
+def export_tflite(trained, output_path, *, quantize="none", overwrite=False):
     """Writes `trained` as a TFLite model (see the module docstring) and its labels file.
+
+    An existing file at `output_path` or its labels file is replaced only with `overwrite`
+    (UserError otherwise, before anything is converted).
 
     The converter reads a SavedModel written for the purpose: converting the `tf.function` directly
     kept the variables as TFLite resource variables, which the interpreter left uninitialised (NaN
@@ -331,6 +360,14 @@ def export_tflite(trained, output_path, *, quantize="none"):
     output_path = os.path.abspath(os.path.expanduser(str(output_path)))
     if not output_path.endswith(".tflite") or os.path.isdir(output_path):
         raise UserError(f"--output={output_path}: a TFLite export must be a file ending in .tflite, e.g. --output=model.tflite.")
+    existing = [p for p in (output_path, labels_path(output_path)) if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise UserError(
+            f"--output={output_path}: {' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}"
+            f"; pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}, or another --output."
+        )
+    for path in (output_path, labels_path(output_path)):
+        writable_file(path, "--output" if path == output_path else None, what="TFLite export")
     model, multi_label = trained.model, trained.multi_label
 
     def serve(images):
@@ -349,7 +386,6 @@ def export_tflite(trained, output_path, *, quantize="none"):
             # No representative dataset: weights become int8, activations stay float (dynamic range).
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         flatbuffer = converter.convert()
-    os.makedirs(os.path.dirname(output_path), exist_ok=True)
     with open(f"{output_path}.tmp", "wb") as f:
         f.write(flatbuffer)
     os.replace(f"{output_path}.tmp", output_path)
@@ -368,8 +404,11 @@ def default_output(trained, fmt, quantize="none"):
     return os.path.join(base, "model_int8.tflite" if quantize == "dynamic_int8" else "model.tflite")
 
 
-def export(model, output=None, *, fmt="saved_model", quantize="none", top_k=DEFAULT_TOP_K, multi_label=None):
-    """What `python -m sskt_tf.export` does; returns the path written."""
+def export(model, output=None, *, fmt="saved_model", quantize="none", top_k=DEFAULT_TOP_K, multi_label=None, overwrite=False):
+    """What `python -m sskt_tf.export` does; returns the path written.
+
+    An earlier export at the output is replaced only with `overwrite` (`--overwrite`).
+    """
     if fmt not in FORMATS:
         raise UserError(f"--format={fmt} is not known; allowed: {', '.join(FORMATS)}.")
     if fmt == "saved_model" and quantize != "none":
@@ -378,8 +417,8 @@ def export(model, output=None, *, fmt="saved_model", quantize="none", top_k=DEFA
     trained = load_trained(model, multi_label=multi_label)
     output = output or default_output(trained, fmt, quantize)
     if fmt == "tflite":
-        return export_tflite(trained, output, quantize=quantize)
-    return export_saved_model(trained, output, top_k=top_k)
+        return export_tflite(trained, output, quantize=quantize, overwrite=overwrite)
+    return export_saved_model(trained, output, top_k=top_k, overwrite=overwrite)
 
 
 def define_flags():
@@ -391,13 +430,16 @@ def define_flags():
     flags.DEFINE_enum("quantize", "none", QUANTIZATIONS, "For --format=tflite: none (float32) or dynamic_int8 (int8 weights).")
     flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "Classes in the top_k_* outputs of the SavedModel.")
     flags.DEFINE_bool("multi_label", None, "Sigmoid per label instead of softmax (default: the run's --target_loss=bce).")
+    flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output (refused without it).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull).")
     fl = flags.FLAGS
-    path = export(fl.model, fl.output, fmt=fl.format, quantize=fl.quantize, top_k=fl.top_k, multi_label=fl.multi_label)
+    path = export(
+        fl.model, fl.output, fmt=fl.format, quantize=fl.quantize, top_k=fl.top_k, multi_label=fl.multi_label, overwrite=fl.overwrite
+    )
     print(f"exported {fl.model} ({fl.format}{', ' + fl.quantize if fl.format == 'tflite' else ''}) to {path}")
 
 

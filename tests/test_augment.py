@@ -338,6 +338,9 @@ def test_training_cli_runs_with_randaugment_mixup_and_cutmix(tmp_path, monkeypat
         results = train.main(["sskt_tf.train"])
     finally:
         flags.FLAGS.unparse_flags()
+    from tensorflow.python.framework import config as tf_config
+
+    assert tf_config.is_op_determinism_enabled()  # --deterministic took effect (conftest turns it off after).
     assert np.isfinite(results["test"]["loss"])
     written = json.loads((out / "config.json").read_text())
     assert (written["augment"], written["mixup"], written["cutmix"]) == ("randaugment", 0.2, 1.0)

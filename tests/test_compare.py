@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from absl import flags
+from conftest import assert_one_error_line, run_commands
 
 from sskt_tf import compare
 from sskt_tf.errors import UserError
@@ -165,3 +166,35 @@ def test_the_command_trains_for_real_on_smoke_settings(background):
     assert [row.split(" | ")[0] for row in rows] == ["| KD"]
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "comparison: " in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_resolving_a_run_leaves_the_runner_flags_as_they_were(parsed, tmp_path):
+    parsed(*SMOKE, "--seeds=2", f"--output_dir={tmp_path}")
+    _, _, runs = compare.plan(FLAGS)
+    compare.resolve_config(runs[0][3])
+    assert FLAGS.is_parsed() and FLAGS.seeds == 2 and FLAGS.output_dir == str(tmp_path) and FLAGS["teacher"].present
+    FLAGS.unparse_flags()
+    compare.resolve_config(runs[0][3])
+    assert not FLAGS.is_parsed()
+
+
+def _cli_errors(workdir, stand_ins, items):
+    """The runner's error paths from the command line, all at once in the background lane."""
+    (workdir / "a_file").write_text("x")
+    command = [sys.executable, "-m", "sskt_tf.compare"]
+    commands = {
+        # It printed the line, then about 40 lines of tracebacks (UnparsedFlagAccessError), exit status 1.
+        "no teacher": [*command, "--flagfile=flags/compare_smoke.cfg", f"--output_dir={workdir / 'out'}"],
+        "output_dir is a file": [*command, *SMOKE, "--methods=scratch", f"--output_dir={workdir / 'a_file'}"],
+        "unknown flag": [*command, *SMOKE, "--seedz=2"],
+    }
+    return lambda: (workdir, dict(zip(commands, run_commands(list(commands.values())))))
+
+
+@pytest.mark.background(job=_cli_errors)
+def test_cli_errors_are_one_line_with_exit_status_2(background):
+    workdir, results = background.result()
+    assert_one_error_line(results["no teacher"], "--methods includes kd: --method=kd needs --teacher=<spec>")
+    assert_one_error_line(results["output_dir is a file"], str(workdir / "a_file"), "is a file")
+    assert_one_error_line(results["unknown flag"], "unknown flag --seedz", "did you mean --seed or --seeds?")
+    assert not (workdir / "out").exists() and (workdir / "a_file").read_text() == "x"

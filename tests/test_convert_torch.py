@@ -5,6 +5,7 @@ bottlenecks, VGG's adaptive 7x7 pooling) so that the tests need torch but not to
 """
 
 import argparse
+import os
 import sys
 
 import keras
@@ -188,6 +189,13 @@ def test_cli_writes_a_source_that_build_source_accepts(checkpoints, tmp_path, ca
     np.testing.assert_allclose(source(x).numpy(), torch_logits(ckpt.net, resized), atol=1e-4, rtol=0)
     # The reference's --source_bn=batch clones the network layer by layer.
     assert tuple(sources.build_source(str(out), (48, 48), source_bn="batch")(x).shape) == (2, 10)
+    # An existing output is never replaced without --overwrite: the file stays as it was.
+    before = out.read_bytes()
+    with pytest.raises(UserError, match="exists; pass --overwrite"):
+        convert_torch.main(["--arch", "resnet18", "--num_classes", "10", ckpt.tar, str(out)])
+    assert out.read_bytes() == before
+    convert_torch.main(["--arch", "resnet18", "--num_classes", "10", "--overwrite", ckpt.tar, str(out)])
+    assert "wrote" in capsys.readouterr().out and os.listdir(out.parent) == [out.name]
 
 
 def test_num_classes_defaults_to_the_checkpoint_classifier(checkpoints):
@@ -367,3 +375,23 @@ def test_command_line_reports_user_errors_in_one_line(tmp_path, monkeypatch, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint ") and "missing.pth' does not exist" in err and err.count("\n") == 1
+
+
+def test_command_line_output_and_usage_errors_are_one_line(checkpoints, tmp_path, monkeypatch, capsys):
+    ckpt = checkpoints("resnet18")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "dir.keras").mkdir()
+    cases = [
+        (["--arch", "resnet18", ckpt.pth, str(tmp_path / "dir.keras")], f"error: {tmp_path / 'dir.keras'} is a directory, not a file"),
+        (["--arch", "resnet18", ckpt.pth, str(tmp_path / "a_file" / "x.keras")], f"cannot write the output .keras file there, {tmp_path / 'a_file'} is a file"),
+        ([ckpt.pth, str(tmp_path / "x.keras")], "error: the following arguments are required: --arch; see python -m sskt_tf.convert_torch --help."),
+        (["--arch", "resnet7", ckpt.pth, str(tmp_path / "x.keras")], "error: argument --arch: invalid choice: 'resnet7'"),
+    ]
+    for argv, expected in cases:
+        monkeypatch.setattr(sys, "argv", ["convert_torch", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            convert_torch.run()
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2 and captured.out == "", argv
+        assert captured.err.count("\n") == 1 and captured.err.startswith("error: ") and expected in captured.err, captured.err
+    assert (tmp_path / "a_file").read_text() == "x" and not (tmp_path / "x.keras").exists()

@@ -14,6 +14,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import assert_one_error_line, run_commands
 import tensorflow as tf
 
 from sskt_tf import evaluate
@@ -180,3 +181,32 @@ def test_cli_prints_the_metrics_and_the_table(background):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "accuracy=0.8500" in proc.stdout and "precision" in proc.stdout and "airplane" in proc.stdout
     assert sorted(os.listdir(out)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "per_class.csv"]
+
+
+def test_an_unusable_output_dir_is_refused_before_the_test_set_is_read(run_dir, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match=f"^--output_dir={tmp_path / 'a_file'} is a file, not a directory"):
+        evaluate.run_evaluation(str(run_dir), "folder:/no/such/dir", output_dir=str(tmp_path / "a_file"))
+    with pytest.raises(UserError, match=f"^--output_dir={tmp_path / 'a_file'}/eval: cannot create the directory there"):
+        evaluate.run_evaluation(str(run_dir), output_dir=str(tmp_path / "a_file" / "eval"))
+
+
+def _cli_errors(workdir, stand_ins, items):
+    run = make_run_dir(workdir)
+    (workdir / "a_file").write_text("x")
+    command = [sys.executable, "-m", "sskt_tf.evaluate"]
+    commands = {
+        "output_dir is a file": [*command, f"--model={run}", f"--output_dir={workdir / 'a_file'}"],
+        "no --model": [*command, f"--output_dir={workdir / 'out'}"],
+        "bad --batch_size": [*command, f"--model={run}", "--batch_size=many"],
+    }
+    return lambda: (workdir, dict(zip(commands, run_commands(list(commands.values())))))
+
+
+@pytest.mark.background(job=_cli_errors)
+def test_cli_errors_are_one_line_with_exit_status_2(background):
+    workdir, results = background.result()
+    assert_one_error_line(results["output_dir is a file"], f"--output_dir={workdir / 'a_file'} is a file")
+    assert_one_error_line(results["no --model"], "--model is required")
+    assert_one_error_line(results["bad --batch_size"], "--batch_size=many", "takes an integer")
+    assert (workdir / "a_file").read_text() == "x" and not (workdir / "out").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from conftest import assert_one_error_line, run_commands
 
 from sskt_tf import config as config_lib
 from sskt_tf import data as data_lib
@@ -179,20 +181,94 @@ def test_multi_label_model_exports_per_label_sigmoids(tmp_path):
     np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_an_earlier_export_is_replaced_and_other_directories_are_refused(tmp_path):
+def test_an_earlier_export_is_replaced_with_overwrite_only_and_other_directories_never(tmp_path):
     model, _, _ = _linear_model(3)
     run_dir = _fake_run(tmp_path / "r", model, ["a", "b", "c"])
     out = tmp_path / "sm"
     export_lib.export(str(run_dir), str(out))
     _fake_run(run_dir, _linear_model(2)[0], ["x", "y"])
-    export_lib.export(str(run_dir), str(out))
+    with pytest.raises(UserError, match=f"^--output={out} holds an earlier export \\(a SavedModel\\); pass --overwrite"):
+        export_lib.export(str(run_dir), str(out))
+    assert (out / "assets.extra" / "class_names.txt").read_text() == "a\nb\nc\n"  # Untouched.
+    export_lib.export(str(run_dir), str(out), overwrite=True)
     assert (out / "assets.extra" / "class_names.txt").read_text() == "x\ny\n"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".sm.")]  # No staging left behind.
+    # TFLite: the file and its labels file are an export too.
+    tflite = tmp_path / "m.tflite"
+    export_lib.export(str(run_dir), str(tflite), fmt="tflite")
+    before = tflite.read_bytes()
+    with pytest.raises(UserError, match=f"^--output={tflite}: {tflite} and {tmp_path / 'm.labels.txt'} already exist; pass --overwrite"):
+        export_lib.export(str(run_dir), str(tflite), fmt="tflite", quantize="dynamic_int8")
+    assert tflite.read_bytes() == before
+    export_lib.export(str(run_dir), str(tflite), fmt="tflite", quantize="dynamic_int8", overwrite=True)
+    assert tflite.read_bytes() != before
+    (tmp_path / "lone.labels.txt").write_text("mine\n")
+    with pytest.raises(UserError, match="lone.labels.txt already exists; pass --overwrite to replace it"):
+        export_lib.export(str(run_dir), str(tmp_path / "lone.tflite"), fmt="tflite")
+    assert not (tmp_path / "lone.tflite").exists()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(UserError, match="non-empty directory that holds no SavedModel"):
-        export_lib.export(str(run_dir), str(tmp_path / "notes"))
-    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="non-empty directory that holds no SavedModel"):
+            export_lib.export(str(run_dir), str(tmp_path / "notes"), overwrite=overwrite)
+    assert os.listdir(tmp_path / "notes") == ["todo.txt"] and (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match=f"^--output={tmp_path / 'a_file'} is a file; pass a directory"):
+        export_lib.export(str(run_dir), str(tmp_path / "a_file"), overwrite=True)
+    with pytest.raises(UserError, match=f"^--output={tmp_path / 'a_file'}/sm: cannot create the SavedModel directory there, {tmp_path / 'a_file'} is a file"):
+        export_lib.export(str(run_dir), str(tmp_path / "a_file" / "sm"))
+    with pytest.raises(UserError, match=f"^--output={tmp_path / 'a_file'}/m.tflite: cannot write the TFLite export there"):
+        export_lib.export(str(run_dir), str(tmp_path / "a_file" / "m.tflite"), fmt="tflite")
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_training_with_overwrite_replaces_its_own_export(run, tmp_path):
+    """`train --export --overwrite` on a finished run with an export: the new run's export replaces it."""
+    finished, run = run, tmp_path / "run"
+    shutil.copytree(finished, run)  # The module's run stays as it is for the other tests.
+    before = os.path.getmtime(run / "saved_model" / "saved_model.pb")
+    args = [
+        "--flagfile=flags/smoke.cfg", "--sources=", "--epochs=1", "--steps_per_epoch=1", "--lr=0.02",
+        "--export", "--overwrite", f"--output_dir={run}", "--verbose=0",
+    ]
+    os.chdir(ROOT)  # Put back by conftest.
+    FLAGS.unparse_flags()
+    FLAGS(["sskt_tf.train", *args])
+    train.main(["sskt_tf.train"])
+    assert os.path.getmtime(run / "saved_model" / "saved_model.pb") > before
+    # The export is the new target: equal outputs on the same images.
+    images = random_images((2, 32, 32, 3), seed=7)
+    served = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"](images=tf.constant(images))
+    target = keras.saving.load_model(run / "target.keras")
+    np.testing.assert_allclose(served["probabilities"].numpy(), keras_probabilities(target, images), rtol=1e-5, atol=1e-6)
+
+
+def _cli_errors(workdir, stand_ins, items):
+    """The export command's error paths, all at once in the background lane."""
+    run_dir = _fake_run(workdir / "r", _linear_model(3)[0], ["a", "b", "c"])
+    saved = workdir / "saved"
+    export_lib.export(str(run_dir), str(saved))
+    (workdir / "a_file").write_text("x")
+    command = [sys.executable, "-m", "sskt_tf.export"]
+    commands = {
+        "no --model": [*command, f"--output={workdir / 'x'}"],
+        "earlier export": [*command, f"--model={run_dir}", f"--output={saved}"],
+        "output is a file": [*command, f"--model={run_dir}", f"--output={workdir / 'a_file'}", "--overwrite"],
+        "unknown flag": [*command, f"--model={run_dir}", "--outptu=x"],
+        "missing flagfile": [*command, f"--flagfile={workdir / 'none.cfg'}"],
+    }
+    return lambda: (workdir, dict(zip(commands, run_commands(list(commands.values())))))
+
+
+@pytest.mark.background(job=_cli_errors)
+def test_cli_errors_are_one_line_with_exit_status_2(background):
+    workdir, results = background.result()
+    assert_one_error_line(results["no --model"], "--model is required")
+    assert_one_error_line(results["earlier export"], f"--output={workdir / 'saved'} holds an earlier export", "--overwrite")
+    assert_one_error_line(results["output is a file"], f"--output={workdir / 'a_file'} is a file")
+    assert_one_error_line(results["unknown flag"], "unknown flag --outptu", "did you mean --output?")
+    assert_one_error_line(results["missing flagfile"], f"--flagfile={workdir / 'none.cfg'}: no such file or directory")
+    assert (workdir / "a_file").read_text() == "x" and not (workdir / "x").exists()
 
 
 @pytest.mark.parametrize(

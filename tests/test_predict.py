@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import assert_one_error_line, run_commands, tf_native_log_line
 
 from sskt_tf import export as export_lib
 from sskt_tf import predict
@@ -114,5 +115,11 @@ def test_cli_prints_the_top5_and_fails_in_one_line(files, tmp_path):
     assert len(stdout.splitlines()) == 6
     stdout, stderr = bad.communicate(timeout=300)
     assert bad.returncode == 2 and stdout == ""
-    assert "Traceback" not in stderr
-    assert f"error: {tmp_path}/nope.jpg: no such file" in stderr
+    assert_one_error_line((bad.returncode, stdout, [l for l in stderr.splitlines() if not tf_native_log_line(l)]), f"error: {tmp_path}/nope.jpg: no such file")
+
+
+def test_cli_flag_errors_are_one_line(files):
+    command = [sys.executable, "-m", "sskt_tf.predict"]
+    no_model, unknown = run_commands([[*command, str(files["root"] / "red.png")], [*command, f"--model={files['run']}", "--topk=3", "x.png"]])
+    assert_one_error_line(no_model, "--model is required")
+    assert_one_error_line(unknown, "unknown flag --topk", "did you mean --top_k?")

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from sskt_tf import losses
 from sskt_tf.config import Config
@@ -60,6 +61,32 @@ def compiled(config, optimizer=None, jit_compile=False, run_eagerly=True):
         run_eagerly=run_eagerly,
     )
     return model
+
+
+def xla_compiled_functions(function, seen=None):
+    """Names of the traced functions under a Keras `train_function` that XLA must compile.
+
+    Keras falls back to no XLA with only a warning (under op determinism, for one), so a test of
+    the XLA step checks the graph it ran: `tf.function(jit_compile=True)` marks its function
+    `_XlaMustCompile`. The train function is a Python closure over the traced `tf.function`s.
+    """
+    seen = set() if seen is None else seen
+    if id(function) in seen:
+        return set()
+    seen.add(id(function))
+    found = set()
+    if hasattr(function, "_list_all_concrete_functions"):  # a tf.function
+        for concrete in function._list_all_concrete_functions():
+            found |= {f.signature.name for f in concrete.graph.as_graph_def().library.function if f.attr["_XlaMustCompile"].b}
+        function = function.python_function
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(value):
+            found |= xla_compiled_functions(value, seen)
+    return found
 
 
 def snapshot(variables):
@@ -157,11 +184,16 @@ def test_jit_compile_matches_eager_graph(tmp_path):
     # The linear head: XLA's compile time grows with the graph, and the transfer module's layers are
     # the backbone's kinds (convolutions, BatchNorm), already in the compiled step.
     config = make_config(tmp_path, aux_head="linear")
+    assert not tf_config.is_op_determinism_enabled()  # Under it, Keras quietly compiles without XLA.
     plain = compiled(config)  # eager
     jitted = compiled(config, jit_compile=True, run_eagerly=False)
+    assert jitted.jit_compile is True
     jitted.set_weights(plain.get_weights())
     h1 = plain.fit(X, Y, batch_size=8, epochs=1, verbose=0, shuffle=False).history
     h2 = jitted.fit(X, Y, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    # The step that ran is XLA's: its traced function is marked for XLA compilation.
+    assert jitted.jit_compile is True and len(xla_compiled_functions(jitted.train_function)) == 1
+    assert not plain.jit_compile and not xla_compiled_functions(plain.train_function)
     for key in h1:
         assert h2[key][0] == pytest.approx(h1[key][0], rel=1e-4, abs=1e-5)
 
@@ -209,6 +241,7 @@ def test_two_replicas_equal_one_replica(tmp_path, two_replicas):
             initial = model.get_weights()
         model.set_weights(initial)
         assert model.distribute_strategy.num_replicas_in_sync == (1 if not results else 2)
+        assert len(tf.config.list_logical_devices("CPU")) == 2
         ds = tf.data.Dataset.from_tensor_slices((X, Y)).batch(8)
         history = model.fit(ds, epochs=2, verbose=0).history
         results.append((history, snapshot(model.classifier.weights + model.aux_heads[0].dense.weights)))
@@ -238,6 +271,8 @@ def test_mixed_precision_steps_keep_float32_logits_and_losses(precision, tmp_pat
     try:
         config = make_config(tmp_path, precision=precision, source_precision="bfloat16", aux_head="linear")
         model = compiled(config)
+        assert keras.config.dtype_policy().name == precision
+        assert model.backbone.get_layer("stem_conv").dtype_policy.name == precision
         assert model.backbone.get_layer("stem_conv").compute_dtype == precision.split("_")[1]
         assert {l.compute_dtype for l in model.sources[0].network.layers if l.weights} == {"bfloat16"}
         assert all(v.dtype == "float32" for v in model.target_variables)
