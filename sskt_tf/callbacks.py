@@ -1,5 +1,7 @@
 """Callbacks of a training run: outputs on disk, resumption, throughput."""
 
+import csv
+import glob
 import json
 import math
 import os
@@ -20,30 +22,173 @@ def atomic_save(model, path):
     os.replace(tmp, path)
 
 
-class TargetCheckpoint(keras.callbacks.Callback):
-    """After every epoch, saves the target alone (no heads, no sources) as `last.keras`, and `best.keras`.
+def _atomic_write_text(path, text):
+    with open(f"{path}.tmp", "w") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
 
-    The target is small (1 MB for ResNet-20) where the sources are not (100 MB for a ResNet-50), so
-    these checkpoints are cheap; the full training state for resumption is BackupAndRestore's.
+
+class ResumeCheckpoint:
+    """The full training state after the last finished epoch, saved atomically, for resumption.
+
+    `save` writes `epoch_<n>.weights.h5` (model and optimizer) through a temporary file, then
+    replaces the pointer `latest.json`: that replacement is the commit, and a crash at any moment
+    leaves one complete state (unlike Keras' BackupAndRestore, whose weights and metadata can
+    disagree after a crash between the two writes). The pointer also carries what the run needs
+    besides the weights (the best checkpoint's value and epoch, the run's inputs, its timings).
+    `prune` then deletes the older weight files. The run deletes the directory once results.json
+    is written.
+
+    Restoring is `restore(model)`, called before `fit(initial_epoch=...)`, because the data stream
+    must also start where the interrupted run stopped.
     """
 
-    def __init__(self, directory, monitor="val_accuracy"):
+    def __init__(self, directory):
+        self.directory = directory
+        self._pointer = os.path.join(directory, "latest.json")
+
+    def state(self):
+        """The saved pointer (`epoch`, `weights` and what `save` was given), or None when there is none."""
+        if not os.path.exists(self._pointer):
+            return None
+        with open(self._pointer) as f:
+            return json.load(f)
+
+    def saved_epoch(self):
+        """Epochs completed by the saved state; 0 when there is none."""
+        state = self.state()
+        return int(state["epoch"]) if state else 0
+
+    def restore(self, model):
+        """Loads the saved state into `model` (built, compiled, optimizer built); returns its epoch count.
+
+        Raises what Keras' weight loader raises when the file does not fit `model`.
+        """
+        state = self.state()
+        if not state:
+            return 0
+        model.load_weights(os.path.join(self.directory, state["weights"]))
+        return int(state["epoch"])
+
+    def save(self, model, epoch, **info):
+        """Saves `model`'s state as finished epoch `epoch` (1-based), with `info` in the pointer; atomic."""
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch_{epoch}.weights.h5"
+        tmp = os.path.join(self.directory, f"tmp_{name}")
+        model.save_weights(tmp)
+        os.replace(tmp, os.path.join(self.directory, name))
+        _atomic_write_text(self._pointer, json.dumps({"epoch": epoch, "weights": name, **info}))
+
+    def prune(self):
+        """Deletes every weight file but the saved state's (older epochs, leftovers of a crash)."""
+        state = self.state()
+        keep = state["weights"] if state else None
+        for path in sorted(glob.glob(os.path.join(self.directory, "*.weights.h5"))):
+            if os.path.basename(path) != keep:
+                os.remove(path)
+
+    def delete(self):
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class TargetCheckpoint(keras.callbacks.Callback):
+    """At every epoch end: the resumption state, then the target alone as `last.keras` and `best.keras`.
+
+    The target is small (1 MB for ResNet-20) where the sources are not (100 MB for a ResNet-50), so
+    these checkpoints are cheap. `best.keras` follows `monitor` over the epochs that have it (with
+    `--eval_every`, not every epoch is evaluated).
+
+    The writes of an epoch end are ordered so that a crash (SIGKILL) between any two of them loses
+    nothing (tested in test_resilience.py):
+
+    1. `resume.save`: the full state with the best value and epoch so far (the commit). A crash
+       before it: the resumed run redoes this epoch and writes everything below again.
+    2. `last.keras`, 3. `best.keras` (when this epoch is the best). A crash after the commit but
+       before these: `on_train_begin` of the resumed run writes them from the restored state,
+       which holds this epoch's weights.
+    4. `resume.prune()`: the older state's weights.
+
+    The best value and its epoch come back from the resumption state, so the first epoch after a
+    resume replaces `best.keras` only when it beats the best before the crash.
+
+    Args:
+        directory: the `checkpoints/` directory.
+        monitor: the log entry to maximise (`val_accuracy`, `val_map`).
+        resume: a `ResumeCheckpoint` (None: `--noresume`, no resumption state).
+        restored: the state the run resumed from (`ResumeCheckpoint.state()`), or None.
+        extra_state: a function returning what else the resumption state must carry (a dict).
+    """
+
+    def __init__(self, directory, monitor="val_accuracy", resume=None, restored=None, extra_state=None):
         super().__init__()
         self.directory = directory
         self.monitor = monitor
-        self.best = None
+        self.resume = resume
+        self.restored_epoch = int(restored["epoch"]) if restored else 0
+        self.best = (restored or {}).get("best")
+        self.best_epoch = (restored or {}).get("best_epoch")
+        self._extra_state = extra_state or dict
         self._target = None
+
+    @property
+    def last_path(self):
+        return os.path.join(self.directory, "last.keras")
+
+    @property
+    def best_path(self):
+        return os.path.join(self.directory, "best.keras")
 
     def on_train_begin(self, logs=None):
         os.makedirs(self.directory, exist_ok=True)
         self._target = self.model.target_model()
+        if self.restored_epoch:
+            # The crash may have come between the commit and these files: write them from the
+            # restored state (this epoch's weights). Idempotent when they were written.
+            atomic_save(self._target, self.last_path)
+            if self.best_epoch == self.restored_epoch:
+                atomic_save(self._target, self.best_path)
 
     def on_epoch_end(self, epoch, logs=None):
-        atomic_save(self._target, os.path.join(self.directory, "last.keras"))
         value = (logs or {}).get(self.monitor)
-        if value is not None and (self.best is None or value > self.best):
-            self.best = value
-            atomic_save(self._target, os.path.join(self.directory, "best.keras"))
+        value = None if value is None else float(value)
+        improved = value is not None and math.isfinite(value) and (self.best is None or value > self.best)
+        if improved:
+            self.best, self.best_epoch = value, epoch + 1
+        if self.resume is not None:
+            self.resume.save(self.model, epoch + 1, best=self.best, best_epoch=self.best_epoch, **self._extra_state())
+        atomic_save(self._target, self.last_path)
+        if improved:
+            atomic_save(self._target, self.best_path)
+        if self.resume is not None:
+            self.resume.prune()
+
+
+class MetricsLog(keras.callbacks.Callback):
+    """`metrics.csv`: one row per finished epoch (`epoch` counted from 0, as Keras' CSVLogger).
+
+    The file is rewritten atomically after every epoch with the union of the columns seen so far:
+    epochs without evaluation (`--eval_every`) leave their `val_*` cells empty instead of fixing the
+    columns without them, as CSVLogger would. A resumed run keeps only the rows of the epochs its
+    state holds: a crash after an epoch's row but before its commit redoes that epoch.
+    """
+
+    def __init__(self, path, initial_epoch=0):
+        super().__init__()
+        self.path = path
+        self.rows = []
+        if initial_epoch and os.path.exists(path):
+            with open(path, newline="") as f:
+                self.rows = [row for row in csv.DictReader(f) if int(row["epoch"]) < initial_epoch]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+        columns = sorted({k for row in self.rows for k in row} - {"epoch"})
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["epoch", *columns], restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
 
 
 def multi_label_metrics(model, dataset):
@@ -57,12 +202,12 @@ def multi_label_metrics(model, dataset):
 
 
 class MultiLabelEvaluation(keras.callbacks.Callback):
-    """Adds `val_map` and `val_map_per_image_reference` to each epoch's logs (multi-label runs).
+    """Adds `val_map` and `val_map_per_image_reference` to the logs of each evaluated epoch (multi-label runs).
 
     AP ranks every example of the evaluation set against every other, so it is computed here, exactly,
     from one prediction pass over the whole set, rather than by a streaming metric (see
-    `sskt_tf.metrics`). It must come before the callbacks that read the logs (CSV, TensorBoard,
-    best checkpoint).
+    `sskt_tf.metrics`). It runs on the epochs `fit` evaluated (their logs have `val_loss`), over the
+    same set, and must come before the callbacks that read the logs (CSV, TensorBoard, best checkpoint).
     """
 
     def __init__(self, dataset):
@@ -70,21 +215,29 @@ class MultiLabelEvaluation(keras.callbacks.Callback):
         self.dataset = dataset
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
+        if logs is not None and "val_loss" in logs:
             for name, value in multi_label_metrics(self.model, self.dataset).items():
                 logs[f"val_{name}"] = value
 
 
 class Throughput(keras.callbacks.Callback):
-    """Training images per second, from the training part of each epoch (validation excluded)."""
+    """Training images per second, from the training part of each epoch (validation and writes excluded).
 
-    def __init__(self, global_batch_size):
+    Put it first among the callbacks: its `on_epoch_end` then stops the clock before the others write.
+    `history` (from a resumed run's state) holds the epochs measured before the resume.
+    """
+
+    def __init__(self, global_batch_size, history=None):
         super().__init__()
         self.global_batch_size = global_batch_size
-        self.epoch_seconds = []
-        self.epoch_steps = []
+        self.epoch_seconds = list((history or {}).get("seconds", []))
+        self.epoch_steps = list((history or {}).get("steps", []))
         self._start = None
         self._steps = 0
+
+    def history(self):
+        """What a resumed run needs to go on measuring (see `__init__`)."""
+        return {"seconds": list(self.epoch_seconds), "steps": list(self.epoch_steps)}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._steps = time.perf_counter(), 0
@@ -113,64 +266,52 @@ class Throughput(keras.callbacks.Callback):
         return sum(steps) * self.global_batch_size / total if total else 0.0
 
 
-class ResumeCheckpoint(keras.callbacks.Callback):
-    """Saves the full training state after every epoch, atomically, for resumption.
+class EpochTracker(keras.callbacks.Callback):
+    """Where a run is, for the message of an interrupted run.
 
-    Each save writes `epoch_<n>.weights.h5` (model and optimizer) through a temporary
-    file, then replaces the pointer `latest.json`, then deletes the older file: a crash
-    at any moment leaves a complete earlier state (unlike Keras' BackupAndRestore, whose
-    weights and metadata can disagree after a crash between the two writes). The
-    directory is deleted when training ends normally.
-
-    Restoring is `restore(model)`, called before `fit(initial_epoch=...)`, because the
-    data stream must also start where the interrupted run stopped.
+    `epoch`: the epoch in progress (0-based; None before the first). `finished`: set by the run once
+    `fit` has returned (the results are being written).
     """
 
-    def __init__(self, directory):
+    def __init__(self):
         super().__init__()
-        self.directory = directory
-        self._pointer = os.path.join(directory, "latest.json")
+        self.epoch = None
+        self.finished = False
 
-    def saved_epoch(self):
-        """Epochs completed by the saved state; 0 when there is none."""
-        if not os.path.exists(self._pointer):
-            return 0
-        with open(self._pointer) as f:
-            return int(json.load(f)["epoch"])
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
-    def restore(self, model):
-        """Loads the saved state into `model` (built, compiled, optimizer built); returns its epoch count."""
-        epoch = self.saved_epoch()
-        if epoch:
-            model.load_weights(os.path.join(self.directory, f"epoch_{epoch}.weights.h5"))
-        return epoch
 
-    def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.directory, exist_ok=True)
-        previous = self.saved_epoch()
-        name = f"epoch_{epoch + 1}.weights.h5"
-        tmp = os.path.join(self.directory, f"tmp_{name}")
-        self.model.save_weights(tmp)
-        os.replace(tmp, os.path.join(self.directory, name))
-        with open(f"{self._pointer}.tmp", "w") as f:
-            json.dump({"epoch": epoch + 1, "weights": name}, f)
-        os.replace(f"{self._pointer}.tmp", self._pointer)
-        if previous and previous != epoch + 1:
-            os.remove(os.path.join(self.directory, f"epoch_{previous}.weights.h5"))
-
-    def on_train_end(self, logs=None):
-        if not self.model.stop_training:
-            shutil.rmtree(self.directory, ignore_errors=True)
+def learning_rate_at(optimizer, step):
+    """The learning rate `optimizer` used at 0-based `step` (its schedule's value there), as a float."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    lr = getattr(optimizer, "_learning_rate", None)
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        return float(keras.ops.convert_to_numpy(lr(step)))
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 class NonFiniteLoss(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite.
 
-    def __init__(self, epoch, step, global_step):
+    Attributes:
+        epoch, step, global_step: where (0-based).
+        terms: `{name: value}` of every loss term logged at that step (the running means of the epoch).
+        learning_rate: the learning rate of that step.
+    """
+
+    def __init__(self, epoch, step, global_step, terms=None, learning_rate=None):
         self.epoch, self.step, self.global_step = epoch, step, global_step
+        self.terms = dict(terms or {})
+        self.learning_rate = learning_rate
+        bad = [f"{k}={v}" for k, v in self.terms.items() if not math.isfinite(v)]
+        good = [f"{k}={v:.4g}" for k, v in self.terms.items() if math.isfinite(v)]
+        detail = f": non-finite {', '.join(bad)}" if bad else ""
+        detail += f" (finite: {', '.join(good)})" if good else ""
+        detail += f"; learning rate at that step {learning_rate:.4g}" if learning_rate is not None else ""
         super().__init__(
             f"the training loss became NaN or infinite at epoch {epoch + 1}, step {step + 1} "
-            f"(global step {global_step + 1})"
+            f"(global step {global_step + 1}){detail}"
         )
 
 
@@ -179,7 +320,8 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     Raising (instead of Keras' TerminateOnNaN, which lets the epoch end) skips every
     `on_epoch_end`, so no checkpoint or backup is ever written from the diverged
-    weights: the last good state stays on disk.
+    weights: the last good state stays on disk. The exception names the loss terms that
+    are non-finite (`loss` is their weighted sum) and the learning rate of that step.
     """
 
     def __init__(self, steps_per_epoch):
@@ -193,4 +335,10 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLoss(self._epoch, batch, self._epoch * self.steps_per_epoch + batch)
+            global_step = self._epoch * self.steps_per_epoch + batch
+            terms = {k: float(v) for k, v in logs.items() if "loss" in k}
+            try:
+                lr = learning_rate_at(self.model.optimizer, global_step)
+            except Exception:  # noqa: BLE001  (an optimizer without a readable rate: the message goes without it)
+                lr = None
+            raise NonFiniteLoss(self._epoch, batch, global_step, terms, lr)

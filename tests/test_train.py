@@ -1,6 +1,7 @@
 """Tests of the training CLI: every flagfile runs two smoke steps; outputs; one-line errors."""
 
 import contextlib
+import csv
 import dataclasses
 import glob
 import json
@@ -14,6 +15,7 @@ import pytest
 from absl import flags
 
 from sskt_tf import config as config_lib
+from sskt_tf import data as data_lib
 from sskt_tf import sources as sources_lib
 from sskt_tf import train
 from sskt_tf.errors import UserError
@@ -148,7 +150,10 @@ def test_smoke_cli_writes_every_output(background):
     results = json.loads((out / "results.json").read_text())
     assert results["epochs_completed"] == 2 and results["num_classes"] == 10
     assert results["train_images_per_second"] > 0 and results["wall_time_seconds"] > 0
-    assert not (out / "backup").exists()  # BackupAndRestore cleans up after a finished run.
+    assert not (out / "backup").exists()  # The resumption state goes once results.json is written.
+    # Without --validation_split, best.keras is chosen on the test set (the paper's code), and says so.
+    assert results["best"]["split"] == "test" and results["best"]["monitor"] == "val_accuracy"
+    assert results["validation_from"] is None and results["num_validation"] == 0
     # The exported target equals the last checkpoint and reproduces the reported test accuracy.
     import sskt_tf  # noqa: F401  (registers the custom layers)
     from sskt_tf import data as data_lib
@@ -166,7 +171,7 @@ def test_smoke_cli_writes_every_output(background):
 BAD_INPUT = [
     (["--dataset=imagenet21k"], 2, "error: --dataset='imagenet21k' is not a known dataset"),
     (["--dataset=synthetic", "--sources=/nowhere/teacher.keras"], 2, "error: --sources: model file '/nowhere/teacher.keras' does not exist"),
-    (["--model=resnet19"], 1, "--model"),
+    (["--model=resnet19"], 2, "error: flag --model=resnet19: value should be one of <resnet20|"),
 ]
 
 
@@ -183,31 +188,77 @@ def _bad_input(workdir, stand_ins, items):
             )
             for i, (args, _, _) in enumerate(BAD_INPUT)
         ]
-        return [(proc.communicate(timeout=300)[1], proc.returncode) for proc in procs]
+        outcomes = [(proc.communicate(timeout=300)[1], proc.returncode) for proc in procs]
+        return [(stderr, rc, (workdir / str(i)).exists()) for i, (stderr, rc) in enumerate(outcomes)]
 
     return run
 
 
 @pytest.mark.background(job=_bad_input)
 def test_bad_input_is_one_line_not_a_traceback(background):
-    for (args, rc, message), (stderr, returncode) in zip(BAD_INPUT, background.result()):
+    for (args, rc, message), (stderr, returncode, wrote) in zip(BAD_INPUT, background.result()):
         assert returncode == rc, (args, stderr[-2000:])
+        assert not wrote, f"{args}: a refused start created its --output_dir"
         assert "Traceback" not in stderr, args
         assert message in stderr, (args, stderr[-2000:])
 
 
-def test_a_finished_run_is_never_overwritten_silently(tmp_path, monkeypatch, stand_ins):
-    # Without a source: the refusals are about the directory, not the run's contents.
-    args = [*smoke_overrides("flags/smoke.cfg", tmp_path / "run", stand_ins), "--sources="]
+def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path, monkeypatch, capsys, stand_ins):
+    """One small run with --validation_split and --eval_every, and every refusal around it."""
+    out = tmp_path / "run"
+    # Without a source: the refusals are about the directory and the inputs, not the run's contents.
+    args = [*smoke_overrides("flags/smoke.cfg", out, stand_ins), "--sources=", "--epochs=3", "--eval_every=2", "--validation_split=0.25"]
     args[args.index("--overwrite")] = "--nooverwrite"  # smoke.cfg itself allows overwriting
-    run_in_process(args, monkeypatch)
-    before = (tmp_path / "run" / "results.json").read_text()
-    with pytest.raises(UserError, match="holds a finished run"):
-        run_in_process(args, monkeypatch)
-    with pytest.raises(UserError, match=r"holds a run with other settings \(lr\)"):
-        os.remove(tmp_path / "run" / "results.json")
-        run_in_process([*args, "--lr=0.05"], monkeypatch)
-    assert json.loads(before)["epochs_completed"] == 1
+    # An --output_dir that cannot be a directory: one line, before anything else.
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"^--output_dir=\S*a_file exists and is not a directory"):
+        run_in_process([*args, f"--output_dir={tmp_path / 'a_file'}"], monkeypatch)
+    with pytest.raises(UserError, match=r"^--output_dir=\S*a_file/run cannot be created: \S*a_file is a file"):
+        run_in_process([*args, f"--output_dir={tmp_path / 'a_file' / 'run'}"], monkeypatch)
+    # A start refused for its sources (checked after the data) writes nothing...
+    with pytest.raises(UserError, match="does not exist"):
+        run_in_process([*args, "--sources=/nowhere/source.keras"], monkeypatch)
+    assert not out.exists()
+    # ...and the leftovers of a failed start with other settings (no finished or resumable state) do not block.
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"dataset": "cifar10", "lr": 0.5}))
+    (out / "metrics.csv").write_text("epoch,accuracy\n0,0.5\n")
+    results = run_in_process(args, monkeypatch)
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.1
+
+    # Validation: a held-out share of the training set, evaluated after epochs 2 and 3 (the last).
+    assert results["validation_from"] == "validation_split"
+    assert results["num_validation"] > 0 and results["num_train"] + results["num_validation"] == 512
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # The leftover row is gone.
+    assert rows[0]["val_accuracy"] == "" and rows[1]["val_accuracy"] and rows[2]["val_accuracy"]
+    best = results["best"]
+    assert best["split"] == "validation" and best["monitor"] == "val_accuracy" and best["epoch"] in (2, 3)
+    evaluated = {int(r["epoch"]) + 1: float(r["val_accuracy"]) for r in rows if r["val_accuracy"]}
+    # The earliest epoch with the highest value (a tie keeps the earlier checkpoint).
+    assert best["epoch"] == min(e for e, v in evaluated.items() if v == max(evaluated.values()))
+    assert best["value"] == pytest.approx(evaluated[best["epoch"]])
+    # The test set scores both checkpoints once, at the end; the headline `test` is the last epoch's.
+    assert set(results["test"]) == set(results["test_best"]) == {"accuracy", "loss", "target_loss"}
+    test_data = data_lib.load("synthetic", batch_size=4, eval_batch_size=64).test
+    for key, path in (("test", out / "checkpoints" / "last.keras"), ("test_best", out / "checkpoints" / "best.keras")):
+        images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in test_data])
+        logits = keras.saving.load_model(path).predict(np.concatenate(images), verbose=0)
+        assert results[key]["accuracy"] == pytest.approx(np.mean(np.argmax(logits, -1) == np.concatenate(labels))), key
+
+    # The same command again: where the results are, exit status 0, nothing trained.
+    capsys.readouterr()
+    assert run_in_process(args, monkeypatch) == results
+    assert f"this run is finished: results in {out / 'results.json'} (test: " in capsys.readouterr().out
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # Other settings: refused with the old and new value of each, nothing written.
+    with pytest.raises(UserError, match=r"holds a finished run with other settings \(--epochs: 3 -> 4; --lr: 0.1 -> 0.05\)"):
+        run_in_process([*args, "--lr=0.05", "--epochs=4"], monkeypatch)
+    # --overwrite replaces the run, but only once every check has passed.
+    with pytest.raises(UserError, match="does not exist"):
+        run_in_process([*args, "--overwrite", "--sources=/nowhere/source.keras"], monkeypatch)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
 def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, monkeypatch, stand_ins):
@@ -233,7 +284,7 @@ def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, m
     assert test["map_per_image_reference"] == pytest.approx(expected["map_per_image_reference"], abs=1e-6)
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val_map" in header and "val_map_per_image_reference" in header and "accuracy" not in header
-    assert (out / "checkpoints" / "best.keras").exists()  # Picked by val_map.
+    assert (out / "checkpoints" / "best.keras").exists() and results["best"]["monitor"] == "val_map"
 
 
 def test_target_loss_must_fit_the_labels(tmp_path, monkeypatch, stand_ins):
