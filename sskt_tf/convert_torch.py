@@ -266,7 +266,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if not args.output.endswith(".keras"):
         raise UserError(f"output {args.output!r} must end in .keras (Keras 3 model file); e.g. {args.arch}.keras.")
-    if os.path.exists(args.output) and not args.overwrite:
+    if os.path.isfile(args.output) and not args.overwrite:
         raise UserError(f"output {args.output!r} exists; pass --overwrite to replace it, or another output path.")
     writable_file(args.output, None, what="output .keras file")  # Before the checkpoint is read.
     state_dict = load_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
