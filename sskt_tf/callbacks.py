@@ -269,17 +269,22 @@ class Throughput(keras.callbacks.Callback):
 class EpochTracker(keras.callbacks.Callback):
     """Where a run is, for the message of an interrupted run.
 
-    `epoch`: the epoch in progress (0-based; None before the first). `finished`: set by the run once
-    `fit` has returned (the results are being written).
+    `epoch`: the epoch in progress (0-based; None before the first). `ended`: whether that epoch's
+    end has run (an interrupt can land between two epochs). `finished`: set by the run once `fit`
+    has returned (the results are being written).
     """
 
     def __init__(self):
         super().__init__()
         self.epoch = None
+        self.ended = False
         self.finished = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+        self.epoch, self.ended = epoch, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ended = True
 
 
 def learning_rate_at(optimizer, step):

@@ -152,9 +152,9 @@ def _check_config(c):
         if len(values) not in (1, max(n, 1)):
             bad(f"--{flag}={','.join(map(str, values))}: give one value or one per source ({n} sources).")
     if any(t <= 0 for t in c.temperature):
-        bad(f"--temperature must be > 0. Received: {c.temperature}.")
+        bad(f"--temperature must be > 0. Received: {_show(c.temperature)}.")
     if any(a < 0 for a in c.alpha):
-        bad(f"--alpha must be >= 0. Received: {c.alpha}.")
+        bad(f"--alpha must be >= 0. Received: {_show(c.alpha)}.")
     if len(set(c.sources)) != n:
         bad(f"--sources lists a source twice: {','.join(c.sources)}.")
     for name, value in (("epochs", c.epochs), ("batch_size", c.batch_size)):
@@ -166,11 +166,14 @@ def _check_config(c):
         bad(f"--steps_per_epoch must be >= 1. Received: {c.steps_per_epoch}.")
     if c.source_scale <= 0:
         bad(f"--source_scale must be > 0. Received: {c.source_scale}.")
-    if c.lr <= 0 or c.weight_decay < 0 or not 0 <= c.momentum < 1 or c.lr_gamma <= 0:
-        bad(
-            "--lr must be > 0, --weight_decay >= 0, --momentum in [0, 1), --lr_gamma > 0. Received: "
-            f"lr={c.lr}, weight_decay={c.weight_decay}, momentum={c.momentum}, lr_gamma={c.lr_gamma}."
-        )
+    for name, ok, allowed in (
+        ("lr", c.lr > 0, "> 0"),
+        ("weight_decay", c.weight_decay >= 0, ">= 0"),
+        ("momentum", 0 <= c.momentum < 1, "in [0, 1)"),
+        ("lr_gamma", c.lr_gamma > 0, "> 0"),
+    ):
+        if not ok:
+            bad(f"--{name} must be {allowed}. Received: {getattr(c, name)}.")
     if list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m < 1 for m in c.lr_milestones):
         bad(f"--lr_milestones must be increasing positive epochs. Received: {','.join(map(str, c.lr_milestones))}.")
     if c.soft_label_cache == "clean" and c.source_bn == "batch":

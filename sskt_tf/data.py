@@ -921,9 +921,8 @@ def _folder_source(path: str, image_size: tuple[int, int] | None, skip_bad_image
         )
     root = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(root):
-        raise UserError(
-            f"{flag}: directory {root} does not exist; pass a directory laid out as {_LAYOUT}."
-        )
+        what = "is a file, not a directory" if os.path.exists(root) else "does not exist"
+        raise UserError(f"{flag}: {root} {what}; pass a directory laid out as {_LAYOUT}.")
     splits = ["train", "test"] + (["val"] if os.path.isdir(os.path.join(root, "val")) else [])
     classes = {split: _class_folders(root, split, flag) for split in splits}
     for split in splits[1:]:
@@ -1136,8 +1135,8 @@ def _decode_reason(path: str) -> str:
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except tf.errors.OpError as e:
-        # TensorFlow wraps the reason in "{{function_node ...}} ... [Op:DecodeImage]".
-        text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", e.message.splitlines()[0]).strip()
+        # TensorFlow wraps the reason in "{{function_node ...}} ... [Op:DecodeImage] name: ".
+        text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\s*name:\s*$", "", e.message.splitlines()[0]).strip()
         return f"{text} (not a complete {_FORMATS} image)" if text else f"not a complete {_FORMATS} image"
     return "decodes now; it failed during the check"
 

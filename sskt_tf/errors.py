@@ -110,7 +110,14 @@ def _flag_error_message(error, flag_values):
         os_error = re.fullmatch(r"\[Errno \d+\] (.*?): '(.*)'", reason)
         # "[Errno 2] No such file or directory: 'x.cfg'" (the file may be named inside another flagfile).
         what = f"--flagfile={os_error.group(2)}: {os_error.group(1).lower()}" if os_error else f"--flagfile: cannot read it ({reason})"
-        return f"{what}; pass the path of an existing flagfile, e.g. --flagfile=flags/cifar.cfg."
+        relative = os_error and not os.path.isabs(os_error.group(2))
+        where = (
+            f" (a relative path, also one inside a flagfile, is read from the current directory {os.getcwd()}: the "
+            "repository's flagfiles name flags/common.cfg that way, so run them from the repository root)"
+            if relative
+            else ""
+        )
+        return f"{what}{where}; pass the path of an existing flagfile."
     if isinstance(error, flags.UnrecognizedFlagError):
         known = re.search(r"Did you mean: (.*?)\s*\?", message)
         hint = " (did you mean " + " or ".join(f"--{n.strip()}" for n in known.group(1).split(",")) + "?)" if known else ""

@@ -18,6 +18,7 @@ in a copy of the network so that its logits are used, with a printed line.
 import dataclasses
 import math
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -432,7 +433,14 @@ def _loaded_keras_file(flag, path):
             channels-last RGB images; several outputs; outputs that are not `[N, classes]`.
     """
     if not os.path.isfile(path):
-        raise UserError(f"{flag}: model file {path!r} does not exist.")
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise UserError(f"{flag}: model file {path!r} {what}; pass the path of a .keras file.")
+    # Keras says "File not found" of a file that is there but is no .keras archive.
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"{flag}: {path!r} is not a .keras file (a .keras file is a zip archive written by Keras 3's "
+            "model.save); pass a model saved that way."
+        )
     try:
         net = keras.saving.load_model(path, compile=False)
     except Exception as e:
@@ -465,10 +473,13 @@ def _loaded_keras_file(flag, path):
             flag, path, f"the model takes inputs of shape {in_shape}, not image batches; it must map {form}",
             "pass a model whose input is keras.Input((H, W, 3))",
         )
-    if in_shape[-1] not in (3, None):
-        layout = " (channels first?)" if in_shape[1] == 3 else ""
+    # (N, 3, H, W) with free H and W ends in None: that is channels first, not "any channels".
+    channels_first = in_shape[1] == 3 and in_shape[-1] != 3
+    if in_shape[-1] not in (3, None) or channels_first:
+        layout = " (channels first)" if channels_first else ""
+        channels = 3 if channels_first else in_shape[-1]
         raise _refuse(
-            flag, path, f"the model takes {in_shape[-1]}-channel images, input shape {in_shape}{layout}; it "
+            flag, path, f"the model takes {channels}-channel images, input shape {in_shape}{layout}; it "
             f"receives RGB images [N, H, W, 3], channels last",
             "pass a model built for 3-channel channels-last inputs, e.g. keras.Input((None, None, 3))",
         )

@@ -258,6 +258,21 @@ def restore_state(config, resume, model, inputs):
 # --- Training -------------------------------------------------------------------------------------------
 
 
+def _note_unreached_milestones(config):
+    """One line when --lr_milestones lie at or after --epochs: a shortened run keeps the full-run schedule."""
+    late = [m for m in config.lr_milestones if m >= config.epochs]
+    if config.lr_schedule != "multistep" or not late:
+        return
+    applied = len(config.lr_milestones) - len(late)
+    final = config.lr * config.lr_gamma**applied
+    print(
+        f"--lr_milestones={','.join(map(str, config.lr_milestones))}: {', '.join(map(str, late))} "
+        f"{'is' if len(late) == 1 else 'are'} at or after --epochs={config.epochs}, so the learning rate ends at "
+        f"{final:g} (not {config.lr * config.lr_gamma ** len(config.lr_milestones):g}); set --lr_milestones for this run's length "
+        "to decay it."
+    )
+
+
 def _jit(value):
     return {"auto": "auto", "true": True, "false": False}[value]
 
@@ -368,10 +383,19 @@ def _stopped(config, e, resume, checkpoint):
             " It happened at the very first step, before any weight update, so the learning rate played no part: "
             "the non-finite value came from the inputs, the sources' outputs or the loss settings."
         )
-    elif e.learning_rate is not None and e.learning_rate > config.lr:
+    # float32 schedules: 1e20 comes back as 1.00000002e20, which is no growth.
+    elif e.learning_rate is not None and e.learning_rate > config.lr * (1 + 1e-5):
+        why = (
+            f" (--lr_gamma={config.lr_gamma:g} > 1 multiplies it at each of --lr_milestones)"
+            if config.lr_schedule == "multistep" and config.lr_gamma > 1
+            else ""
+        )
+        evidence = f" The learning rate had grown from --lr={config.lr:g} to {e.learning_rate:.4g} by then{why}."
+    elif e.learning_rate is not None:
+        # Two causes fit what is known; the message names both rather than guessing one.
         evidence = (
-            f" The learning rate had grown from --lr={config.lr:g} to {e.learning_rate:.4g} by then "
-            f"(--lr_gamma={config.lr_gamma:g} > 1 multiplies it at each of --lr_milestones)."
+            f" The loss was finite for {e.global_step} steps before, at learning rates up to {config.lr:g}: either "
+            f"training diverged at that rate (a lower --lr would tell), or this batch holds a non-finite value."
         )
     return UserError(f"{e}. {where}; results.json records where it stopped.{evidence}")
 
@@ -386,6 +410,8 @@ def _exit_interrupted(config, tracker):
             saved = 0
     if tracker.finished:
         where = "after training, while writing the results"
+    elif tracker.epoch is not None and tracker.ended and (saved == tracker.epoch + 1 or not config.resume):
+        where = f"after epoch {tracker.epoch + 1}"
     elif tracker.epoch is not None:
         where = f"in epoch {tracker.epoch + 1}"
     else:
@@ -461,6 +487,7 @@ def _run(config, strategy, start, tracker):
     restored = restore_state(config, resume, model, inputs) if state == "resume" else None
     initial_epoch = int(restored["epoch"]) if restored else 0
 
+    _note_unreached_milestones(config)
     # Every check is done: the first write to --output_dir.
     prepare_output_dir(config, fresh=not initial_epoch)
     if data.bad_files:

@@ -73,6 +73,9 @@ def test_per_source_alpha_and_temperature(monkeypatch):
         (["--eval_every=0"], "--eval_every must be >= 1"),
         (["--train_subset=0"], "--train_subset must be >= 1"),
         (["--verbose=3"], "--verbose must be 0, 1 or 2"),
+        (["--momentum=1"], "--momentum must be in [0, 1). Received: 1.0."),
+        (["--lr=0"], "--lr must be > 0. Received: 0.0."),
+        (["--alpha=-1"], "--alpha must be >= 0. Received: -1.0."),
     ],
 )
 def test_bad_or_contradicting_flags(args, message, monkeypatch):

@@ -127,7 +127,10 @@ def _error(fn):
 
 def test_folder_dataset_errors(tmp_path):
     missing = tmp_path / "nope"
-    assert str(missing) in _error(lambda: data.load(f"folder:{missing}", batch_size=2))
+    assert f"{missing} does not exist" in _error(lambda: data.load(f"folder:{missing}", batch_size=2))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert f"{a_file} is a file, not a directory" in _error(lambda: data.load(f"folder:{a_file}", batch_size=2))
 
     root = tmp_path / "d"
     _make_tree(str(root))
@@ -497,6 +500,7 @@ def test_folder_formats_unused_files_bad_files_and_sizes(tmp_path, capsys):
     for path in bad:
         assert path in message
     assert "empty file" in message and "--skip_bad_images" in message and "\n" not in message
+    assert "name:" not in message and "[Op:" not in message  # TensorFlow's wrapping is stripped.
     out = capsys.readouterr().out
     report = [line for line in out.splitlines() if "not used" in line]
     assert len(report) == 1

@@ -74,6 +74,8 @@ def test_run_cli_turns_every_kind_of_bad_input_into_one_line(tmp_path):
         "value outside an enum": (["--model=m", "--mode=zzz"], ["--mode=zzz", "one of <ok|user"]),
         "missing flagfile": ([f"--flagfile={tmp_path / 'none.cfg'}"], [f"--flagfile={tmp_path / 'none.cfg'}: no such file"]),
         "missing flagfile inside a flagfile": ([f"--flagfile={nested}"], [f"--flagfile={tmp_path / 'inner.cfg'}: no such file"]),
+        # A relative path is read from the current directory: the line says so (run from the repository root).
+        "relative flagfile": (["--flagfile=flags/none.cfg"], ["--flagfile=flags/none.cfg: no such file", "read from the current directory", "repository root"]),
         "bug after main cleared the flags": (["--model=m", "--mode=bug_unparsed"], None),
     }
     results = run_commands([[sys.executable, str(script), ERRORS_PY, *args] for args, _ in cases.values()], timeout=120)

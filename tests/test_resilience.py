@@ -249,3 +249,31 @@ def test_non_finite_loss_stops_with_the_cause_and_a_resume_onto_other_inputs_is_
     (out / "backup" / "epoch_1.weights.h5").write_bytes(b"not an HDF5 file")
     with pytest.raises(UserError, match=r"the saved state \S+epoch_1.weights.h5 cannot be loaded into this run's model \(\w+"):
         run_in_process(args, monkeypatch)
+
+
+def test_stop_and_interrupt_messages_say_only_what_the_facts_show(tmp_path, capsys):
+    from sskt_tf import train
+    from sskt_tf.config import Config
+
+    config = Config(dataset="synthetic", lr=1e20, output_dir=str(tmp_path), lr_schedule="constant")
+    checkpoint = callbacks_lib.TargetCheckpoint(str(tmp_path / "checkpoints"))
+    # float32 gives back 1e20 as 1.00000002e20: that is no growth, and no --lr_gamma is to blame.
+    stop = callbacks_lib.NonFiniteLoss(0, 5, 5, {"loss": float("nan")}, learning_rate=float(np.float32(1e20)))
+    message = str(train._stopped(config, stop, None, checkpoint))
+    assert "had grown" not in message and "--lr_gamma" not in message
+    assert "finite for 5 steps before, at learning rates up to 1e+20: either training diverged" in message
+    assert "No epoch had finished, so nothing was saved" in message
+    # Ctrl-C between two epochs: the epoch that ended is named as done, not as interrupted.
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "latest.json").write_text(json.dumps({"epoch": 3, "weights": "epoch_3.weights.h5"}))
+    tracker = callbacks_lib.EpochTracker()
+    tracker.on_epoch_begin(2)
+    tracker.on_epoch_end(2)
+    with pytest.raises(SystemExit) as exit_info:
+        train._exit_interrupted(config, tracker)
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted after epoch 3; the same command resumes after epoch 3"
+    tracker.on_epoch_begin(3)
+    with pytest.raises(SystemExit):
+        train._exit_interrupted(config, tracker)
+    assert capsys.readouterr().err.strip() == "interrupted in epoch 4; the same command resumes after epoch 3"

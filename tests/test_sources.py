@@ -219,8 +219,19 @@ def test_offline_imagenet_download_names_the_offline_way(monkeypatch):
 def test_a_file_that_is_not_a_keras_model(tmp_path):
     path = tmp_path / "broken.keras"
     path.write_text("not a zip")
-    with pytest.raises(UserError, match="could not load"):
+    # Keras' own words for it are "File not found": the message says what the file is instead.
+    with pytest.raises(UserError, match=r"broken.keras' is not a .keras file \(a .keras file is a zip archive"):
         sources.build_source(str(path), (32, 32))
+    (tmp_path / "dir.keras").mkdir()
+    with pytest.raises(UserError, match=r"model file '\S+' is a directory; pass the path of a .keras file"):
+        sources.build_source(str(tmp_path / "dir.keras"), (32, 32))
+    # A zip archive that is no Keras model still gets Keras' reason, in one line.
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as z:
+        z.writestr("hello.txt", "x")
+    with pytest.raises(UserError, match="could not load"):
+        sources.build_source(str(tmp_path / "other.keras"), (32, 32))
 
 
 # --- What the outputs are: softmax, sigmoid, probabilities, logits (--source_outputs) -------------
@@ -469,6 +480,10 @@ def _misfit(kind, tmp_path):
     if kind == "channels_first":
         inputs = keras.Input((3, 16, 16))
         return _saved(tmp_path, kind, inputs, keras.layers.Dense(4)(keras.layers.Flatten()(inputs)))
+    if kind == "channels_first_any_size":
+        inputs = keras.Input((3, None, None))
+        pooled = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(inputs)
+        return _saved(tmp_path, kind, inputs, keras.layers.Dense(4)(pooled))
     if kind == "two_inputs":
         a, b = keras.Input((16, 16, 3)), keras.Input((16, 16, 3))
         x = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
@@ -513,7 +528,9 @@ def _misfit(kind, tmp_path):
     "kind, message",
     [
         ("channels", r"the model takes 1-channel images, input shape \(None, 16, 16, 1\); it receives RGB images .*pass a model built for 3-channel"),
-        ("channels_first", r"takes 16-channel images, input shape \(None, 3, 16, 16\) \(channels first\?\)"),
+        ("channels_first", r"takes 3-channel images, input shape \(None, 3, 16, 16\) \(channels first\); it receives RGB images \[N, H, W, 3\], channels last"),
+        # Free H and W put None last: channels first all the same, not "any channels".
+        ("channels_first_any_size", r"takes 3-channel images, input shape \(None, 3, None, None\) \(channels first\)"),
         ("two_inputs", r"the model takes 2 inputs .*pass a model with one image input"),
         ("flat_input", r"the model takes inputs of shape \(None, 48\), not image batches.*keras.Input\(\(H, W, 3\)\)"),
         ("two_outputs", r"the model has 2 outputs .*save a model with only the classifier's output"),

@@ -354,3 +354,15 @@ def test_every_flagfile_runs_two_smoke_steps(flagfile, background, stand_ins):
     assert (out / "target.keras").exists()
     # The run is this flagfile's: the configuration it wrote is the one this flagfile resolves to.
     assert json.loads((out / "config.json").read_text()) == json.loads(config.to_json())
+
+
+def test_milestones_after_the_last_epoch_are_said(capsys):
+    from sskt_tf.config import Config
+
+    train._note_unreached_milestones(Config(epochs=100, lr=0.1, lr_gamma=0.2, lr_milestones=(60, 120, 160)))
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("--lr_milestones=60,120,160: 120, 160 are at or after --epochs=100")
+    assert "ends at 0.02 (not 0.0008)" in line
+    train._note_unreached_milestones(Config(epochs=200))  # The paper's recipe: every milestone is reached.
+    train._note_unreached_milestones(Config(epochs=2, lr_schedule="cosine"))
+    assert capsys.readouterr().out == ""
