@@ -7,6 +7,7 @@ import dataclasses
 import fractions
 import json
 import math
+import os
 
 from absl import flags
 
@@ -344,6 +345,27 @@ def _fraction(flag, text):
         raise UserError(f"--{flag}={text}: expected a number or a fraction such as 7/3.") from None
 
 
+# Paths are stored absolute: config.json then names the same files from any working directory (evaluate,
+# compare), and the same command run from elsewhere with other spellings of a path is the same run.
+def _absolute(path):
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+def _absolute_dataset(dataset):
+    prefix, _, path = dataset.partition(":")
+    return f"folder:{_absolute(path)}" if prefix == "folder" and path else dataset
+
+
+def _absolute_spec(spec):
+    """A source spec with its file path made absolute: `x.keras`, `<application>:<weights file>`."""
+    if not spec or spec.endswith(".keras"):
+        return _absolute(spec)
+    app, sep, weights = spec.partition(":")
+    if sep and weights != "imagenet" and not weights.startswith("random"):
+        return f"{app}:{_absolute(weights)}"
+    return spec
+
+
 def from_flags(fl=flags.FLAGS):
     """The frozen `Config` of parsed flags; raises UserError for values that contradict each other."""
     if fl["kd_reduction"].present and fl.aux_loss != "kd":
@@ -364,8 +386,8 @@ def from_flags(fl=flags.FLAGS):
         size = _numbers("image_size", fl.image_size, int)
         image_size = size * 2 if len(size) == 1 else size
     return Config(
-        dataset=fl.dataset,
-        data_dir=fl.data_dir,
+        dataset=_absolute_dataset(fl.dataset),
+        data_dir=_absolute(fl.data_dir),
         image_size=image_size,
         train_subset=fl.train_subset,
         validation_split=fl.validation_split,
@@ -379,7 +401,7 @@ def from_flags(fl=flags.FLAGS):
         mix_prob=fl.mix_prob,
         model=fl.model,
         target_loss=fl.target_loss,
-        sources=tuple(s.strip() for s in fl.sources if s.strip()),
+        sources=tuple(_absolute_spec(s.strip()) for s in fl.sources if s.strip()),
         aux_head=fl.aux_head,
         alpha=_numbers("alpha", fl.alpha, float),
         temperature=_numbers("temperature", fl.temperature, float),
@@ -389,7 +411,7 @@ def from_flags(fl=flags.FLAGS):
         source_bn=fl.source_bn,
         source_outputs=fl.source_outputs,
         method=fl.method,
-        teacher=(fl.teacher or "").strip() or None,
+        teacher=_absolute_spec((fl.teacher or "").strip()) or None,
         kd_alpha=fl.kd_alpha,
         dml_peers=fl.dml_peers,
         maxl_psi=_numbers("maxl_psi", fl.maxl_psi, int),
@@ -414,12 +436,12 @@ def from_flags(fl=flags.FLAGS):
         precision=fl.precision,
         source_precision=fl.source_precision,
         soft_label_cache=fl.soft_label_cache,
-        soft_label_cache_dir=fl.soft_label_cache_dir,
+        soft_label_cache_dir=_absolute(fl.soft_label_cache_dir),
         resume=fl.resume,
         deterministic=fl.deterministic,
         sync_bn=fl.sync_bn,
         jit_compile=fl.jit_compile,
-        output_dir=fl.output_dir,
+        output_dir=_absolute(fl.output_dir),
         overwrite=fl.overwrite,
         export=fl.export,
         verbose=fl.verbose,

@@ -97,3 +97,17 @@ def test_augmentation_flags_and_their_contradictions(monkeypatch):
     ]:
         with pytest.raises(UserError, match=needle.replace("-", r"\-")):
             parse(["--flagfile=flags/smoke.cfg", *args], monkeypatch)
+
+
+def test_paths_are_stored_absolute(monkeypatch, tmp_path):
+    # config.json must name the same files from any working directory (evaluate, compare, a resume).
+    config = parse(
+        ["--dataset=folder:data/pets", "--sources=src.keras,resnet50:w/r50.h5,resnet50:imagenet,mobilenet_v2:random:7",
+         "--output_dir=runs/x", "--data_dir=~/tfds"],
+        monkeypatch,
+    )
+    assert config.dataset == f"folder:{ROOT}/data/pets"
+    assert config.sources == (f"{ROOT}/src.keras", f"resnet50:{ROOT}/w/r50.h5", "resnet50:imagenet", "mobilenet_v2:random:7")
+    assert config.output_dir == f"{ROOT}/runs/x" and config.data_dir == os.path.expanduser("~/tfds")
+    kd = parse(["--method=kd", "--teacher=t.keras", "--sources=", "--dataset=cifar10"], monkeypatch)
+    assert kd.teacher == f"{ROOT}/t.keras" and kd.dataset == "cifar10"
