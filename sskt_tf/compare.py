@@ -8,6 +8,9 @@ belong to one method: `--sources` goes to sskt only, `--teacher` and `--kd_*` to
 `--maxl_*` to maxl. `--methods` and `--seeds` choose the runs: each method with seeds `--seed`,
 `--seed`+1, ...; each run is `python -m sskt_tf.train ... --method=<m> --seed=<k>
 --output_dir=<output_dir>/<m>/seed<k>` in a subprocess, its output in `train.log` there.
+Without --output_dir, <output_dir> is runs/compare under the current directory (printed at the start).
+A kd --teacher whose class count is not the dataset's is refused before the first run where both are
+known without reading images (synthetic, CIFAR, folder class directories; `<app>:random:N` or a .keras file).
 
 A finished run (results.json) is kept, not redone; an interrupted one resumes. A finished run with
 other settings stops the runner (use another --output_dir, or delete that run). At the end it writes to
@@ -35,6 +38,9 @@ from sskt_tf.errors import UserError, run_cli, writable_dir  # noqa: E402
 from sskt_tf.methods import METHODS  # noqa: E402
 
 FLAGS = flags.FLAGS
+
+# Where the runs go without --output_dir (relative to the current directory).
+DEFAULT_OUTPUT_DIR = os.path.join("runs", "compare")
 
 # Training flags the runner sets itself for every run.
 _RUNNER_SET = ("method", "seed", "output_dir", "overwrite")
@@ -67,6 +73,13 @@ def define_flags():
         return
     flags.DEFINE_integer("seeds", 3, "Seeds per method: --seed, --seed+1, ... (--seed is the first).")
     flags.DEFINE_list("methods", list(METHODS), f"Methods to compare, in table order: {', '.join(METHODS)}.")
+
+
+def define_command_flags():
+    """`define_flags`, with --output_dir described as the runner uses it (the flag is train's, shared)."""
+    define_flags()
+    FLAGS["output_dir"].help = "Where the runs (<output_dir>/<method>/seed<k>) and the comparison go (relative: to the current directory)."
+    FLAGS.set_default("output_dir", DEFAULT_OUTPUT_DIR)  # Shown by --help; train's own default is another.
 
 
 def _owner(name):
@@ -173,8 +186,69 @@ def _failure(method, seed, rc, log_path):
     with open(log_path, errors="replace") as f:
         lines = [line.rstrip() for line in f if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
-    detail = errors[-1] if errors else (lines[-1] if lines else "no output")
-    return UserError(f"the {method} run with seed {seed} failed (exit status {rc}): {detail[:300]}. Its log: {log_path}")
+    detail = errors[-1].removeprefix("error: ") if errors else (lines[-1] if lines else "no output")
+    detail = detail.strip()
+    if len(detail) > 300:
+        detail = detail[:300].rstrip() + "..."
+    else:
+        detail = detail.rstrip(" .;")
+    return UserError(f"the {method} run with seed {seed} failed (exit status {rc}): {detail}. Its log: {log_path}")
+
+
+def _dataset_classes(dataset):
+    """The dataset's class count where it is known without reading images (None otherwise)."""
+    fixed = {"cifar10": 10, "cifar100": 100, "synthetic": 10}
+    if dataset in fixed:
+        return fixed[dataset]
+    kind, _, rest = dataset.partition(":")
+    if kind in ("synthetic", "synthetic_multilabel"):
+        return int(rest) if rest.isdigit() else None
+    if kind == "folder" and rest:
+        train_dir = os.path.join(os.path.expanduser(rest), "train")
+        if not os.path.isdir(train_dir):
+            return None
+        with os.scandir(train_dir) as entries:  # The class folders, as data.load counts them.
+            return sum(1 for e in entries if e.is_dir() and not e.name.startswith(".")) or None
+    return None
+
+
+def _teacher_classes(spec):
+    """The class count of a --teacher where it is cheap to know: `<app>:random[:N]`, or a .keras file (None otherwise)."""
+    app, _, weights = spec.partition(":")
+    if weights == "random" or weights.startswith("random:"):
+        count = weights.partition(":")[2]
+        return int(count) if count.isdigit() else (1000 if not count else None)
+    if weights == "imagenet":
+        return 1000
+    if spec.endswith(".keras") and os.path.isfile(os.path.expanduser(spec)):
+        import keras
+
+        try:
+            model = keras.saving.load_model(os.path.expanduser(spec), compile=False)
+            shape = model.output_shape
+        except Exception:  # noqa: BLE001  (train names what is wrong with the file)
+            return None
+        if isinstance(shape, tuple) and len(shape) == 2 and isinstance(shape[-1], int):
+            return shape[-1]
+    return None
+
+
+def check_teacher(config):
+    """Refuses, before any run starts, a kd teacher whose class count is not the dataset's, where both are cheap to know.
+
+    Other teacher problems (and the cases this cannot tell) are found by the kd run itself.
+    """
+    if config.method != "kd" or not config.teacher:
+        return
+    classes = _dataset_classes(config.dataset)
+    if classes is None:
+        return
+    teacher = _teacher_classes(config.teacher)
+    if teacher is not None and teacher != classes:
+        raise UserError(
+            f"--teacher={config.teacher} predicts {teacher} classes but --dataset={config.dataset} has {classes}; "
+            "KD needs a teacher of the same label space, e.g. the target.keras of a run on the same data."
+        )
 
 
 # --- Reading the runs ------------------------------------------------------------------------
@@ -377,7 +451,7 @@ def plan(fl):
         )
     if fl.seeds < 1:
         raise UserError(f"--seeds must be >= 1. Received: {fl.seeds}; pass e.g. --seeds=3.")
-    root = fl.output_dir if fl["output_dir"].present else "runs/compare"
+    root = fl.output_dir if fl["output_dir"].present else DEFAULT_OUTPUT_DIR
     runs = []
     for method in methods:
         for seed in range(fl.seed, fl.seed + fl.seeds):
@@ -397,12 +471,15 @@ def main(argv, run_training=launch, command=None):
     for method, seed, _, args in runs:
         try:
             configs.append(resolve_config(args))
+            check_teacher(configs[-1])
         except UserError as e:
             raise UserError(f"--methods includes {method}: {e}") from None
     writable_dir(root, "--output_dir")
     for _, _, run_dir, _ in runs:  # Before the first run: a file in the way of a later one stops the runner now.
         writable_dir(run_dir, None, what=f"run directory under --output_dir={root}")
     states = [run_state(c) for c in configs]
+    default = "" if FLAGS["output_dir"].present else " (the default --output_dir; pass --output_dir=<dir> to choose)"
+    print(f"runs under {root}{default}", flush=True)
     runs_by_method = {m: [] for m in methods}
     for i, ((method, seed, run_dir, args), state) in enumerate(zip(runs, states), 1):
         label = f"[{i}/{len(runs)}] {method} seed {seed}"
@@ -421,13 +498,14 @@ def main(argv, run_training=launch, command=None):
         runs_by_method[method].append(read_run(run_dir))
     summary = write_comparison(root, methods, runs_by_method, command)
     for method, s in summary.items():
-        print(f"{METHOD_TITLES.get(method, method)}: {_pm(s['mean'], s['std'])}% ({len(s['seeds'])} seeds)")
+        seeds = len(s["seeds"])
+        print(f"{METHOD_TITLES.get(method, method)}: {_pm(s['mean'], s['std'])}% ({seeds} seed{'' if seeds == 1 else 's'})")
     print(f"comparison: {os.path.join(root, 'comparison.md')}")
     return summary
 
 
 def run():
-    run_cli(main, define_flags)
+    run_cli(main, define_command_flags)
 
 
 if __name__ == "__main__":

@@ -948,8 +948,8 @@ def _folder_source(path: str, image_size: tuple[int, int] | None, skip_bad_image
         more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise UserError(
             f"{flag}: {len(bad)} of {len(all_paths)} image files cannot be decoded: {shown}{more}. Delete or "
-            "replace them, or pass --skip_bad_images to train without them (the train command lists them in "
-            "<output_dir>/skipped_images.txt)."
+            "replace them, or pass --skip_bad_images to go on without them (the command lists them in its output: "
+            "skipped_images.txt of a training run, metrics.json of an evaluation)."
         )
     if bad:
         _info(

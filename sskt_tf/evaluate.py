@@ -14,6 +14,10 @@ average precision over the classes (`mAP`; classes without a positive image are 
 reference code's per-image AP (`map_per_image_reference`, see `sskt_tf.metrics`) and the
 average precision per class; single labels are read as one-hot.
 
+Folder datasets: image files that cannot be decoded are refused, or left out with `--skip_bad_images`
+(default: the run's own setting when it is evaluated on its own dataset, otherwise off); the left-out
+files of the test split are listed in metrics.json (`skipped_images`).
+
 Writes to `--output_dir` (default: `<run dir>/evaluation/<dataset>`): `metrics.json`,
 `per_class.csv`, and for single-label models `confusion_matrix.csv` and `confusion_matrix.png`
 (rows: true class, columns: predicted class; colour: the row's fraction, numbers: counts).
@@ -34,7 +38,7 @@ from sskt_tf import data as data_lib  # noqa: E402
 from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf import metrics as metrics_lib  # noqa: E402  (shared with training)
 from sskt_tf.metrics import average_precision  # noqa: E402,F401
-from sskt_tf.errors import UserError, run_cli, writable_dir  # noqa: E402
+from sskt_tf.errors import UserError, blocking_file, run_cli, writable_dir  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 256
 TOP5_MIN_CLASSES = 6
@@ -139,20 +143,63 @@ def predict_logits(model, dataset):
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_BATCH_SIZE, verbose=True):
-    """Evaluates `trained` (an `export.TrainedModel`) on the test split of `dataset`; writes the outputs.
+def check_output_dir(path, flag="--output_dir"):
+    """Refuses an output directory that could not be created or written, without creating anything.
 
-    Returns the dict written to `metrics.json`.
+    The same causes and messages as `errors.writable_dir` (a file in the way, no permission on the
+    nearest existing directory), checked before the data is read; the directory itself is created
+    only once the data and the model have passed every check.
     """
-    writable_dir(output_dir, "--output_dir")  # Before the test set is read.
-    data = data_lib.load(
+    path = os.path.expanduser(str(path))
+    shown = f"{flag}={path}"
+    blocking = blocking_file(path)
+    if blocking is not None and os.path.abspath(blocking) == os.path.abspath(path):
+        raise UserError(f"{shown} is a file, not a directory; pass the path of a directory for the outputs (created if missing).")
+    if blocking is not None:
+        raise UserError(f"{shown}: cannot create the directory there, {blocking} is a file; pass another path.")
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{shown}: cannot write the directory there (permission denied on {existing}); pass a directory you can write to."
+        )
+    return path
+
+
+def _load_test_data(dataset, *, data_dir, image_size, batch_size, skip_bad_images):
+    return data_lib.load(
         dataset,
         batch_size=1,  # The training stream is not used; 1 fits any dataset.
         eval_batch_size=batch_size,
         data_dir=data_dir,
-        image_size=tuple(trained.image_size),
+        image_size=image_size,
         augment="none",
         cache="none",  # One pass over the test set: nothing to keep.
+        skip_bad_images=skip_bad_images,
+    )
+
+
+def _test_split_files(dataset, files):
+    """The files of `files` (left-out bad images) that are in the test split of a folder dataset."""
+    if not dataset.startswith("folder:") or not files:
+        return []
+    test_dir = os.path.join(os.path.abspath(os.path.expanduser(dataset[len("folder:"):])), "test") + os.sep
+    return sorted(f for f in files if os.path.abspath(f).startswith(test_dir))
+
+
+def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_BATCH_SIZE, verbose=True, skip_bad_images=False):
+    """Evaluates `trained` (an `export.TrainedModel`) on the test split of `dataset`; writes the outputs.
+
+    `skip_bad_images`: folder datasets, leave out image files that cannot be decoded (listed in
+    `skipped_images`) instead of refusing. `output_dir` is checked first and created only after
+    the data and the model have passed every check: a refused evaluation writes nothing.
+
+    Returns the dict written to `metrics.json`.
+    """
+    check_output_dir(output_dir)  # Before the test set is read; creates nothing.
+    data = _load_test_data(
+        dataset, data_dir=data_dir, image_size=tuple(trained.image_size), batch_size=batch_size, skip_bad_images=skip_bad_images
     )
     if data.num_classes != trained.num_classes:
         raise UserError(
@@ -167,10 +214,12 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
         )
     class_names = list(data.class_names)
     logits, labels = predict_logits(trained.model, data.test)
+    writable_dir(output_dir, "--output_dir")  # Everything passed: now the directory is created.
     results = {
         "model": trained.model_path,
         "dataset": dataset,
         "num_test": int(len(labels)),
+        "skipped_images": _test_split_files(dataset, getattr(data, "bad_files", ())),
         "num_classes": len(class_names),
         "class_names": class_names,
         "image_size": list(trained.image_size),
@@ -226,7 +275,9 @@ def _write_csv(path, header, rows):
 def format_report(results, columns, rows, output_dir):
     """The printed summary: the metrics, then the per-class table."""
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in results["test"].items())
-    lines = [f"{results['model']} on {results['dataset']} ({results['num_test']} test images): {metrics}", ""]
+    skipped = len(results.get("skipped_images") or [])
+    left_out = f", {skipped} left out that cannot be decoded" if skipped else ""
+    lines = [f"{results['model']} on {results['dataset']} ({results['num_test']} test images{left_out}): {metrics}", ""]
     width = max(len("class"), *(len(r[0]) for r in rows))
     lines.append(f"{'class':<{width}}  " + "  ".join(f"{c:>{max(9, len(c))}}" for c in columns))
     for row in rows:
@@ -238,20 +289,31 @@ def format_report(results, columns, rows, output_dir):
     return "\n".join(lines)
 
 
-def run_evaluation(model, dataset=None, *, data_dir=None, output_dir=None, batch_size=DEFAULT_BATCH_SIZE, multi_label=None):
-    """What `python -m sskt_tf.evaluate` does: defaults from the run, then `evaluate`."""
+def run_evaluation(
+    model, dataset=None, *, data_dir=None, output_dir=None, batch_size=DEFAULT_BATCH_SIZE, multi_label=None, skip_bad_images=None
+):
+    """What `python -m sskt_tf.evaluate` does: defaults from the run, then `evaluate`.
+
+    `skip_bad_images=None`: the run's own `--skip_bad_images` (config.json) on the run's own
+    dataset, False on other data or for a `.keras` file outside a run directory.
+    """
     trained = export_lib.load_trained(model, multi_label=multi_label)
     dataset = dataset or trained.config.get("dataset")
     if not dataset:
         raise UserError(f"--dataset is needed: --model={model} is not in a run directory with a config.json to take it from.")
-    if data_dir is None and dataset == trained.config.get("dataset"):
+    own_dataset = dataset == trained.config.get("dataset")
+    if data_dir is None and own_dataset:
         data_dir = trained.config.get("data_dir")
+    if skip_bad_images is None:
+        skip_bad_images = bool(trained.config.get("skip_bad_images", False)) if own_dataset else False
     if output_dir is None:
         base = trained.run_dir or os.path.dirname(os.path.abspath(trained.model_path))
         output_dir = os.path.join(base, "evaluation", _slug(dataset))
     if batch_size < 1:
         raise UserError(f"--batch_size must be >= 1. Received: {batch_size}; pass e.g. --batch_size={DEFAULT_BATCH_SIZE}.")
-    return evaluate(trained, dataset, data_dir=data_dir, output_dir=output_dir, batch_size=batch_size)
+    return evaluate(
+        trained, dataset, data_dir=data_dir, output_dir=output_dir, batch_size=batch_size, skip_bad_images=skip_bad_images
+    )
 
 
 def define_flags():
@@ -263,6 +325,12 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where to write metrics.json, per_class.csv, confusion_matrix.{csv,png} (default: <run dir>/evaluation/<dataset>).")
     flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Evaluation batch size.")
     flags.DEFINE_bool("multi_label", None, "Score as multi-label (mAP) instead of single-label (default: the run's --target_loss=bce).")
+    flags.DEFINE_bool(
+        "skip_bad_images",
+        None,
+        "folder: datasets: leave out image files that cannot be decoded, listed in metrics.json (skipped_images) "
+        "(default: the run's own --skip_bad_images on its own dataset, otherwise stop and name them).",
+    )
 
 
 def main(argv):
@@ -270,7 +338,13 @@ def main(argv):
         raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull).")
     fl = flags.FLAGS
     run_evaluation(
-        fl.model, fl.dataset, data_dir=fl.data_dir, output_dir=fl.output_dir, batch_size=fl.batch_size, multi_label=fl.multi_label
+        fl.model,
+        fl.dataset,
+        data_dir=fl.data_dir,
+        output_dir=fl.output_dir,
+        batch_size=fl.batch_size,
+        multi_label=fl.multi_label,
+        skip_bad_images=fl.skip_bad_images,
     )
 
 

@@ -130,12 +130,53 @@ def test_a_failed_run_stops_the_runner_with_its_error_line(parsed, tmp_path):
     def failing(args, log_path):
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with open(log_path, "w") as f:
-            f.write("loading...\nerror: --dataset='nowhere' is not a known dataset\n")
+            f.write("loading...\nerror: --dataset='nowhere' is not a known dataset; pass e.g. --dataset=cifar10.\n")
         return 2
 
     parsed(*SMOKE, "--seeds=1", "--methods=scratch", f"--output_dir={tmp_path}")
-    with pytest.raises(UserError, match=r"the scratch run with seed 0 failed \(exit status 2\): error: --dataset='nowhere'"):
+    with pytest.raises(UserError) as failed:
         compare.main(["compare"], run_training=failing)
+    # The child's line without its own "error: " (the runner prints one) and without a doubled period.
+    assert str(failed.value) == (
+        "the scratch run with seed 0 failed (exit status 2): --dataset='nowhere' is not a known dataset; pass e.g. "
+        f"--dataset=cifar10. Its log: {tmp_path / 'scratch' / 'seed0' / 'train.log'}"
+    )
+
+
+def test_a_teacher_of_another_class_count_stops_the_runner_before_any_run(parsed, tmp_path):
+    import keras
+
+    never = lambda args, log: pytest.fail("no run may start")  # noqa: E731
+    parsed(*SMOKE[:1], "--teacher=mobilenet_v2:random:5", "--methods=scratch,kd", f"--output_dir={tmp_path / 'a'}")
+    with pytest.raises(UserError, match=r"^--methods includes kd: --teacher=mobilenet_v2:random:5 predicts 5 classes but --dataset=synthetic has 10; KD needs"):
+        compare.main(["compare"], run_training=never)
+    # A .keras teacher against a folder dataset's class folders (no image is read).
+    for name in ("cat", "dog", ".hidden"):
+        os.makedirs(tmp_path / "pets" / "train" / name)
+    teacher = keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    teacher.save(tmp_path / "teacher3.keras")
+    parsed(*SMOKE[:1], f"--teacher={tmp_path / 'teacher3.keras'}", f"--dataset=folder:{tmp_path / 'pets'}", "--methods=kd", f"--output_dir={tmp_path / 'b'}")
+    with pytest.raises(UserError, match=r"teacher3.keras predicts 3 classes but --dataset=folder:.*pets has 2;"):
+        compare.main(["compare"], run_training=never)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert compare._teacher_classes("resnet50:/w.h5") is None and compare._dataset_classes("tfds:oxford_flowers102") is None
+
+
+def test_the_default_output_dir_is_said_in_the_help_and_at_start(parsed, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(FLAGS["output_dir"], "help", FLAGS["output_dir"].help)  # Put back after the test.
+    train_default = FLAGS["output_dir"].default
+    compare.define_command_flags()
+    try:
+        assert "the comparison go" in FLAGS["output_dir"].help and FLAGS["output_dir"].default_as_str == "'runs/compare'"
+    finally:
+        FLAGS.set_default("output_dir", train_default)
+    parsed("--dataset=synthetic", "--methods=scratch", "--seeds=1")
+    monkeypatch.chdir(tmp_path)
+    compare.main(["compare"], run_training=fake_training([]))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "runs under runs/compare (the default --output_dir; pass --output_dir=<dir> to choose)"
+    assert any(line.startswith("scratch: ") and line.endswith("% (1 seed)") for line in printed), printed
+    assert (tmp_path / "runs" / "compare" / "comparison.md").exists()
 
 
 def test_without_matplotlib_the_table_says_how_to_get_the_picture(parsed, tmp_path, monkeypatch):

@@ -167,6 +167,43 @@ def test_top5_is_reported_only_above_five_classes():
 def test_a_dataset_of_another_task_is_refused(run_dir, tmp_path, dataset, message):
     with pytest.raises(UserError, match=message):
         evaluate.run_evaluation(str(run_dir), dataset, output_dir=str(tmp_path))
+    # The default output directory, <run dir>/evaluation/<dataset>, is not left behind empty.
+    with pytest.raises(UserError, match=message):
+        evaluate.run_evaluation(str(run_dir), dataset)
+    assert not (run_dir / "evaluation" / evaluate._slug(dataset)).exists()
+
+
+def test_a_run_trained_with_skip_bad_images_is_evaluated_without_them(tmp_path, capsys):
+    run = make_run_dir(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    data = config["dataset"][len("folder:"):]
+    bad_test, bad_train = os.path.join(data, "test", "cat", "zz_bad.png"), os.path.join(data, "train", "dog", "zz_bad.png")
+    for path in (bad_test, bad_train):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    out = run / "evaluation" / evaluate._slug(config["dataset"])
+    # A run trained without --skip_bad_images: refused, with this command's own flag as the fix, nothing written.
+    with pytest.raises(UserError, match=r"2 of 42 image files cannot be decoded") as refused:
+        evaluate.run_evaluation(str(run))
+    message = str(refused.value)
+    assert "pass --skip_bad_images to go on without them" in message and "metrics.json of an evaluation" in message
+    assert not (run / "evaluation").exists()
+    # The run's own --skip_bad_images (config.json) is the default: the bad test image is left out and listed.
+    (run / "config.json").write_text(json.dumps({**config, "skip_bad_images": True}))
+    results = evaluate.run_evaluation(str(run))
+    assert results["skipped_images"] == [bad_test] and results["num_test"] == 20
+    assert results["test"]["accuracy"] == pytest.approx(17 / 20)  # The 20 good images, as without the bad ones.
+    assert json.loads((out / "metrics.json").read_text())["skipped_images"] == [bad_test]
+    printed = capsys.readouterr().out
+    assert "leaving out 2 image files that cannot be decoded" in printed and "20 test images, 1 left out" in printed
+    # --skip_bad_images=false overrides the run's setting; a .keras file outside a run does not skip.
+    with pytest.raises(UserError, match="cannot be decoded"):
+        evaluate.run_evaluation(str(run), output_dir=str(tmp_path / "no"), skip_bad_images=False)
+    bare = tmp_path / "bare.keras"
+    (run / "target.keras").rename(bare)
+    with pytest.raises(UserError, match="cannot be decoded"):
+        evaluate.run_evaluation(str(bare), config["dataset"], output_dir=str(tmp_path / "no"), multi_label=False)
+    assert not (tmp_path / "no").exists()
 
 
 def _cli(workdir, stand_ins, items):
@@ -196,7 +233,8 @@ def _cli_errors(workdir, stand_ins, items):
     (workdir / "a_file").write_text("x")
     command = [sys.executable, "-m", "sskt_tf.evaluate"]
     commands = {
-        "output_dir is a file": [*command, f"--model={run}", f"--output_dir={workdir / 'a_file'}"],
+        # --skip_bad_images is one of evaluate's flags (it used to be "unknown flag").
+        "output_dir is a file": [*command, f"--model={run}", "--skip_bad_images", f"--output_dir={workdir / 'a_file'}"],
         "no --model": [*command, f"--output_dir={workdir / 'out'}"],
         "bad --batch_size": [*command, f"--model={run}", "--batch_size=many"],
     }
