@@ -514,7 +514,7 @@ def parse(*args):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--teacher=t.keras"], "--teacher=t.keras only applies to --method=kd; received --method=sskt"),
+        (["--teacher=/m/t.keras"], "--teacher=/m/t.keras only applies to --method=kd; received --method=sskt"),
         (["--method=kd"], "--method=kd needs --teacher=<spec>"),
         (["--method=dml", "--sources=resnet50:random"], "--sources=resnet50:random only applies to --method=sskt; received --method=dml"),
         (["--method=kd", "--teacher=t.keras", "--sources=a.keras"], "KD's teacher is --teacher=<spec>"),
@@ -535,7 +535,7 @@ def test_method_flags_reach_the_config():
     c = parse("--method=maxl", "--maxl_psi=3", "--maxl_first_order", "--maxl_entropy_weight=0.1")
     assert (c.method, c.maxl_psi, c.maxl_first_order, c.maxl_entropy_weight) == ("maxl", (3,), True, 0.1)
     c = parse("--method=kd", "--teacher=a.keras", "--kd_alpha=0.5")
-    assert (c.teacher, c.kd_alpha, c.sources) == ("a.keras", 0.5, ())
+    assert (c.teacher, c.kd_alpha, c.sources) == (os.path.abspath("a.keras"), 0.5, ())  # Paths are stored absolute.
     assert parse("--method=dml", "--dml_peers=4").dml_peers == 4
 
 
