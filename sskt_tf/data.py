@@ -906,7 +906,8 @@ def info_splits(builder) -> list[str]:
 _LAYOUT = "<path>/train/<class>/<image> and <path>/test/<class>/<image> (optionally <path>/val/<class>/<image>)"
 _SPLIT_DIRS = ("train", "test", "val")
 _FORMATS = "JPEG, PNG, BMP, GIF or WebP"
-_CHECK_CACHE_VERSION = 1
+# Raised when what the check stores changes (2: reasons without TensorFlow's "name:" wrapping).
+_CHECK_CACHE_VERSION = 2
 # Show a progress bar when the check has run this long and is not done.
 _PROGRESS_AFTER_S = 1.0
 
