@@ -67,13 +67,6 @@ class SSKTModel(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if class_names is not None:
-            class_names = tuple(str(n) for n in class_names)
-            if len(class_names) != num_classes:
-                raise ValueError(
-                    f"class_names must name each of the {num_classes} classes. Received: {len(class_names)} "
-                    f"names ({list(class_names)[:5]}...)."
-                )
         sources, aux_heads = list(sources), list(aux_heads)
         alphas, temperatures = [float(a) for a in alphas], [float(t) for t in temperatures]
         if not len(sources) == len(aux_heads) == len(alphas) == len(temperatures):
@@ -99,7 +92,7 @@ class SSKTModel(keras.Model):
         self.kd_reduction = kd_reduction
         self.weight_decay = float(weight_decay)
         self.feature_key = feature_key
-        self.class_names = class_names
+        self.class_names = self.classifier.class_names  # Checked there: one name per class.
         self._target_loss_fn = losses.target_loss_fn(target_loss)
         # Multi-hot float labels [B, C]: accuracies do not apply; mAP is computed over the whole
         # evaluation set outside the step (sskt_tf.metrics).

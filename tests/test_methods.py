@@ -236,7 +236,7 @@ def test_a_saved_target_carries_its_class_names_and_returns_the_same_logits(tmp_
     # Without names (a model built by hand), the target carries none.
     plain = methods.build_model(make_config(tmp_path, method="scratch"), SIZE, 10)
     assert class_names_of(plain.target_model()) is None
-    with pytest.raises(ValueError, match="class_names must name each of the 10 classes. Received: 3 names"):
+    with pytest.raises(ValueError, match="class_names must name each of the 10 outputs. Received: 3 names"):
         methods.build_model(make_config(tmp_path, method="scratch"), SIZE, 10, class_names=NAMES[:3])
 
 
