@@ -259,9 +259,18 @@ def restore_state(config, resume, model, inputs):
 
 
 def _note_unreached_milestones(config):
-    """One line when --lr_milestones lie at or after --epochs: a shortened run keeps the full-run schedule."""
+    """One line when --lr_milestones do nothing: at or after --epochs (a shortened run keeps the full-run
+    schedule), or given to another schedule than multistep."""
+    if config.lr_schedule != "multistep":
+        # The recipe's milestones come with every flagfile; other ones were asked for and do nothing here.
+        if tuple(config.lr_milestones) != config_lib.Config.lr_milestones:
+            print(
+                f"--lr_milestones={','.join(map(str, config.lr_milestones))} do not apply to "
+                f"--lr_schedule={config.lr_schedule}; only multistep uses them."
+            )
+        return
     late = [m for m in config.lr_milestones if m >= config.epochs]
-    if config.lr_schedule != "multistep" or not late:
+    if not late:
         return
     applied = len(config.lr_milestones) - len(late)
     final = config.lr * config.lr_gamma**applied
