@@ -47,7 +47,7 @@ _RUNNER_SET = ("method", "seed", "output_dir", "overwrite")
 
 METHOD_TITLES = {"sskt": "SSKT", "scratch": "scratch", "kd": "KD", "dml": "DML", "maxl": "MAXL"}
 
-# Published top-1 (%), mean +- std (Hong et al., WACV 2022; shared/docs/reference-notes.md), by
+# Published top-1 (%), mean +- std (Hong et al., WACV 2022, tables of results; the README lists them), by
 # (dataset, target) and method, with the paper's setting where it differs from ours.
 PAPER = {
     ("cifar10", "resnet20"): {
