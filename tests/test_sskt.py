@@ -1,5 +1,7 @@
 """Tests of SSKTModel: which weights move, golden losses, coupled weight decay, replicas, saving, export."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -283,6 +285,24 @@ def test_mixed_precision_steps_keep_float32_logits_and_losses(precision, tmp_pat
             assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_a_test_that_leaks_process_wide_modes():
+    # The next test checks that conftest undid all of this: without it, every later test would run
+    # with op determinism (Keras then silently drops XLA) and a mixed policy.
+    tf.config.experimental.enable_op_determinism()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    os.environ["SSKT_LEAK_PROBE"] = "1"
+    assert tf_config.is_op_determinism_enabled() and keras.config.dtype_policy().name == "mixed_bfloat16"
+
+
+def test_the_modes_leaked_by_the_previous_test_are_restored():
+    assert not tf_config.is_op_determinism_enabled()
+    assert keras.config.dtype_policy().name == "float32"
+    assert "SSKT_LEAK_PROBE" not in os.environ
+    # Logical devices cannot change once TensorFlow has started: conftest sets two CPUs for the whole
+    # session, and the replica tests assert them.
+    assert len(tf.config.list_logical_devices("CPU")) == 2
 
 
 def test_evaluation_loss_is_the_mean_over_examples_with_a_partial_batch(tmp_path):
