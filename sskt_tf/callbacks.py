@@ -22,7 +22,8 @@ def atomic_save(model, path):
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path, text):
+def atomic_write_text(path, text):
+    """Writes `text` to `path` through a temporary file: a crash leaves the old file or the new one."""
     with open(f"{path}.tmp", "w") as f:
         f.write(text)
     os.replace(f"{path}.tmp", path)
@@ -77,7 +78,7 @@ class ResumeCheckpoint:
         tmp = os.path.join(self.directory, f"tmp_{name}")
         model.save_weights(tmp)
         os.replace(tmp, os.path.join(self.directory, name))
-        _atomic_write_text(self._pointer, json.dumps({"epoch": epoch, "weights": name, **info}))
+        atomic_write_text(self._pointer, json.dumps({"epoch": epoch, "weights": name, **info}))
 
     def prune(self):
         """Deletes every weight file but the saved state's (older epochs, leftovers of a crash)."""

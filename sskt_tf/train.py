@@ -178,10 +178,7 @@ def prepare_output_dir(config, fresh):
 
 
 def _write_json(path, value):
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(f"{path}.tmp", path)
+    callbacks_lib.atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 # --- The resumption state ---------------------------------------------------------------------------
