@@ -187,6 +187,8 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
         raise UserError(f"--arch={arch} is not supported. Allowed: {', '.join(ARCHS)}.")
     family, depth, _ = ARCHS[arch]
     weights = {k.removeprefix("module."): _to_numpy(v) for k, v in state_dict.items()}
+    if num_classes is not None and num_classes < 1:
+        raise UserError(f"--num_classes={num_classes} must be a positive class count (1000 ImageNet, 365 Places365).")
     if num_classes is None:
         classifier = _CLASSIFIER[family]
         if classifier not in weights:

@@ -180,8 +180,12 @@ def load_trained(path, *, multi_label=None, flag="--model"):
             f"{flag}: {keras_path} accepts any image size and has no results.json beside it to say which "
             "size it was trained at; pass the run directory instead."
         )
+    # A classifier that ends in its own softmax or sigmoid would be softened twice: its logits.
+    from sskt_tf.sources import logits_model
+
+    model, activation = logits_model(flag, keras_path, model, image_size)
     if multi_label is None:
-        multi_label = config.get("target_loss") == "bce"
+        multi_label = config.get("target_loss") == "bce" if config else activation == "sigmoid"
     return TrainedModel(
         model=model,
         class_names=class_names,
@@ -413,6 +417,11 @@ def export(model, output=None, *, fmt="saved_model", quantize="none", top_k=DEFA
         raise UserError(f"--format={fmt} is not known; allowed: {', '.join(FORMATS)}.")
     if fmt == "saved_model" and quantize != "none":
         raise UserError(f"--quantize={quantize} applies to --format=tflite only; drop it or pass --format=tflite.")
+    if fmt == "saved_model" and output and str(output).endswith(".tflite"):
+        raise UserError(
+            f"--output={output} names a .tflite file, but --format=saved_model writes a directory; pass "
+            "--format=tflite, or an --output directory for the SavedModel."
+        )
     _check_top_k(top_k)
     trained = load_trained(model, multi_label=multi_label)
     output = output or default_output(trained, fmt, quantize)

@@ -360,6 +360,7 @@ def _application_network(spec, image_size, flag="--sources"):
             classes = int(classes or 1000)
         except ValueError:
             raise UserError(f"{flag}={spec}: use {app_name}:random or {app_name}:random:<classes>.") from None
+        _check_classes(flag, spec, classes)  # Before Keras builds a Dense of 0 or -5 units.
         net = constructor(weights=None, input_shape=build_shape, classes=classes, **common)
     elif weights == "imagenet":
         try:
@@ -761,6 +762,28 @@ def _adapted_keras_file(flag, path, net, size, outputs):
             "as a hidden sigmoid's would; they are used as logits. Save the network without a final sigmoid if it has one."
         )
     return net, "logits", None
+
+
+def logits_model(flag, path, model, image_size):
+    """`model` (a classifier loaded from `path`) as a model of raw images to logits `[N, classes]`.
+
+    The commands that score or serve a `.keras` classifier (`evaluate`, `predict`, `export`)
+    apply their own softmax or sigmoid; a model that already ends in one would be softened
+    twice. The decision is `--source_outputs=auto`'s (`_adapted_keras_file`): a visible final
+    softmax or sigmoid is removed in a copy, a hidden softmax is recognised from its outputs
+    and its log taken, each with one printed line. A target trained here returns logits and
+    passes unchanged.
+
+    Returns:
+        `(model, activation)`: the logits model, and "softmax"/"sigmoid" when the outputs were
+        probabilities of that kind (else None).
+    """
+    network, outputs, stripped = _adapted_keras_file(flag, path, model, tuple(image_size), "auto")
+    if outputs == "probabilities":
+        inputs = keras.Input(model.input_shape[1:], name="images")
+        log_p = keras.ops.log(keras.ops.maximum(keras.ops.cast(network(inputs), "float32"), _TINY))
+        return keras.Model(inputs, log_p, name=model.name), "softmax"
+    return network, stripped
 
 
 def build_source(

@@ -37,9 +37,12 @@ _RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose", "resume", "export", "s
 
 # What a run writes, deleted when a run starts over in its directory (--overwrite, or a directory
 # with nothing finished or resumable in it). Caches (data_cache/, soft_label_cache/) are kept.
+# What a run and the commands on it (export, evaluate) write into --output_dir: a run that starts
+# over removes them, so that nothing of the old model stays beside the new one.
 _RUN_OUTPUTS = (
     "backup", "checkpoints", "tensorboard", "saved_model", "metrics.csv", "results.json", "target.keras",
-    "skipped_images.txt",
+    "skipped_images.txt", "evaluation", "model.tflite", "model.labels.txt", "model_int8.tflite",
+    "model_int8.labels.txt",
 )
 
 # Exit status of a run stopped by Ctrl-C (SIGINT), as shells report it.
@@ -204,7 +207,10 @@ def run_inputs(config, data, model, steps_per_epoch):
         "num_validation": data.num_validation,
         "steps_per_epoch": steps_per_epoch,
         "networks": [
-            {"role": role, "spec": n.spec, "classes": n.num_classes, "input_size": list(n.image_size)} for role, n in networks
+            # The weights' fingerprint: another network copied over the same file is another source.
+            {"role": role, "spec": n.spec, "classes": n.num_classes, "input_size": list(n.image_size),
+             "weights": soft_labels.fingerprint(n)}
+            for role, n in networks
         ],
     }
 
@@ -216,7 +222,10 @@ def _describe_change(key, old, new):
         i = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
         return f"class_names: class {i} was {old[i]!r}, is {new[i]!r}"
     if key == "networks" and isinstance(old, list) and isinstance(new, list):
-        show = lambda ns: "; ".join(f"{n.get('role')} {n.get('spec')} ({n.get('classes')} classes, {n.get('input_size')} px)" for n in ns)
+        show = lambda ns: "; ".join(
+            f"{n.get('role')} {n.get('spec')} ({n.get('classes')} classes, {n.get('input_size')} px, weights {n.get('weights', '?')})"
+            for n in ns
+        )
         return f"sources: {show(old) or 'none'} -> {show(new) or 'none'}"
     return f"{key}: {_show(old)} -> {_show(new)}"
 

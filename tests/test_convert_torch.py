@@ -205,6 +205,9 @@ def test_num_classes_defaults_to_the_checkpoint_classifier(checkpoints):
 
 def test_wrong_arch_or_num_classes_names_the_tensor(checkpoints):
     state_dict = checkpoints("resnet18").net.state_dict()
+    for bad in (0, -3):
+        with pytest.raises(UserError, match=rf"--num_classes={bad} must be a positive class count"):
+            convert_torch.convert(state_dict, "resnet18", bad)
     wrong_classes = r"tensor fc\.weight has shape \(10, 512\).*--num_classes=1000 needs \(1000, 512\)"
     with pytest.raises(UserError, match=wrong_classes):
         convert_torch.convert(state_dict, "resnet18", 1000)

@@ -206,6 +206,10 @@ def test_an_earlier_export_is_replaced_with_overwrite_only_and_other_directories
     with pytest.raises(UserError, match="lone.labels.txt already exists; pass --overwrite to replace it"):
         export_lib.export(str(run_dir), str(tmp_path / "lone.tflite"), fmt="tflite")
     assert not (tmp_path / "lone.tflite").exists()
+    # A .tflite name with the SavedModel format would be a directory named like a file.
+    with pytest.raises(UserError, match=r"names a .tflite file, but --format=saved_model writes a directory; pass --format=tflite"):
+        export_lib.export(str(run_dir), str(tmp_path / "x.tflite"))
+    assert not (tmp_path / "x.tflite").exists()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
     for overwrite in (False, True):
@@ -226,6 +230,10 @@ def test_training_with_overwrite_replaces_its_own_export(run, tmp_path):
     """`train --export --overwrite` on a finished run with an export: the new run's export replaces it."""
     finished, run = run, tmp_path / "run"
     shutil.copytree(finished, run)  # The module's run stays as it is for the other tests.
+    # What the commands wrote about the old model goes with it: nothing of it stays beside the new one.
+    for name in ("model.tflite", "model.labels.txt"):
+        (run / name).write_text("old")
+    (run / "evaluation" / "x").mkdir(parents=True)
     before = os.path.getmtime(run / "saved_model" / "saved_model.pb")
     args = [
         "--flagfile=flags/smoke.cfg", "--sources=", "--epochs=1", "--steps_per_epoch=1", "--lr=0.02",
@@ -236,6 +244,7 @@ def test_training_with_overwrite_replaces_its_own_export(run, tmp_path):
     FLAGS(["sskt_tf.train", *args])
     train.main(["sskt_tf.train"])
     assert os.path.getmtime(run / "saved_model" / "saved_model.pb") > before
+    assert not any((run / name).exists() for name in ("model.tflite", "model.labels.txt", "evaluation"))
     # The export is the new target: equal outputs on the same images.
     images = random_images((2, 32, 32, 3), seed=7)
     served = tf.saved_model.load(str(run / "saved_model")).signatures["serving_default"](images=tf.constant(images))
@@ -289,3 +298,27 @@ def test_bad_input_raises_user_errors(kwargs, message, tmp_path):
     kwargs["model"] = {"RUN": str(run_dir), "SAVED": str(saved)}.get(kwargs["model"], kwargs["model"])
     with pytest.raises(UserError, match=message.replace(".", "\\.")):
         export_lib.export(**kwargs)
+
+
+def test_a_classifier_that_ends_in_a_softmax_is_scored_by_its_own_probabilities(tmp_path, capsys):
+    # evaluate, predict and export apply their own softmax: a model's final softmax must not be applied twice.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    dense = keras.layers.Dense(3, activation="softmax")
+    model = keras.Model(inputs, dense(x))
+    dense.bias.assign(np.array([2.0, 0.0, -1.0], np.float32))
+    path = str(tmp_path / "softmax_classifier.keras")
+    model.save(path)
+    images = np.random.default_rng(0).uniform(0, 255, (5, 8, 8, 3)).astype(np.float32)
+    trained = export_lib.load_trained(path)
+    served = export_lib.probabilities(trained.model(images), trained.multi_label).numpy()
+    np.testing.assert_allclose(served, model(images).numpy(), rtol=1e-5, atol=1e-6)
+    assert "using the pre-softmax logits" in capsys.readouterr().out and not trained.multi_label
+    # A sigmoid-ended classifier: its logits, scored per label.
+    sig = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid")(x))
+    sig.save(tmp_path / "sigmoid.keras")
+    trained = export_lib.load_trained(str(tmp_path / "sigmoid.keras"))
+    assert trained.multi_label
+    np.testing.assert_allclose(
+        export_lib.probabilities(trained.model(images), True).numpy(), sig(images).numpy(), rtol=1e-5, atol=1e-6
+    )

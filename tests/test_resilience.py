@@ -244,6 +244,11 @@ def test_non_finite_loss_stops_with_the_cause_and_a_resume_onto_other_inputs_is_
     keras.Model(inputs, keras.layers.Dense(7)(pooled), name="mobilenet_v2_random").save(source)
     with pytest.raises(UserError, match=r"trained on other inputs than this command finds now \(sources: source \S+ \(1000 classes, .*\) -> source \S+ \(7 classes"):
         run_in_process(args, monkeypatch)
+    # The same class count and sizes, other weights behind the same file: another source, refused too.
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+    keras.Model(inputs, keras.layers.Dense(1000, bias_initializer="ones")(pooled), name="mobilenet_v2_random").save(source)
+    with pytest.raises(UserError, match=r"trained on other inputs .*\(1000 classes, \[\d+, \d+\] px, weights (\w+)\) -> source \S+ \(1000 classes, \[\d+, \d+\] px, weights (?!\1)\w+\)"):
+        run_in_process(args, monkeypatch)
     # A state file the model cannot load (here: damaged) is one line too, not the loader's traceback.
     shutil.copy(stand_ins("mobilenet_v2_random", 1000), source)
     (out / "backup" / "epoch_1.weights.h5").write_bytes(b"not an HDF5 file")

@@ -556,6 +556,9 @@ def test_misfits_of_a_teacher_name_the_teacher(tmp_path):
         sources.build_source(_misfit("channels", tmp_path), (16, 16), 1.0, flag="--teacher")
     with pytest.raises(UserError, match=r"^--sources=mobilenet_v2:random:1: the network predicts 1 class"):
         sources.build_source("mobilenet_v2:random:1", (32, 32))
+    for classes in ("0", "-5"):  # Keras would fail building a Dense of that many units, with a traceback.
+        with pytest.raises(UserError, match=rf"^--sources=mobilenet_v2:random:{classes}: the network predicts {classes} classes"):
+            sources.build_source(f"mobilenet_v2:random:{classes}", (32, 32))
 
 
 def test_a_fixed_input_size_is_used_with_one_line(tmp_path, capsys):
