@@ -7,11 +7,11 @@ the batch value, already multiplied by T^2.
 
 import tensorflow as tf
 
-TARGET_LOSSES = ("ce", "focal", "bce")
+from sskt_tf.errors import UserError
+from sskt_tf.names import AUX_LOSSES, KD_REDUCTIONS, TARGET_LOSSES
+
 # Target losses of multi-hot labels [B, C]; the others take class indices [B].
 MULTI_LABEL_TARGET_LOSSES = ("bce",)
-AUX_LOSSES = ("ce", "kd")
-KD_REDUCTIONS = ("batchmean", "mean")
 
 
 def _is_soft(labels, logits):
@@ -146,6 +146,34 @@ def sigmoid_binary_cross_entropy(labels, logits):
 def target_loss_fn(name):
     """The per-example target loss called `name` (the `--target_loss` flag)."""
     return {"ce": softmax_cross_entropy, "focal": focal_loss, "bce": sigmoid_binary_cross_entropy}[name]
+
+
+def check_target_loss(dataset, multi_label, target_loss):
+    """Checks that the target loss fits the dataset's kind of labels.
+
+    Multi-hot labels `[B, C]` need a loss of `MULTI_LABEL_TARGET_LOSSES`; class indices `[B]` need
+    one of the others.
+
+    Args:
+        dataset: the `--dataset` value, for the message.
+        multi_label: whether the dataset's labels are multi-hot (`sskt_tf.data.Datasets.multi_label`).
+        target_loss: the `--target_loss` name, one of `TARGET_LOSSES`.
+
+    Raises:
+        UserError: a single-label loss for multi-label data, or a multi-label loss for
+            single-label data; the message names the losses that fit.
+    """
+    if multi_label and target_loss not in MULTI_LABEL_TARGET_LOSSES:
+        raise UserError(
+            f"--dataset={dataset} is multi-label (multi-hot labels) but --target_loss={target_loss} needs one "
+            f"class per image; pass --target_loss=bce."
+        )
+    if not multi_label and target_loss in MULTI_LABEL_TARGET_LOSSES:
+        single = [t for t in TARGET_LOSSES if t not in MULTI_LABEL_TARGET_LOSSES]
+        raise UserError(
+            f"--target_loss={target_loss} is for multi-label datasets but --dataset={dataset} has one class "
+            f"per image; pass --target_loss={' or '.join(single)}, or a multi-label dataset (voc2007)."
+        )
 
 
 def aux_loss(kind, source_logits, aux_logits, temperature, kd_reduction="batchmean"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sskt_tf import losses
+from sskt_tf.errors import UserError
 
 S = np.array([[1.0, 2.0, 3.0, -1.0], [0.5, -0.5, 2.0, 0.0], [3.0, 0.0, 0.0, 1.0]], np.float32)
 A = np.array([[0.0, 1.0, -1.0, 2.0], [1.5, 0.5, 0.0, -2.0], [1.0, 1.0, 1.0, 1.0]], np.float32)
@@ -106,3 +107,22 @@ def test_soft_labels_cross_entropy_and_focal_match_numpy():
     np.testing.assert_allclose(losses.focal_loss(one_hot, A).numpy(), losses.focal_loss(hard, A).numpy(), rtol=1e-5)
     np.testing.assert_array_equal(losses.class_indices(q, A).numpy(), [2, 0, 3])
     np.testing.assert_array_equal(losses.class_indices(hard, A).numpy(), hard)
+
+
+def test_target_loss_must_fit_the_kind_of_labels():
+    for loss in ("ce", "focal"):
+        losses.check_target_loss("cifar10", False, loss)
+    losses.check_target_loss("voc2007", True, "bce")
+    with pytest.raises(UserError) as info:
+        losses.check_target_loss("synthetic", False, "bce")
+    assert str(info.value) == (
+        "--target_loss=bce is for multi-label datasets but --dataset=synthetic has one class per image; "
+        "pass --target_loss=ce or focal, or a multi-label dataset (voc2007)."
+    )
+    for loss in ("ce", "focal"):
+        with pytest.raises(UserError) as info:
+            losses.check_target_loss("voc2007", True, loss)
+        assert str(info.value) == (
+            f"--dataset=voc2007 is multi-label (multi-hot labels) but --target_loss={loss} needs one class per "
+            "image; pass --target_loss=bce."
+        )
