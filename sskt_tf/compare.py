@@ -20,9 +20,7 @@ beside them where the dataset and target match), `comparison.json` (the same num
 needs matplotlib: `pip install ".[plots]"`).
 """
 
-import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -34,8 +32,10 @@ from absl import flags  # noqa: E402
 
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import train  # noqa: E402
-from sskt_tf.errors import UserError, run_cli, writable_dir  # noqa: E402
-from sskt_tf.methods import METHODS  # noqa: E402
+from sskt_tf import report  # noqa: E402
+from sskt_tf.cli import flag_definitions, reject_arguments, run_cli  # noqa: E402
+from sskt_tf.errors import UserError, writable_dir  # noqa: E402
+from sskt_tf.names import METHODS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -45,52 +45,26 @@ DEFAULT_OUTPUT_DIR = os.path.join("runs", "compare")
 # Training flags the runner sets itself for every run.
 _RUNNER_SET = ("method", "seed", "output_dir", "overwrite")
 
-METHOD_TITLES = {"sskt": "SSKT", "scratch": "scratch", "kd": "KD", "dml": "DML", "maxl": "MAXL"}
 
-# Published top-1 (%), mean +- std (Hong et al., WACV 2022, tables of results; the README lists them), by
-# (dataset, target) and method, with the paper's setting where it differs from ours.
-PAPER = {
-    ("cifar10", "resnet20"): {
-        "kd": (91.75, 0.24, ""),
-        "dml": (92.37, 0.15, ""),
-        "maxl": (91.56, 0.16, "psi=10"),
-        "sskt": (92.46, 0.15, "sources P+I"),
-    },
-    ("cifar10", "resnet32"): {"kd": (92.61, 0.31, ""), "dml": (93.26, 0.21, ""), "sskt": (93.38, 0.02, "sources P+I")},
-    ("cifar100", "resnet20"): {"kd": (68.66, 0.24, ""), "dml": (69.48, 0.05, ""), "sskt": (68.63, 0.12, "source I")},
-    ("cifar100", "resnet32"): {"kd": (70.5, 0.05, ""), "dml": (71.9, 0.03, ""), "sskt": (70.94, 0.36, "sources P+I")},
-    ("cifar10", "vgg16_bn"): {
-        "maxl": (93.49, 0.05, "psi=5"),
-        "sskt": (94.22, 0.02, "source I, VGG-16 source network"),
-    },
-}
-PAPER_EPOCHS = 200
+@flag_definitions
+def define_flags(flag_values):
+    """Defines the runner's flags on `flag_values` (see `sskt_tf.cli`): every training flag, --seeds, --methods."""
+    config_lib.define_flags(flag_values)
+    flags.DEFINE_integer("seeds", 3, "Seeds per method: --seed, --seed+1, ... (--seed is the first).", flag_values=flag_values)
+    flags.DEFINE_list(
+        "methods", list(METHODS), f"Methods to compare, in table order: {', '.join(METHODS)}.", flag_values=flag_values
+    )
 
 
-def define_flags():
-    config_lib.define_flags()
-    if "seeds" in FLAGS:
-        return
-    flags.DEFINE_integer("seeds", 3, "Seeds per method: --seed, --seed+1, ... (--seed is the first).")
-    flags.DEFINE_list("methods", list(METHODS), f"Methods to compare, in table order: {', '.join(METHODS)}.")
+def define_command_flags(flag_values=None):
+    """`define_flags`, with --output_dir described as the runner uses it (the flag is train's, shared).
 
-
-def define_command_flags():
-    """`define_flags`, with --output_dir described as the runner uses it (the flag is train's, shared)."""
-    define_flags()
-    FLAGS["output_dir"].help = "Where the runs (<output_dir>/<method>/seed<k>) and the comparison go (relative: to the current directory)."
-    FLAGS.set_default("output_dir", DEFAULT_OUTPUT_DIR)  # Shown by --help; train's own default is another.
-
-
-def _owner(name):
-    """The one method a training flag belongs to, or None when every run takes it."""
-    if name == "sources":
-        return "sskt"
-    if name == "teacher":
-        return "kd"
-    if name in config_lib.METHOD_FLAGS:
-        return name.split("_")[0]
-    return None
+    Only the command does this: in a process that also trains (the tests), train's own default stays.
+    """
+    flag_values = FLAGS if flag_values is None else flag_values
+    define_flags(flag_values)
+    flag_values["output_dir"].help = "Where the runs (<output_dir>/<method>/seed<k>) and the comparison go (relative: to the current directory)."
+    flag_values.set_default("output_dir", DEFAULT_OUTPUT_DIR)  # Shown by --help; train's own default is another.
 
 
 def training_args(fl, method, seed, run_dir):
@@ -99,7 +73,7 @@ def training_args(fl, method, seed, run_dir):
     for flag in fl.get_flags_for_module(config_lib):
         if not flag.present or flag.name in _RUNNER_SET:
             continue
-        owner = _owner(flag.name)
+        owner = config_lib.METHOD_FLAGS.get(flag.name)  # None: every run takes it.
         if owner is None or owner == method:
             args.append(flag.serialize())
     args += [f"--method={method}", f"--seed={seed}", f"--output_dir={run_dir}", "--nooverwrite"]
@@ -143,26 +117,15 @@ def resolve_config(args):
         _restore_flags(state)
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path} is not valid JSON ({e.msg}, line {e.lineno}); delete the run directory that holds it to redo that run."
-        ) from None
-
-
 def run_state(config):
     """'finished', 'new' (nothing or an unfinished run to resume); UserError for a finished run with other settings."""
     out = config.output_dir
     results_path = os.path.join(out, "results.json")
-    if not os.path.exists(results_path) or _read_json(results_path).get("status", "finished") != "finished":
+    if not os.path.exists(results_path) or report.read_json(results_path).get("status", "finished") != "finished":
         return "new"
-    previous = _read_json(os.path.join(out, "config.json")) if os.path.exists(os.path.join(out, "config.json")) else {}
-    current = json.loads(config.to_json())
+    previous = report.read_json(os.path.join(out, "config.json")) if os.path.exists(os.path.join(out, "config.json")) else {}
     # The settings train.py's own resumption check compares.
-    changed = sorted(k for k in current if k not in train._RUN_ONLY_FIELDS and previous.get(k) != current[k])
+    changed = [flag for flag, _, _ in train.changed_settings(previous, json.loads(config.to_json()))]
     if changed:
         raise UserError(
             f"{out} holds a finished run with other settings ({', '.join(changed)}); choose another "
@@ -251,193 +214,6 @@ def check_teacher(config):
         )
 
 
-# --- Reading the runs ------------------------------------------------------------------------
-
-
-def read_curve(run_dir, key="val_accuracy"):
-    """Per-epoch `key` of a run's metrics.csv (the test set: the pipeline validates on it)."""
-    path = os.path.join(run_dir, "metrics.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = {int(row["epoch"]): float(row[key]) for row in csv.DictReader(f) if row.get(key) not in (None, "")}
-    return [rows[e] for e in sorted(rows)]
-
-
-def read_run(run_dir):
-    """One finished run: its config, results and accuracy curve."""
-    return {
-        "dir": run_dir,
-        "config": _read_json(os.path.join(run_dir, "config.json")),
-        "results": _read_json(os.path.join(run_dir, "results.json")),
-        "curve": read_curve(run_dir),
-    }
-
-
-def mean_std(values):
-    """Mean and sample standard deviation (ddof 1; None for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return mean, std
-
-
-def _pm(mean, std, digits=2):
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} +- {std:.{digits}f}"
-
-
-def _short_spec(spec):
-    """A file spec as <folder>/<file> (a run's target.keras is named by its run), others as given."""
-    if not spec.endswith(".keras"):
-        return spec
-    return os.path.join(os.path.basename(os.path.dirname(os.path.abspath(spec))), os.path.basename(spec))
-
-
-def method_setting(method, config):
-    """What distinguishes a method's runs, from a run's config.json."""
-    if method == "sskt":
-        specs = config.get("sources") or []
-        return f"sources: {', '.join(_short_spec(s) for s in specs)}" if specs else "no sources (= scratch)"
-    if method == "kd":
-        return f"teacher: {_short_spec(config['teacher'])}, a={config['kd_alpha']:g}, T={config['temperature'][0]:g}"
-    if method == "dml":
-        return f"{config['dml_peers']} peers; the row is peer 0"
-    if method == "maxl":
-        psi = config["maxl_psi"]
-        order = "first-order (finite differences)" if config["maxl_first_order"] else "second-order"
-        return f"psi={','.join(map(str, psi))}, {order} meta-gradient"
-    return "the target alone"
-
-
-def summarize(runs_by_method):
-    """Per method: test accuracy (%) per seed, mean, std; DML also over all peers; the mean curve."""
-    summary = {}
-    for method, runs in runs_by_method.items():
-        if not runs:
-            continue
-        accuracies = [100 * r["results"]["test"]["accuracy"] for r in runs]
-        mean, std = mean_std(accuracies)
-        entry = {
-            "seeds": [r["config"]["seed"] for r in runs],
-            "test_accuracy": accuracies,
-            "mean": mean,
-            "std": std,
-            "setting": method_setting(method, runs[0]["config"]),
-            "epochs": [r["results"].get("epochs_completed") for r in runs],
-            "wall_time_seconds": [r["results"].get("wall_time_seconds") for r in runs],
-            "curves": [[100 * v for v in r["curve"]] for r in runs],
-        }
-        if method == "dml":
-            peers = [100 * p["accuracy"] for r in runs for p in r["results"].get("peers", [])]
-            entry["all_peers_mean"], entry["all_peers_std"] = mean_std(peers) if peers else (None, None)
-        summary[method] = entry
-    return summary
-
-
-def paper_numbers(config):
-    """The paper's numbers for this run's dataset and target, or {}."""
-    return PAPER.get((config.get("dataset"), config.get("model")), {})
-
-
-def shared_settings(config):
-    keys = ("dataset", "train_subset", "model", "epochs", "batch_size", "lr", "lr_schedule", "weight_decay", "target_loss")
-    return ", ".join(f"{k}={config.get(k)}" for k in keys if config.get(k) is not None)
-
-
-def write_markdown(path, summary, first_config, command, picture_note):
-    paper = paper_numbers(first_config)
-    lines = [
-        f"# SSKT and baselines: {first_config['dataset']}, {first_config['model']}",
-        "",
-        "Top-1 test accuracy (%) of the target after the last epoch, mean +- std over seeds (sample std, ddof 1).",
-        f"Written by `{command}`.",
-        "",
-        "| method | setting | seeds | test top-1 (%) | per seed | paper (top-1 %) | minutes per run |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method, s in summary.items():
-        published = paper.get(method)
-        paper_text = "-" if not published else f"{_pm(published[0], published[1])}" + (f" ({published[2]})" if published[2] else "")
-        setting = s["setting"]
-        if method == "dml" and s.get("all_peers_mean") is not None:
-            setting += f" (all peers: {_pm(s['all_peers_mean'], s['all_peers_std'])})"
-        minutes = [t / 60 for t in s["wall_time_seconds"] if t]
-        minutes_text = f"{sum(minutes) / len(minutes):.1f}" if minutes else "-"
-        lines.append(
-            f"| {METHOD_TITLES.get(method, method)} | {setting} | {','.join(map(str, s['seeds']))} | "
-            f"{_pm(s['mean'], s['std'])} | {', '.join(f'{a:.2f}' for a in s['test_accuracy'])} | {paper_text} | "
-            f"{minutes_text} |"
-        )
-    lines += ["", f"Shared settings: {shared_settings(first_config)}."]
-    if paper:
-        differs = first_config.get("epochs") != PAPER_EPOCHS or first_config.get("train_subset")
-        lines.append(
-            "The paper's numbers are for its full recipe (200 epochs, all training images)"
-            + ("; these runs are shorter, so only the order of the methods can be compared." if differs else ".")
-        )
-    else:
-        lines.append(
-            "No paper numbers: the paper reports --dataset=cifar10/cifar100 with --model=resnet20/resnet32 "
-            "(and CIFAR-10 with vgg16_bn)."
-        )
-    lines += ["", picture_note, ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-
-
-def write_plot(path, summary, title):
-    """comparison.png: test accuracy per epoch, mean over seeds with a +-std band. Returns False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, s in summary.items():
-        curves = [c for c in s["curves"] if c]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        epochs = list(range(1, length + 1))
-        stats = [mean_std([c[e] for c in curves]) for e in range(length)]
-        mean = [m for m, _ in stats]
-        ax.plot(epochs, mean, marker="o" if length < 20 else None, label=f"{METHOD_TITLES.get(method, method)} ({len(curves)} seeds)")
-        if len(curves) > 1:
-            ax.fill_between(epochs, [m - sd for m, sd in stats], [m + sd for m, sd in stats], alpha=0.2)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def write_comparison(output_dir, methods, runs_by_method, command):
-    """comparison.md, comparison.json and (with matplotlib) comparison.png in `output_dir`."""
-    summary = summarize({m: runs_by_method.get(m, []) for m in methods})
-    if not summary:
-        raise UserError(f"no finished runs under {output_dir} to compare.")
-    first_config = next(iter(runs_by_method[m] for m in summary))[0]["config"]
-    title = f"{first_config['dataset']}, {first_config['model']}"
-    picture = os.path.join(output_dir, "comparison.png")
-    if write_plot(picture, summary, title):
-        note = "![test accuracy per epoch](comparison.png)"
-    else:
-        note = 'comparison.png (test accuracy per epoch) needs matplotlib: pip install ".[plots]"'
-    write_markdown(os.path.join(output_dir, "comparison.md"), summary, first_config, command, note)
-    with open(os.path.join(output_dir, "comparison.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    return summary
-
-
 # --- Command ---------------------------------------------------------------------------------
 
 
@@ -462,8 +238,7 @@ def plan(fl):
 
 def main(argv, run_training=launch, command=None):
     """Runs what is missing, then writes the comparison. `run_training(args, log_path)` -> exit status."""
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag.")
+    reject_arguments(argv)
     command = command or " ".join(["python -m sskt_tf.compare", *sys.argv[1:]])
     root, methods, runs = plan(FLAGS)
     # Resolve and check every run before the first one starts: a bad flag stops the runner at once.
@@ -493,18 +268,18 @@ def main(argv, run_training=launch, command=None):
             results_path = os.path.join(run_dir, "results.json")
             if rc != 0 or not os.path.exists(results_path):
                 raise _failure(method, seed, rc, log_path)
-            accuracy = _read_json(results_path)["test"]["accuracy"]
+            accuracy = report.read_json(results_path)["test"]["accuracy"]
             print(f"{label}: done in {time.perf_counter() - start:.0f} s, test accuracy {100 * accuracy:.2f}%", flush=True)
-        runs_by_method[method].append(read_run(run_dir))
-    summary = write_comparison(root, methods, runs_by_method, command)
-    for method, s in summary.items():
-        seeds = len(s["seeds"])
-        print(f"{METHOD_TITLES.get(method, method)}: {_pm(s['mean'], s['std'])}% ({seeds} seed{'' if seeds == 1 else 's'})")
+        runs_by_method[method].append(report.read_run(run_dir))
+    summary = report.write_comparison(root, methods, runs_by_method, command)
+    for line in report.summary_lines(summary):
+        print(line)
     print(f"comparison: {os.path.join(root, 'comparison.md')}")
     return summary
 
 
 def run():
+    """The `python -m sskt_tf.compare` (and `sskt-compare`) command."""
     run_cli(main, define_command_flags)
 
 

@@ -1,8 +1,11 @@
 """Ports a torchvision-layout ResNet or VGG checkpoint (PyTorch) into a Keras `.keras` source.
 
-    python -m sskt_tf.convert_torch --arch resnet50 --num_classes 365 \
+    python -m sskt_tf.convert_torch --arch resnet50 --num_classes 365 \\
         resnet50_places365.pth.tar resnet50_places365.keras
     python -m sskt_tf.convert_torch --arch vgg16 vgg16-397923af.pth vgg16_imagenet.keras
+
+The two arguments after the flags: the checkpoint, a PyTorch `.pth` (state dict) or `.pth.tar`
+(a dict with `state_dict`), and the `.keras` file to write (replaced only with `--overwrite`).
 
 The paper's sources are torchvision's ImageNet ResNet-50 (v1.5) and VGG-16 and the CSAIL
 Places365 ResNet-50, all PyTorch checkpoints; Keras Applications' ResNet50 and VGG16 carry other
@@ -13,13 +16,14 @@ dicts (`.pth`), checkpoints that hold one under `state_dict` (`.pth.tar`), and `
 of DataParallel. Needs torch: `pip install ".[torch]"`.
 """
 
-import argparse
 import os
 import pickle
 
 import numpy as np
+from absl import flags
 
-from sskt_tf.errors import UserError, exit_with_error, writable_file
+from sskt_tf.cli import flag_definitions, run_cli
+from sskt_tf.errors import UserError, writable_file
 
 # --arch -> (family, depth, batch norm), as torchvision's constructors of the same names.
 ARCHS = {f"resnet{depth}": ("resnet", depth, True) for depth in (18, 34, 50, 101, 152)}
@@ -233,65 +237,86 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
     return model
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are a UserError (one `error:` line, exit status 2), not usage + message."""
+def convert_checkpoint(checkpoint, output, arch, *, num_classes=None, allow_pickle=False, overwrite=False):
+    """What `python -m sskt_tf.convert_torch` does: reads `checkpoint`, converts it, writes `output`.
 
-    def error(self, message):
-        raise UserError(f"{message}; see python -m sskt_tf.convert_torch --help.")
+    The output is checked before the checkpoint is read, and saved through a temporary file, so an
+    interrupted save never leaves half a model where a source was. Prints one line: what was written.
 
+    Args:
+        checkpoint: a PyTorch `.pth` (state dict) or `.pth.tar` (a dict with `state_dict`).
+        output: the `.keras` file to write; its file name (letters, digits, `_`) names the model.
+        arch: the checkpoint's architecture, a key of `ARCHS` (see `convert`).
+        num_classes: classifier width; None: from the checkpoint (see `convert`).
+        allow_pickle: unpickle arbitrary Python objects in the checkpoint (trusted files only).
+        overwrite: replace an existing `output`.
 
-def _parser():
-    parser = _ArgumentParser(
-        prog="python -m sskt_tf.convert_torch",
-        description="Port a torchvision-layout PyTorch ResNet or VGG checkpoint into a Keras .keras source "
-        "(raw [0, 255] RGB images in, logits out).",
-    )
-    parser.add_argument("--arch", required=True, choices=list(ARCHS), help="the checkpoint's architecture")
-    parser.add_argument(
-        "--num_classes",
-        type=int,
-        default=None,
-        help="classifier width (1000 ImageNet, 365 Places365); default: from fc.weight (VGG: classifier.6.weight)",
-    )
-    parser.add_argument(
-        "--allow_pickle",
-        action="store_true",
-        help="unpickle arbitrary Python objects in the checkpoint (torch.load weights_only=False); trusted files only",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("checkpoint", help="PyTorch .pth (state dict) or .pth.tar (dict with 'state_dict')")
-    parser.add_argument("output", help="the .keras file to write")
-    return parser
+    Returns:
+        The converted `keras.Model` (see `convert`).
 
-
-def main(argv=None):
-    args = _parser().parse_args(argv)
-    if not args.output.endswith(".keras"):
-        raise UserError(f"output {args.output!r} must end in .keras (Keras 3 model file); e.g. {args.arch}.keras.")
-    if os.path.isfile(args.output) and not args.overwrite:
-        raise UserError(f"output {args.output!r} exists; pass --overwrite to replace it, or another output path.")
-    writable_file(args.output, None, what="output .keras file")  # Before the checkpoint is read.
-    state_dict = load_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
-    stem = os.path.splitext(os.path.basename(args.output))[0]
-    name = "".join(c if c.isalnum() else "_" for c in stem) or args.arch
-    model = convert(state_dict, args.arch, args.num_classes, name=name, origin=f"checkpoint {args.checkpoint!r}")
+    Raises:
+        UserError: `output` does not end in `.keras`, exists without `overwrite` or cannot be
+            written; or what `load_state_dict` and `convert` refuse.
+    """
+    if not output.endswith(".keras"):
+        raise UserError(f"output {output!r} must end in .keras (Keras 3 model file); e.g. {arch}.keras.")
+    if os.path.isfile(output) and not overwrite:
+        raise UserError(f"output {output!r} exists; pass --overwrite to replace it, or another output path.")
+    writable_file(output, None, what="output .keras file")  # Before the checkpoint is read.
+    state_dict = load_state_dict(checkpoint, allow_pickle=allow_pickle)
+    stem = os.path.splitext(os.path.basename(output))[0]
+    name = "".join(c if c.isalnum() else "_" for c in stem) or arch
+    model = convert(state_dict, arch, num_classes, name=name, origin=f"checkpoint {checkpoint!r}")
     # Through a temporary file: an interrupted save never leaves half a model where a source was.
-    tmp = f"{args.output}.tmp.keras"
+    tmp = f"{output}.tmp.keras"
     model.save(tmp)
-    os.replace(tmp, args.output)
+    os.replace(tmp, output)
     parameters = sum(int(np.prod(w.shape)) for w in model.trainable_weights)  # as torch counts them
     print(
-        f"wrote {args.output}: {args.arch}, {model.output_shape[-1]} classes, {parameters:,} parameters "
-        f"from {len(state_dict)} tensors of {args.checkpoint}; use it as --sources={args.output}"
+        f"wrote {output}: {arch}, {model.output_shape[-1]} classes, {parameters:,} parameters "
+        f"from {len(state_dict)} tensors of {checkpoint}; use it as --sources={output}"
     )
     return model
 
 
+@flag_definitions
+def define_flags(flag_values):
+    """Defines the flags of `python -m sskt_tf.convert_torch` on `flag_values` (see `sskt_tf.cli`)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_enum("arch", None, list(ARCHS), "the checkpoint's architecture", required=True, **fv)
+    flags.DEFINE_integer(
+        "num_classes",
+        None,
+        "classifier width (1000 ImageNet, 365 Places365); default: from fc.weight (VGG: classifier.6.weight)",
+        **fv,
+    )
+    flags.DEFINE_bool(
+        "allow_pickle",
+        False,
+        "unpickle arbitrary Python objects in the checkpoint (torch.load weights_only=False); trusted files only",
+        **fv,
+    )
+    flags.DEFINE_bool("overwrite", False, "replace an existing output file", **fv)
+
+
+def main(argv):
+    """The absl main of `python -m sskt_tf.convert_torch`: the checkpoint and the output follow the flags."""
+    arguments = argv[1:]
+    usage = "see python -m sskt_tf.convert_torch --help."
+    if len(arguments) < 2:
+        missing = ("checkpoint", "output")[len(arguments):]
+        raise UserError(f"the following arguments are required: {', '.join(missing)}; {usage}")
+    if len(arguments) > 2:
+        raise UserError(f"unrecognized arguments: {' '.join(arguments[2:])}; {usage}")
+    fl = flags.FLAGS
+    convert_checkpoint(
+        *arguments, fl.arch, num_classes=fl.num_classes, allow_pickle=fl.allow_pickle, overwrite=fl.overwrite
+    )
+
+
 def run():
-    try:
-        main()
-    except UserError as e:
-        exit_with_error(e)
+    """The `python -m sskt_tf.convert_torch` (and `sskt-convert-torch`) command."""
+    run_cli(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m sskt_tf.evaluate --model=runs/cifar [--dataset=cifar10] [--data_dir=...] [--output_dir=...]
 
-`--model` is a run directory or a `.keras` file (see `sskt_tf.export.load_trained`). For a run
+`--model` is a run directory or a `.keras` file (see `sskt_tf.serving.trained.load_trained`). For a run
 directory, `--dataset` and `--data_dir` default to the run's own (config.json) and images are
 resized to the size it was trained at (results.json).
 
@@ -35,10 +35,11 @@ import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
 from sskt_tf import data as data_lib  # noqa: E402
-from sskt_tf import export as export_lib  # noqa: E402
 from sskt_tf import metrics as metrics_lib  # noqa: E402  (shared with training)
 from sskt_tf.metrics import average_precision  # noqa: E402,F401
-from sskt_tf.errors import UserError, blocking_file, run_cli, writable_dir  # noqa: E402
+from sskt_tf.cli import flag_definitions, reject_arguments, run_cli  # noqa: E402
+from sskt_tf.errors import UserError, blocking_file, writable_dir  # noqa: E402
+from sskt_tf.serving.trained import load_trained  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 256
 TOP5_MIN_CLASSES = 6
@@ -189,13 +190,34 @@ def _test_split_files(dataset, files):
 
 
 def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_BATCH_SIZE, verbose=True, skip_bad_images=False):
-    """Evaluates `trained` (an `export.TrainedModel`) on the test split of `dataset`; writes the outputs.
+    """Evaluates `trained` on the test split of `dataset` and writes the outputs to `output_dir`.
 
-    `skip_bad_images`: folder datasets, leave out image files that cannot be decoded (listed in
-    `skipped_images`) instead of refusing. `output_dir` is checked first and created only after
-    the data and the model have passed every check: a refused evaluation writes nothing.
+    Writes `metrics.json`, `per_class.csv`, and for single-label models `confusion_matrix.csv` and
+    `confusion_matrix.png` (see the module docstring). `output_dir` is checked first and created
+    only after the data and the model have passed every check: a refused evaluation writes nothing.
+    Single-label metrics are computed from the logits in float64 (`single_label_metrics`);
+    multi-label ones from per-label sigmoids (`sskt_tf.metrics`: mAP over classes, and the
+    reference code's per-image AP).
 
-    Returns the dict written to `metrics.json`.
+    Args:
+        trained: a `sskt_tf.serving.trained.TrainedModel`; the test images are resized to its
+            `image_size`.
+        dataset: a `--dataset` spec (`sskt_tf.data.load`), e.g. "cifar10" or "folder:<dir>".
+        data_dir: the TFDS data directory, or None for TFDS's default.
+        output_dir: the directory for the outputs (created with its parents).
+        batch_size: images per evaluation batch.
+        verbose: print the metrics and the per-class table (`format_report`).
+        skip_bad_images: folder datasets: leave out image files that cannot be decoded (listed in
+            `skipped_images`) instead of refusing.
+
+    Returns:
+        The dict written to `metrics.json`: `test` (the metrics), `per_class`, `num_test`,
+        `class_names`, `skipped_images`, ...
+
+    Raises:
+        UserError: `output_dir` cannot be created or written; the dataset cannot be loaded
+            (`sskt_tf.data.load`: an unknown spec, a missing download, undecodable images without
+            `skip_bad_images`); or its class count or class names are not the model's.
     """
     check_output_dir(output_dir)  # Before the test set is read; creates nothing.
     data = _load_test_data(
@@ -294,10 +316,24 @@ def run_evaluation(
 ):
     """What `python -m sskt_tf.evaluate` does: defaults from the run, then `evaluate`.
 
-    `skip_bad_images=None`: the run's own `--skip_bad_images` (config.json) on the run's own
-    dataset, False on other data or for a `.keras` file outside a run directory.
+    Args:
+        model: a run directory or a `.keras` file (`sskt_tf.serving.trained.load_trained`).
+        dataset: a `--dataset` spec; None: the run's own (config.json).
+        data_dir: the TFDS data directory; None: the run's own when on its own dataset.
+        output_dir: None: `<run dir>/evaluation/<dataset>` (beside a lone `.keras` file).
+        batch_size: images per evaluation batch.
+        multi_label: score as multi-label; None: the run's `--target_loss=bce`.
+        skip_bad_images: None: the run's own `--skip_bad_images` (config.json) on the run's own
+            dataset, False on other data or for a `.keras` file outside a run directory.
+
+    Returns:
+        The dict written to `metrics.json` (see `evaluate`).
+
+    Raises:
+        UserError: no `dataset` and no run's config.json to take it from, a `batch_size` below 1,
+            and what `load_trained` and `evaluate` refuse.
     """
-    trained = export_lib.load_trained(model, multi_label=multi_label)
+    trained = load_trained(model, multi_label=multi_label)
     dataset = dataset or trained.config.get("dataset")
     if not dataset:
         raise UserError(f"--dataset is needed: --model={model} is not in a run directory with a config.json to take it from.")
@@ -316,26 +352,28 @@ def run_evaluation(
     )
 
 
-def define_flags():
-    if "output_dir" in flags.FLAGS:
-        return
-    flags.DEFINE_string("model", None, "Run directory (with target.keras) or .keras file.", required=True)
-    flags.DEFINE_string("dataset", None, "cifar10 | cifar100 | stl10 | voc2007 | tfds:<name> | folder:<dir> | synthetic[:classes] | synthetic_multilabel:<classes> (default: the run's).")
-    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the run's, for the run's dataset).")
-    flags.DEFINE_string("output_dir", None, "Where to write metrics.json, per_class.csv, confusion_matrix.{csv,png} (default: <run dir>/evaluation/<dataset>).")
-    flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Evaluation batch size.")
-    flags.DEFINE_bool("multi_label", None, "Score as multi-label (mAP) instead of single-label (default: the run's --target_loss=bce).")
+@flag_definitions
+def define_flags(flag_values):
+    """Defines the flags of `python -m sskt_tf.evaluate` on `flag_values` (see `sskt_tf.cli`)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("model", None, "Run directory (with target.keras) or .keras file.", required=True, **fv)
+    flags.DEFINE_string("dataset", None, "cifar10 | cifar100 | stl10 | voc2007 | tfds:<name> | folder:<dir> | synthetic[:classes] | synthetic_multilabel:<classes> (default: the run's).", **fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the run's, for the run's dataset).", **fv)
+    flags.DEFINE_string("output_dir", None, "Where to write metrics.json, per_class.csv, confusion_matrix.{csv,png} (default: <run dir>/evaluation/<dataset>).", **fv)
+    flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Evaluation batch size.", **fv)
+    flags.DEFINE_bool("multi_label", None, "Score as multi-label (mAP) instead of single-label (default: the run's --target_loss=bce).", **fv)
     flags.DEFINE_bool(
         "skip_bad_images",
         None,
         "folder: datasets: leave out image files that cannot be decoded, listed in metrics.json (skipped_images) "
         "(default: the run's own --skip_bad_images on its own dataset, otherwise stop and name them).",
+        **fv,
     )
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull).")
+    """The absl main of `python -m sskt_tf.evaluate`: `run_evaluation` with the parsed flags."""
+    reject_arguments(argv)
     fl = flags.FLAGS
     run_evaluation(
         fl.model,
@@ -349,6 +387,7 @@ def main(argv):
 
 
 def run():
+    """The `python -m sskt_tf.evaluate` (and `sskt-evaluate`) command."""
     run_cli(main, define_flags)
 
 

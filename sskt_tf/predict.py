@@ -20,8 +20,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 
-from sskt_tf import export as export_lib  # noqa: E402
-from sskt_tf.errors import UserError, run_cli  # noqa: E402
+from sskt_tf.cli import flag_definitions, run_cli  # noqa: E402
+from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.serving.preprocessing import decode_images  # noqa: E402
+from sskt_tf.serving.saved_model import BYTES_SIGNATURE, is_saved_model  # noqa: E402
+from sskt_tf.serving.trained import load_trained  # noqa: E402
 
 DEFAULT_TOP_K = 5
 
@@ -51,18 +54,18 @@ class Predictor:
 
     def __init__(self, model_path, multi_label=None):
         model_path = os.path.expanduser(str(model_path))
-        if os.path.isdir(model_path) and export_lib.is_saved_model(model_path):
+        if os.path.isdir(model_path) and is_saved_model(model_path):
             loaded = tf.saved_model.load(model_path)
-            if export_lib.BYTES_SIGNATURE not in loaded.signatures:
+            if BYTES_SIGNATURE not in loaded.signatures:
                 raise UserError(
-                    f"--model={model_path} is a SavedModel without a {export_lib.BYTES_SIGNATURE} signature; "
+                    f"--model={model_path} is a SavedModel without a {BYTES_SIGNATURE} signature; "
                     "pass a SavedModel written by python -m sskt_tf.export, or the run directory."
                 )
-            self._serve = loaded.signatures[export_lib.BYTES_SIGNATURE]
+            self._serve = loaded.signatures[BYTES_SIGNATURE]
             self.class_names = tuple(n.decode() for n in loaded.class_names[0].numpy())
             self._keras = None
         else:
-            trained = export_lib.load_trained(model_path, multi_label=multi_label)
+            trained = load_trained(model_path, multi_label=multi_label)
             self._keras = trained
             self.class_names = trained.class_names
 
@@ -72,9 +75,9 @@ class Predictor:
         if self._keras is None:
             return self._serve(image_bytes=batch)["probabilities"].numpy()
         trained = self._keras
-        images = export_lib.decode_images(batch, tuple(trained.image_size))
+        images = decode_images(batch, tuple(trained.image_size))
         logits = trained.model(images, training=False)
-        return export_lib.probabilities(logits, trained.multi_label).numpy()
+        return trained.probabilities(logits).numpy()
 
 
 def top_k(probabilities, class_names, k):
@@ -104,20 +107,23 @@ def format_predictions(predictions):
     return "\n".join(lines)
 
 
-def define_flags():
-    if "top_k" in flags.FLAGS:
-        return
-    flags.DEFINE_string("model", None, "Run directory, .keras file, or SavedModel directory from sskt_tf.export.", required=True)
-    flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "Classes shown per image.")
-    flags.DEFINE_bool("multi_label", None, "For a run or .keras model: sigmoid per label instead of softmax (default: the run's --target_loss=bce).")
+@flag_definitions
+def define_flags(flag_values):
+    """Defines the flags of `python -m sskt_tf.predict` on `flag_values` (see `sskt_tf.cli`)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("model", None, "Run directory, .keras file, or SavedModel directory from sskt_tf.export.", required=True, **fv)
+    flags.DEFINE_integer("top_k", DEFAULT_TOP_K, "Classes shown per image.", **fv)
+    flags.DEFINE_bool("multi_label", None, "For a run or .keras model: sigmoid per label instead of softmax (default: the run's --target_loss=bce).", **fv)
 
 
 def main(argv):
+    """The absl main of `python -m sskt_tf.predict`: the image files are the arguments after the flags."""
     fl = flags.FLAGS
     print(format_predictions(predict(fl.model, argv[1:], k=fl.top_k, multi_label=fl.multi_label)))
 
 
 def run():
+    """The `python -m sskt_tf.predict` (and `sskt-predict`) command."""
     run_cli(main, define_flags)
 
 

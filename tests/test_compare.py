@@ -118,14 +118,6 @@ def test_runner_writes_table_and_picture_and_resumes(parsed, tmp_path, capsys):
         compare.main(["compare"], run_training=lambda args, log: pytest.fail("no run may start"))
 
 
-def test_paper_numbers_appear_where_dataset_and_target_match(parsed, tmp_path):
-    parsed(*SMOKE, "--seeds=1", "--methods=kd,dml", "--dataset=cifar10", f"--output_dir={tmp_path}")
-    compare.main(["compare"], run_training=fake_training([]))
-    table = (tmp_path / "comparison.md").read_text()
-    assert "| 91.75 +- 0.24 |" in table and "| 92.37 +- 0.15 |" in table
-    assert "these runs are shorter, so only the order of the methods can be compared" in table
-
-
 def test_a_failed_run_stops_the_runner_with_its_error_line(parsed, tmp_path):
     def failing(args, log_path):
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -179,23 +171,15 @@ def test_the_default_output_dir_is_said_in_the_help_and_at_start(parsed, tmp_pat
     assert (tmp_path / "runs" / "compare" / "comparison.md").exists()
 
 
-def test_without_matplotlib_the_table_says_how_to_get_the_picture(parsed, tmp_path, monkeypatch):
-    parsed(*SMOKE, "--seeds=1", "--methods=scratch", f"--output_dir={tmp_path}")
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    compare.main(["compare"], run_training=fake_training([]))
-    assert 'needs matplotlib: pip install ".[plots]"' in (tmp_path / "comparison.md").read_text()
-    assert not (tmp_path / "comparison.png").exists()
-
-
-def _real_command(workdir, stand_ins, items):
+def _real_command(workdir, stand_ins):
     out = workdir / "compare"
     command = [sys.executable, "-m", "sskt_tf.compare", *SMOKE, "--methods=kd", "--seeds=1", "--steps_per_epoch=1", f"--output_dir={out}"]
-    return lambda: (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600))
+    return (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600))
 
 
-@pytest.mark.background(job=_real_command)
-def test_the_command_trains_for_real_on_smoke_settings(background):
-    out, proc = background.result()
+@pytest.mark.slow
+def test_the_command_trains_for_real_on_smoke_settings(tmp_path, stand_ins):
+    out, proc = _real_command(tmp_path, stand_ins)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     # KD: the routed --teacher reached the subprocess (the other methods run from the command in test_methods).
     results = json.loads((out / "kd" / "seed0" / "results.json").read_text())
@@ -219,8 +203,8 @@ def test_resolving_a_run_leaves_the_runner_flags_as_they_were(parsed, tmp_path):
     assert not FLAGS.is_parsed()
 
 
-def _cli_errors(workdir, stand_ins, items):
-    """The runner's error paths from the command line, all at once in the background lane."""
+def _cli_errors(workdir, stand_ins):
+    """The runner's error paths from the command line, all at once."""
     (workdir / "a_file").write_text("x")
     command = [sys.executable, "-m", "sskt_tf.compare"]
     commands = {
@@ -229,12 +213,12 @@ def _cli_errors(workdir, stand_ins, items):
         "output_dir is a file": [*command, *SMOKE, "--methods=scratch", f"--output_dir={workdir / 'a_file'}"],
         "unknown flag": [*command, *SMOKE, "--seedz=2"],
     }
-    return lambda: (workdir, dict(zip(commands, run_commands(list(commands.values())))))
+    return (workdir, dict(zip(commands, run_commands(list(commands.values())))))
 
 
-@pytest.mark.background(job=_cli_errors)
-def test_cli_errors_are_one_line_with_exit_status_2(background):
-    workdir, results = background.result()
+@pytest.mark.slow
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, stand_ins):
+    workdir, results = _cli_errors(tmp_path, stand_ins)
     assert_one_error_line(results["no teacher"], "--methods includes kd: --method=kd needs --teacher=<spec>")
     assert_one_error_line(results["output_dir is a file"], str(workdir / "a_file"), "is a file")
     assert_one_error_line(results["unknown flag"], "unknown flag --seedz", "did you mean --seed or --seeds?")

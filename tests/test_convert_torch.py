@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_error_line, run_commands
 from torch import nn
 
 from sskt_tf import convert_torch, sources
@@ -177,7 +178,7 @@ def test_converted_logits_match_torch(checkpoints, arch, fmt):
 def test_cli_writes_a_source_that_build_source_accepts(checkpoints, tmp_path, capsys):
     ckpt = checkpoints("resnet18")
     out = tmp_path / "nested" / "resnet18_places365.keras"
-    convert_torch.main(["--arch", "resnet18", "--num_classes", "10", ckpt.tar, str(out)])
+    convert_torch.convert_checkpoint(ckpt.tar, str(out), "resnet18", num_classes=10)
     assert f"wrote {out}: resnet18, 10 classes" in capsys.readouterr().out
     reloaded = keras.saving.load_model(str(out), compile=False)
     np.testing.assert_allclose(reloaded(ckpt.x).numpy(), ckpt.logits, atol=1e-4, rtol=0)
@@ -192,9 +193,9 @@ def test_cli_writes_a_source_that_build_source_accepts(checkpoints, tmp_path, ca
     # An existing output is never replaced without --overwrite: the file stays as it was.
     before = out.read_bytes()
     with pytest.raises(UserError, match="exists; pass --overwrite"):
-        convert_torch.main(["--arch", "resnet18", "--num_classes", "10", ckpt.tar, str(out)])
+        convert_torch.convert_checkpoint(ckpt.tar, str(out), "resnet18", num_classes=10)
     assert out.read_bytes() == before
-    convert_torch.main(["--arch", "resnet18", "--num_classes", "10", "--overwrite", ckpt.tar, str(out)])
+    convert_torch.convert_checkpoint(ckpt.tar, str(out), "resnet18", num_classes=10, overwrite=True)
     assert "wrote" in capsys.readouterr().out and os.listdir(out.parent) == [out.name]
 
 
@@ -234,7 +235,7 @@ def test_file_errors(checkpoints, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"checkpoint '.*nowhere\.pth' does not exist"):
         convert_torch.load_state_dict(str(tmp_path / "nowhere.pth"))
     with pytest.raises(UserError, match=r"must end in \.keras"):
-        convert_torch.main(["--arch", "resnet18", ckpt.pth, str(tmp_path / "out.h5")])
+        convert_torch.convert_checkpoint(ckpt.pth, str(tmp_path / "out.h5"), "resnet18")
     not_torch = tmp_path / "notes.pth"
     not_torch.write_text("hello")
     with pytest.raises(UserError, match="could not read checkpoint .*notes\\.pth.* with torch.load"):
@@ -351,7 +352,7 @@ def test_vgg16_bn_layout_converts_at_any_size(narrow_vgg16_bn, size):
 
 def test_cli_writes_a_vgg_source_at_the_scaled_size(narrow_vgg16_bn, tmp_path, capsys):
     out = tmp_path / "vgg16_bn_imagenet.keras"
-    convert_torch.main(["--arch", "vgg16_bn", narrow_vgg16_bn.pth, str(out)])
+    convert_torch.convert_checkpoint(narrow_vgg16_bn.pth, str(out), "vgg16_bn")
     assert f"wrote {out}: vgg16_bn, 10 classes" in capsys.readouterr().out
     source = sources.build_source(str(out), (32, 32))  # the reference's CIFAR x7/3: 74 px
     assert source.image_size == (74, 74) and source.num_classes == 10
@@ -371,30 +372,37 @@ def test_wrong_vgg_variant_names_the_tensor(narrow_vgg16_bn):
         convert_torch.convert(state_dict, "vgg19_bn")
 
 
-def test_command_line_reports_user_errors_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["convert_torch", "--arch", "resnet50", str(tmp_path / "missing.pth"), "x.keras"])
-    with pytest.raises(SystemExit) as exit_info:
-        convert_torch.run()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint ") and "missing.pth' does not exist" in err and err.count("\n") == 1
-
-
-def test_command_line_output_and_usage_errors_are_one_line(checkpoints, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tmp_path):
     ckpt = checkpoints("resnet18")
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "dir.keras").mkdir()
-    cases = [
-        (["--arch", "resnet18", ckpt.pth, str(tmp_path / "dir.keras")], f"error: {tmp_path / 'dir.keras'} is a directory, not a file"),
-        (["--arch", "resnet18", ckpt.pth, str(tmp_path / "a_file" / "x.keras")], f"cannot write the output .keras file there, {tmp_path / 'a_file'} is a file"),
-        ([ckpt.pth, str(tmp_path / "x.keras")], "error: the following arguments are required: --arch; see python -m sskt_tf.convert_torch --help."),
-        (["--arch", "resnet7", ckpt.pth, str(tmp_path / "x.keras")], "error: argument --arch: invalid choice: 'resnet7'"),
-    ]
-    for argv, expected in cases:
-        monkeypatch.setattr(sys, "argv", ["convert_torch", *argv])
-        with pytest.raises(SystemExit) as exit_info:
-            convert_torch.run()
-        captured = capsys.readouterr()
-        assert exit_info.value.code == 2 and captured.out == "", argv
-        assert captured.err.count("\n") == 1 and captured.err.startswith("error: ") and expected in captured.err, captured.err
-    assert (tmp_path / "a_file").read_text() == "x" and not (tmp_path / "x.keras").exists()
+    out, unused = tmp_path / "resnet18_places365.keras", str(tmp_path / "x.keras")
+    command = [sys.executable, "-m", "sskt_tf.convert_torch"]
+    cases = {
+        # Values after a space, as argparse took them, and the flags before the two arguments.
+        "converts": [*command, "--arch", "resnet18", "--num_classes", "10", ckpt.tar, str(out)],
+        "missing checkpoint": [*command, "--arch", "resnet50", str(tmp_path / "missing.pth"), unused],
+        "output is a directory": [*command, "--arch", "resnet18", ckpt.pth, str(tmp_path / "dir.keras")],
+        "a file in the way": [*command, "--arch", "resnet18", ckpt.pth, str(tmp_path / "a_file" / "x.keras")],
+        "no --arch": [*command, ckpt.pth, unused],
+        "unknown --arch": [*command, "--arch", "resnet7", ckpt.pth, unused],
+        "no output": [*command, "--arch=resnet18", ckpt.pth],
+    }
+    results = dict(zip(cases, run_commands(list(cases.values()))))
+    rc, stdout, stderr = results["converts"]
+    assert rc == 0 and stdout.startswith(f"wrote {out}: resnet18, 10 classes") and stderr == [], (rc, stderr[-20:])
+    reloaded = keras.saving.load_model(str(out), compile=False)
+    np.testing.assert_allclose(reloaded(ckpt.x).numpy(), ckpt.logits, atol=1e-4, rtol=0)
+    expected = {
+        "missing checkpoint": ["error: checkpoint ", "missing.pth' does not exist"],
+        "output is a directory": [f"error: {tmp_path / 'dir.keras'} is a directory, not a file"],
+        "a file in the way": [f"cannot write the output .keras file there, {tmp_path / 'a_file'} is a file"],
+        "no --arch": ["error: --arch is required and was not given", "the checkpoint's architecture", "pass --arch=<value>"],
+        "unknown --arch": ["error: flag --arch=resnet7: value should be one of <resnet18|resnet34|"],
+        "no output": ["error: the following arguments are required: output; see python -m sskt_tf.convert_torch --help."],
+    }
+    for name, needles in expected.items():
+        assert_one_error_line(results[name], *needles)
+        assert results[name][1] == "", name
+    assert (tmp_path / "a_file").read_text() == "x" and not os.path.exists(unused)

@@ -206,15 +206,15 @@ def test_a_run_trained_with_skip_bad_images_is_evaluated_without_them(tmp_path, 
     assert not (tmp_path / "no").exists()
 
 
-def _cli(workdir, stand_ins, items):
+def _cli(workdir, stand_ins):
     run, out = make_run_dir(workdir), workdir / "cli"
     command = [sys.executable, "-m", "sskt_tf.evaluate", f"--model={run / 'target.keras'}", f"--output_dir={out}"]
-    return lambda: (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300))
+    return (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300))
 
 
-@pytest.mark.background(job=_cli)
-def test_cli_prints_the_metrics_and_the_table(background):
-    out, proc = background.result()
+@pytest.mark.slow
+def test_cli_prints_the_metrics_and_the_table(tmp_path, stand_ins):
+    out, proc = _cli(tmp_path, stand_ins)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "accuracy=0.8500" in proc.stdout and "precision" in proc.stdout and "airplane" in proc.stdout
     assert sorted(os.listdir(out)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "per_class.csv"]
@@ -228,7 +228,7 @@ def test_an_unusable_output_dir_is_refused_before_the_test_set_is_read(run_dir, 
         evaluate.run_evaluation(str(run_dir), output_dir=str(tmp_path / "a_file" / "eval"))
 
 
-def _cli_errors(workdir, stand_ins, items):
+def _cli_errors(workdir, stand_ins):
     run = make_run_dir(workdir)
     (workdir / "a_file").write_text("x")
     command = [sys.executable, "-m", "sskt_tf.evaluate"]
@@ -238,12 +238,12 @@ def _cli_errors(workdir, stand_ins, items):
         "no --model": [*command, f"--output_dir={workdir / 'out'}"],
         "bad --batch_size": [*command, f"--model={run}", "--batch_size=many"],
     }
-    return lambda: (workdir, dict(zip(commands, run_commands(list(commands.values())))))
+    return (workdir, dict(zip(commands, run_commands(list(commands.values())))))
 
 
-@pytest.mark.background(job=_cli_errors)
-def test_cli_errors_are_one_line_with_exit_status_2(background):
-    workdir, results = background.result()
+@pytest.mark.slow
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, stand_ins):
+    workdir, results = _cli_errors(tmp_path, stand_ins)
     assert_one_error_line(results["output_dir is a file"], f"--output_dir={workdir / 'a_file'} is a file")
     assert_one_error_line(results["no --model"], "--model is required")
     assert_one_error_line(results["bad --batch_size"], "--batch_size=many", "takes an integer")

@@ -1,0 +1,178 @@
+"""A trained target, loaded from a run directory or a `.keras` file, with what serving it needs.
+
+`python -m sskt_tf.export`, `sskt_tf.evaluate` and `sskt_tf.predict` all start from `load_trained`.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+import sskt_tf  # noqa: F401  (registers the custom layers that .keras files refer to)
+from sskt_tf.errors import UserError
+from sskt_tf.serving.saved_model import is_saved_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A trained target and what is needed to use it.
+
+    Attributes:
+        model: Keras model, float32 raw RGB images `[N, H, W, 3]` in 0..255 -> float32 logits `[N, C]`.
+        class_names: one name per output, `C` strings.
+        image_size: `(H, W)` in pixels, the size the model was trained at.
+        multi_label: whether the outputs are independent labels (sigmoid) rather than one class (softmax).
+        model_path: the `.keras` file.
+        run_dir: the run directory the model comes from, or None.
+        config: the run's `config.json` as a dict ({} without a run directory).
+    """
+
+    model: keras.Model
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    multi_label: bool
+    model_path: str
+    run_dir: str | None = None
+    config: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self):
+        """`C`, the number of outputs (classes or labels)."""
+        return len(self.class_names)
+
+    def probabilities(self, logits):
+        """The scores the commands and exports report for `logits` of this model.
+
+        Args:
+            logits: float32 `[N, C]`, outputs of `model`.
+
+        Returns:
+            float32 `[N, C]`: a softmax over the classes, or one sigmoid per label when
+            `multi_label` (the scores then do not sum to 1).
+        """
+        return tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits, axis=-1)
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _run_dir_of(keras_path):
+    """The run directory holding `keras_path` (target.keras or checkpoints/*.keras), or None."""
+    here = os.path.dirname(os.path.abspath(keras_path))
+    for candidate in (here, os.path.dirname(here) if os.path.basename(here) == "checkpoints" else None):
+        if candidate and os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    return None
+
+
+def load_trained(path, *, multi_label=None, flag="--model"):
+    """Loads a run directory or a `.keras` file as a `TrainedModel`.
+
+    A run directory gives its `target.keras` with the class names and image size of its
+    `results.json` and the settings of its `config.json`; a `.keras` file inside a run directory
+    (`checkpoints/best.keras`) takes them from there too. A lone `.keras` file gives the class
+    names its `Classifier` layer stores (else `class_0`, `class_1`, ...) and its fixed input size.
+    A classifier that ends in its own softmax or sigmoid is scored by its logits
+    (`sskt_tf.sources.logits_model`), so its probabilities are not softened twice.
+
+    Args:
+        path: a run directory (with `target.keras`) or a `.keras` file saved by Keras 3.
+        multi_label: True/False, or None for the run's choice (`target_loss == "bce"` in its
+            config.json; without one, whether the model ended in a sigmoid).
+        flag: the flag named in error messages.
+
+    Returns:
+        A `TrainedModel`.
+
+    Raises:
+        UserError: a missing path, a SavedModel or another file where a Keras model is needed, a
+            run directory without `target.keras`, a file Keras cannot load, a model that does not
+            map one image batch `[N, H, W, 3]` to logits `[N, C]`, class names (stored in the
+            model or listed in results.json) that do not match it or each other, or a model of
+            any input size without a results.json to give its training size.
+    """
+    path = os.path.expanduser(str(path))
+    allowed = "a run directory (with target.keras) or a .keras file"
+    if not os.path.exists(path):
+        raise UserError(f"{flag}={path}: no such file or directory; pass {allowed}.")
+    if os.path.isdir(path):
+        if is_saved_model(path):
+            raise UserError(
+                f"{flag}={path} is an exported SavedModel; this command needs the Keras model: pass {allowed}."
+            )
+        keras_path = os.path.join(path, "target.keras")
+        if not os.path.isfile(keras_path):
+            hint = " (the run has not finished: checkpoints/last.keras holds its latest epoch)" if os.path.isfile(
+                os.path.join(path, "checkpoints", "last.keras")
+            ) else ""
+            raise UserError(f"{flag}={path}: the directory has no target.keras{hint}; pass {allowed}.")
+        run_dir = path
+    elif path.endswith(".keras"):
+        keras_path, run_dir = path, _run_dir_of(path)
+    else:
+        raise UserError(f"{flag}={path} is not a .keras file; pass {allowed}.")
+
+    try:
+        model = keras.saving.load_model(keras_path, compile=False)
+    except Exception as e:  # Keras raises many types for a broken or foreign file.
+        raise UserError(
+            f"{flag}: could not load {keras_path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "it must be a .keras file saved by Keras 3."
+        ) from None
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3 or len(model.outputs) != 1 or len(model.output_shape) != 2:
+        raise UserError(
+            f"{flag}: {keras_path} must map one image batch [N, H, W, 3] to logits [N, classes]; it has "
+            f"inputs {shape} and outputs {model.output_shape}."
+        )
+    num_outputs = model.output_shape[-1]
+
+    results = _read_json(os.path.join(run_dir, "results.json")) if run_dir else {}
+    config = _read_json(os.path.join(run_dir, "config.json")) if run_dir else {}
+    # A target saved by this project stores its class names (in its Classifier layer); the run's
+    # results.json names them too. Either serves alone; where both do, they must agree.
+    from sskt_tf.models.layers import class_names_of
+
+    stored = class_names_of(model)
+    listed = tuple(results["class_names"]) if results.get("class_names") else None
+    if stored is not None and listed is not None and stored != listed:
+        raise UserError(
+            f"{flag}: {keras_path} stores the class names {list(stored)[:4]}... but {run_dir}/results.json "
+            f"names {list(listed)[:4]}...; the file is not that run's model: pass the model of that run."
+        )
+    class_names = listed or stored or tuple(f"class_{i}" for i in range(num_outputs))
+    if len(class_names) != num_outputs:
+        raise UserError(
+            f"{flag}: {keras_path} has {num_outputs} outputs but {run_dir}/results.json names "
+            f"{len(class_names)} classes; pass the model of that run."
+        )
+    if results.get("image_size"):
+        image_size = tuple(int(s) for s in results["image_size"])
+    elif None not in shape[1:3]:
+        image_size = tuple(int(s) for s in shape[1:3])
+    else:
+        raise UserError(
+            f"{flag}: {keras_path} accepts any image size and has no results.json beside it to say which "
+            "size it was trained at; pass the run directory instead."
+        )
+    # A classifier that ends in its own softmax or sigmoid would be softened twice: its logits.
+    from sskt_tf.sources import logits_model
+
+    model, activation = logits_model(flag, keras_path, model, image_size)
+    if multi_label is None:
+        multi_label = config.get("target_loss") == "bce" if config else activation == "sigmoid"
+    return TrainedModel(
+        model=model,
+        class_names=class_names,
+        image_size=image_size,
+        multi_label=bool(multi_label),
+        model_path=keras_path,
+        run_dir=run_dir,
+        config=config,
+    )

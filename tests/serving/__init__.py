@@ -1,0 +1,1 @@
+"""Tests of sskt_tf/serving/, one file per module."""
