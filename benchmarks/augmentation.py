@@ -2,7 +2,7 @@
 
     python benchmarks/augmentation.py [--data=folder:/tmp/cifar10] [--batches=40] [--batch_size=128]
 
-Each row builds the training stream of `sskt_tf.data.load` with one `Augmentation` and times
+Each row builds the training stream of `sskt_tf.data.load` with one `AugmentationConfig` and times
 `--batches` batches after `--warmup` (the first pass fills the in-memory cache). The pipeline
 runs on the CPU in every setting, so these figures say whether the input can keep up with a
 given training step.
@@ -15,8 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from sskt_tf import augment  # noqa: E402
 from sskt_tf import data as data_lib  # noqa: E402
+from sskt_tf.config import AugmentationConfig  # noqa: E402
 
 flags.DEFINE_string("data", "synthetic", "Dataset (e.g. folder:/tmp/cifar10).")
 flags.DEFINE_integer("batches", 40, "Timed batches per row.")
@@ -25,12 +25,12 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 FLAGS = flags.FLAGS
 
 ROWS = (
-    ("none", augment.Augmentation(kind="none"), False),
-    ("standard (pad-4 crop + flip)", augment.Augmentation(), False),
-    ("standard + mixup 0.2", augment.Augmentation(mixup=0.2), False),
-    ("standard + cutmix 1.0", augment.Augmentation(cutmix=1.0), False),
-    ("randaugment N=2 M=0.5, parallel", augment.Augmentation(kind="randaugment"), False),
-    ("randaugment N=2 M=0.5, --deterministic", augment.Augmentation(kind="randaugment"), True),
+    ("none", AugmentationConfig(kind="none"), False),
+    ("standard (pad-4 crop + flip)", AugmentationConfig(), False),
+    ("standard + mixup 0.2", AugmentationConfig(mixup=0.2), False),
+    ("standard + cutmix 1.0", AugmentationConfig(cutmix=1.0), False),
+    ("randaugment N=2 M=0.5, parallel", AugmentationConfig(kind="randaugment"), False),
+    ("randaugment N=2 M=0.5, --deterministic", AugmentationConfig(kind="randaugment"), True),
 )
 
 

@@ -1,6 +1,7 @@
 """Training-batch augmentation: the reference's pad-crop-flip, RandAugment, MixUp and CutMix.
 
-`Augmentation` describes what a training batch goes through, in this order:
+`sskt_tf.config.AugmentationConfig` (the `--augment`, `--mixup`, ... flags) says what a
+training batch goes through; `BatchAugmenter` applies it, in this order:
 
 1. `standard`: per-image random crop of the zero-padded image and random horizontal
    flip, as the reference code's `RandomCrop(size, padding=4)` + `RandomHorizontalFlip()`.
@@ -22,67 +23,13 @@ batch's seed before each batch (see there).
 
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 
-from sskt_tf.errors import UserError
-
-AUGMENTS = ("none", "standard", "randaugment")
+from sskt_tf.config import AugmentationConfig
 
 # Independent streams derived from one batch seed; pad-crop-flip uses the batch seed itself.
 _RANDAUGMENT_STREAM = 1
 _MIX_STREAM = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """What a training batch goes through (see the module docstring).
-
-    Attributes:
-        kind: "none", "standard" (pad-crop-flip) or "randaugment" (pad-crop-flip, then RandAugment).
-        padding: zero padding of the random crop, per side.
-        randaugment_layers: operations applied per image (RandAugment's N).
-        randaugment_magnitude: strength of every operation, in [0, 1] (keras-cv's scale:
-            0 leaves images unchanged, 1 is each operation's strongest setting; RandAugment's M / 10).
-        mixup: MixUp's Beta(alpha, alpha) parameter; 0 turns MixUp off.
-        cutmix: CutMix's Beta(alpha, alpha) parameter; 0 turns CutMix off.
-        mix_prob: probability that a batch is mixed at all. With both MixUp and CutMix on,
-            a mixed batch uses one of the two, each with probability 1/2 (as timm's switch).
-    """
-
-    kind: str = "standard"
-    padding: int = 4
-    randaugment_layers: int = 2
-    randaugment_magnitude: float = 0.5
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
-
-    def __post_init__(self):
-        if self.kind not in AUGMENTS:
-            raise UserError(f"--augment={self.kind} is not known. Allowed: {', '.join(AUGMENTS)}.")
-        if self.padding < 0:
-            raise UserError(f"augmentation padding must be >= 0. Received: {self.padding}.")
-        if self.randaugment_layers < 1:
-            raise UserError(f"--randaugment_layers must be >= 1. Received: {self.randaugment_layers}.")
-        if not 0.0 <= self.randaugment_magnitude <= 1.0:
-            raise UserError(
-                f"--randaugment_magnitude must be in [0, 1] (keras-cv's scale, RandAugment's M / 10). "
-                f"Received: {self.randaugment_magnitude}."
-            )
-        if self.mixup < 0 or self.cutmix < 0:
-            raise UserError(
-                f"--mixup and --cutmix are Beta(alpha, alpha) parameters, >= 0 (0: off). "
-                f"Received: --mixup={self.mixup} --cutmix={self.cutmix}."
-            )
-        if not 0.0 < self.mix_prob <= 1.0:
-            raise UserError(f"--mix_prob must be in (0, 1]. Received: {self.mix_prob}.")
-
-    @property
-    def mixes(self) -> bool:
-        """Whether batches are mixed, i.e. labels leave the pipeline soft: float32 [B, classes]."""
-        return self.mixup > 0 or self.cutmix > 0
 
 
 def pad_crop_flip(images, seed, padding: int = 4) -> tf.Tensor:
@@ -101,6 +48,9 @@ def pad_crop_flip(images, seed, padding: int = 4) -> tf.Tensor:
 
     Returns:
         float32 tensor `[B, H, W, C]`; values keep their range (e.g. 0..255).
+
+    Raises:
+        ValueError: `padding` is not an int >= 0.
     """
     if not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
@@ -152,10 +102,11 @@ def mixup(images, labels, seed, alpha):
         images: float32 [B, H, W, C].
         labels: float32 [B, K], one-hot or multi-hot (or already soft).
         seed: int64 [2], stateless seed.
-        alpha: Beta parameter > 0.
+        alpha: Beta parameter > 0 (a Python float).
 
     Returns:
-        `(images, labels, lam)`.
+        `(images, labels, lam)`: the mixed float32 [B, H, W, C] and [B, K], and the float32
+        scalar weight of the original batch.
     """
     beta_seed, perm_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     lam = _beta(beta_seed, alpha)
@@ -181,10 +132,11 @@ def cutmix(images, labels, seed, alpha):
         images: float32 [B, H, W, C].
         labels: float32 [B, K].
         seed: int64 [2], stateless seed.
-        alpha: Beta parameter > 0.
+        alpha: Beta parameter > 0 (a Python float).
 
     Returns:
-        `(images, labels, lam)` with `lam` the weight of the original labels.
+        `(images, labels, lam)`: the mixed float32 [B, H, W, C] and [B, K], and `lam`, the
+        float32 scalar weight of the original labels (1 - the pasted share of the pixels).
     """
     beta_seed, perm_seed, centre_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
     shape = tf.shape(images)
@@ -215,12 +167,12 @@ def mix_batch(images, labels, seed, mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0)
     Args:
         images: float32 [B, H, W, C].
         labels: float32 [B, K] (one-hot or multi-hot).
-        seed: int64 [2], stateless seed.
-        mixup_alpha, cutmix_alpha: Beta parameters; 0 disables that kind.
-        prob: probability of mixing the batch.
+        seed: int32 or int64 [2], stateless seed.
+        mixup_alpha, cutmix_alpha: Beta parameters (Python floats); 0 disables that kind.
+        prob: probability of mixing the batch, in (0, 1] (a Python float; 1 mixes every batch).
 
     Returns:
-        `(images, labels)`.
+        `(images, labels)`, float32 [B, H, W, C] and [B, K]; unchanged when neither kind is on.
     """
     seed = tf.cast(seed, tf.int64)
     gate_seed, mixup_seed, cutmix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
@@ -258,6 +210,17 @@ class KerasCVRandAugment:
 
     Reference: E. D. Cubuk, B. Zoph, J. Shlens, Q. V. Le, "RandAugment: Practical
     automated data augmentation with a reduced search space", CVPR Workshops 2020.
+
+    Args:
+        layers: operations applied per image (RandAugment's N, keras-cv's `augmentations_per_image`).
+        magnitude: strength of every operation in [0, 1] (keras-cv's scale; RandAugment's M / 10).
+
+    Call arguments:
+        images: float32 (or uint8) [B, H, W, 3], values in 0..255.
+        seed: int32 or int64 [2], the batch's stateless seed.
+
+    Returns (call):
+        float32 [B, H, W, 3], clipped to 0..255.
     """
 
     def __init__(self, layers=2, magnitude=0.5):
@@ -318,10 +281,13 @@ class KerasCVRandAugment:
 
 
 class BatchAugmenter:
-    """Applies an `Augmentation` to `(images, labels)` batches in a tf.data pipeline.
+    """Applies an `AugmentationConfig` to `(images, labels)` batches in a tf.data pipeline.
+
+    The pipeline (`sskt_tf.data`) calls `geometric`, then `randaugment_stage`, then `mix` on each
+    batch, each with the batch's seed.
 
     Args:
-        augmentation: the `Augmentation`.
+        augmentation: the `sskt_tf.config.AugmentationConfig`.
         num_classes: label classes; mixing turns int labels into one-hot rows of this width.
         multi_label: labels are already float multi-hot `[B, num_classes]`.
 
@@ -330,7 +296,7 @@ class BatchAugmenter:
             reproducibility (see `KerasCVRandAugment`).
     """
 
-    def __init__(self, augmentation: Augmentation, num_classes: int, multi_label: bool = False):
+    def __init__(self, augmentation: AugmentationConfig, num_classes: int, multi_label: bool = False):
         self.augmentation = augmentation
         self.num_classes = int(num_classes)
         self.multi_label = multi_label
@@ -342,18 +308,39 @@ class BatchAugmenter:
         self.sequential = self.randaugment is not None
 
     def geometric(self, images, seed):
-        """The stateless first stage (pad-crop-flip), or a cast when `kind` is "none"."""
+        """The stateless first stage (pad-crop-flip), or a cast when `kind` is "none".
+
+        Args:
+            images: uint8 or float [B, H, W, C], values in 0..255.
+            seed: int32 or int64 [2], the batch's stateless seed.
+
+        Returns:
+            float32 [B, H, W, C], values in 0..255.
+        """
         if self.augmentation.kind == "none":
             return tf.cast(images, tf.float32)
         return pad_crop_flip(images, seed, self.augmentation.padding)
 
     def randaugment_stage(self, images, seed):
+        """RandAugment of float32 [B, H, W, 3] images in 0..255 (`KerasCVRandAugment`), or the images as they are.
+
+        Draws from its own stream of the batch's seed (int32 or int64 [2]), independent of the other stages'.
+        """
         if self.randaugment is None:
             return images
         return self.randaugment(images, tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _RANDAUGMENT_STREAM))
 
     def mix(self, images, labels, seed):
-        """Mixing, with labels as float rows; without mixing, labels pass unchanged."""
+        """MixUp/CutMix of the batch (`mix_batch`), with labels as float rows; without mixing, labels pass unchanged.
+
+        Args:
+            images: float32 [B, H, W, C].
+            labels: int [B] class indices, or float32 [B, num_classes] multi-hot when `multi_label`.
+            seed: int32 or int64 [2], the batch's stateless seed (mixing draws from its own stream of it).
+
+        Returns:
+            `(images, labels)`: labels float32 [B, num_classes] when mixing is on, else as given.
+        """
         a = self.augmentation
         if not a.mixes:
             return images, labels

@@ -1,6 +1,10 @@
 """The run configuration: absl flags, turned at once into one frozen `Config`.
 
-Library code receives a `Config` (or plain arguments), never FLAGS.
+Library code receives a `Config` (or plain arguments), never FLAGS. Every training flag is a field of
+`Config` (or of its nested `AugmentationConfig`), and the field's metadata holds everything else about
+the flag: its help text, its choices, and how its text becomes the field's value. `define_flags` and
+`from_flags` are derived from those fields, so a new flag is one new field. This module imports
+nothing from the package but `sskt_tf.names` (the flags' choices), `sskt_tf.errors` and `sskt_tf.cli`.
 """
 
 import dataclasses
@@ -8,107 +12,295 @@ import fractions
 import json
 import math
 import os
+import types
+import typing
 
 from absl import flags
 
-from sskt_tf import augment, heads, losses, models, sources
+from sskt_tf.cli import flag_definitions
 from sskt_tf.errors import UserError
-from sskt_tf.methods import METHODS
-
-LR_SCHEDULES = ("multistep", "cosine", "constant")
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-SOURCE_PRECISIONS = ("same", "float32", "float16", "bfloat16")
-SOFT_LABEL_CACHES = ("off", "clean")
-JIT_CHOICES = ("auto", "true", "false")
-# What the sources' and the teacher's outputs are: auto detects a final softmax (sskt_tf.sources).
-SOURCE_OUTPUTS = ("auto", "logits", "probabilities")
-# Where the decoded training images are kept: auto = memory within a budget, else decoded every epoch.
-CACHES = ("auto", "memory", "disk", "none")
-# Flags of one method each, named <method>_*: any other --method refuses them.
-METHOD_FLAGS = (
-    "kd_alpha",
-    "dml_peers",
-    "maxl_psi",
-    "maxl_aux_weight",
-    "maxl_entropy_weight",
-    "maxl_generator_lr",
-    "maxl_first_order",
+from sskt_tf.names import (
+    AUGMENTS,
+    AUX_LOSSES,
+    CACHES,
+    HEAD_NAMES,
+    JIT_CHOICES,
+    KD_REDUCTIONS,
+    LR_SCHEDULES,
+    METHODS,
+    MODEL_NAMES,
+    PRECISIONS,
+    SOFT_LABEL_CACHES,
+    SOURCE_BN_MODES,
+    SOURCE_OUTPUTS,
+    SOURCE_PRECISIONS,
+    STRATEGIES,
+    TARGET_LOSSES,
 )
+
+# The flags that belong to one method, and that method. Any other --method refuses them, and
+# `sskt_tf.compare` passes them to that method's runs only. --sources and --teacher are refused when
+# they are not empty (`_check_method`: a flagfile may set them, and --sources= then drops them); the
+# others as soon as they are given.
+METHOD_FLAGS = {
+    "sources": "sskt",
+    "teacher": "kd",
+    "kd_alpha": "kd",
+    "dml_peers": "dml",
+    "maxl_psi": "maxl",
+    "maxl_aux_weight": "maxl",
+    "maxl_entropy_weight": "maxl",
+    "maxl_generator_lr": "maxl",
+    "maxl_first_order": "maxl",
+}
+_REFUSED_WHEN_NOT_EMPTY = ("sources", "teacher")
+
+
+# --- Flag text -> field value -----------------------------------------------------------------------
+# Each parser takes the flag's name (for the error line) and the parsed flag's value.
+
+
+def _numbers(flag, values, kind):
+    try:
+        return tuple(kind(v) for v in values)
+    except ValueError:
+        raise UserError(f"--{flag}={','.join(values)}: expected {kind.__name__} values.") from None
+
+
+def _ints(flag, values):
+    return _numbers(flag, values, int)
+
+
+def _floats(flag, values):
+    return _numbers(flag, values, float)
+
+
+def _fraction(flag, text):
+    try:
+        return float(fractions.Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--{flag}={text}: expected a number or a fraction such as 7/3.") from None
+
+
+def _image_size(flag, values):
+    if not values:
+        return None
+    size = _numbers(flag, values, int)
+    return size * 2 if len(size) == 1 else size
+
+
+# Paths are stored absolute: config.json then names the same files from any working directory (evaluate,
+# compare), and the same command run from elsewhere with other spellings of a path is the same run.
+def _absolute(path):
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+def _absolute_path(flag, path):
+    return _absolute(path)
+
+
+def _absolute_dataset(flag, dataset):
+    prefix, _, path = dataset.partition(":")
+    return f"folder:{_absolute(path)}" if prefix == "folder" and path else dataset
+
+
+def _absolute_spec(spec):
+    """A source spec with its file path made absolute: `x.keras`, `<application>:<weights file>`."""
+    if not spec or spec.endswith(".keras"):
+        return _absolute(spec)
+    app, sep, weights = spec.partition(":")
+    if sep and weights != "imagenet" and not weights.startswith("random"):
+        return f"{app}:{_absolute(weights)}"
+    return spec
+
+
+def _specs(flag, specs):
+    return tuple(_absolute_spec(s.strip()) for s in specs if s.strip())
+
+
+def _optional_spec(flag, spec):
+    return _absolute_spec((spec or "").strip()) or None
+
+
+def _flag(default, about, *, choices=None, parse=None, flag=None, flag_default=None, kind=None):
+    """A dataclass field that is also a flag.
+
+    Args:
+        default: the field's default (also the flag's, unless `flag_default`).
+        about: the flag's help text.
+        choices: the allowed values of a string field: the flag is a DEFINE_enum.
+        parse: `parse(flag_name, flag_value) -> field value`, for flags whose parsed value is not yet the
+            field's (number lists, fractions, paths made absolute); default: the value as it is.
+        flag: the flag's name, where it is not the field's.
+        flag_default: the flag's default where the field's would show otherwise in --helpfull, or is not
+            a value of the flag's type (a fraction given as text).
+        kind: the flag's absl type ("string", "list", ...) where the field's type does not say it.
+    """
+    metadata = {"help": about, "choices": choices, "parse": parse, "flag": flag, "flag_default": flag_default, "kind": kind}
+    return dataclasses.field(default=default, metadata={k: v for k, v in metadata.items() if v is not None})
+
+
+def _check_finite(settings):
+    """Every float field of the dataclass `settings` is finite: NaN passes every `<`/`>` test, so it is refused first."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--{_flag_name(field)}={_show(value)}: expected a finite number; NaN and infinity are not allowed.")
+
+
+def _show(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+# --- The settings -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationConfig:
+    """What a training batch goes through, in order (`sskt_tf.augment.BatchAugmenter` applies it).
+
+    1. `kind="standard"`: per-image random crop of the zero-padded image, then a random horizontal
+       flip (torchvision's `RandomCrop(size, padding=4)` + `RandomHorizontalFlip()`, the reference
+       code's). `"randaugment"`: the same, then RandAugment with a fixed magnitude (Cubuk et al.,
+       CVPR Workshops 2020, as keras-cv implements it). `"none"`: neither.
+    2. MixUp (Zhang et al., ICLR 2018) and/or CutMix (Yun et al., ICCV 2019) of the batch with a
+       permutation of itself; the labels become soft, float32 `[B, classes]`.
+
+    Attributes:
+        kind: "none", "standard" or "randaugment" (`sskt_tf.names.AUGMENTS`); the `--augment` flag.
+        padding: zero padding of the random crop, in pixels per side (no flag: the reference's 4).
+        randaugment_layers: operations applied per image (RandAugment's N), >= 1.
+        randaugment_magnitude: strength of every operation, in [0, 1] (keras-cv's scale: 0 leaves
+            images unchanged, 1 is each operation's strongest setting; RandAugment's M / 10).
+        mixup: MixUp's Beta(alpha, alpha) parameter, >= 0; 0 turns MixUp off.
+        cutmix: CutMix's Beta(alpha, alpha) parameter, >= 0; 0 turns CutMix off.
+        mix_prob: probability that a batch is mixed at all, in (0, 1]. With both MixUp and CutMix on,
+            a mixed batch uses one of the two, each with probability 1/2 (as timm's switch).
+
+    Raises:
+        UserError: a value out of its range (named by its flag, e.g. `--mix_prob must be in (0, 1]`),
+            or NaN or infinity in a float field.
+    """
+
+    kind: str = _flag("standard", "Training augmentation: standard (random crop of the 4-padded image + flip, the paper's), randaugment (standard, then keras-cv RandAugment), none.", choices=AUGMENTS, flag="augment")
+    padding: int = 4
+    randaugment_layers: int = _flag(2, "--augment=randaugment: operations per image (RandAugment's N).")
+    randaugment_magnitude: float = _flag(0.5, "--augment=randaugment: magnitude of every operation in [0, 1] (keras-cv's scale; RandAugment's M / 10), fixed.")
+    mixup: float = _flag(0.0, "MixUp's Beta(a, a) parameter (e.g. 0.2 or 1); 0 = off. Labels become soft; the sources see the mixed images.")
+    cutmix: float = _flag(0.0, "CutMix's Beta(a, a) parameter (e.g. 1); 0 = off. With --mixup too, each mixed batch uses one of the two at random.")
+    mix_prob: float = _flag(1.0, "Probability that a training batch is mixed by --mixup/--cutmix (the CutMix paper's CIFAR recipe: 0.5).")
+
+    def __post_init__(self):
+        _check_finite(self)
+        if self.kind not in AUGMENTS:
+            raise UserError(f"--augment={self.kind} is not known. Allowed: {', '.join(AUGMENTS)}.")
+        if self.padding < 0:
+            raise UserError(f"augmentation padding must be >= 0. Received: {self.padding}.")
+        if self.randaugment_layers < 1:
+            raise UserError(f"--randaugment_layers must be >= 1. Received: {self.randaugment_layers}.")
+        if not 0.0 <= self.randaugment_magnitude <= 1.0:
+            raise UserError(
+                f"--randaugment_magnitude must be in [0, 1] (keras-cv's scale, RandAugment's M / 10). "
+                f"Received: {self.randaugment_magnitude}."
+            )
+        if self.mixup < 0 or self.cutmix < 0:
+            raise UserError(
+                f"--mixup and --cutmix are Beta(alpha, alpha) parameters, >= 0 (0: off). "
+                f"Received: --mixup={self.mixup} --cutmix={self.cutmix}."
+            )
+        if not 0.0 < self.mix_prob <= 1.0:
+            raise UserError(f"--mix_prob must be in (0, 1]. Received: {self.mix_prob}.")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed, i.e. labels leave the pipeline soft: float32 [B, classes]."""
+        return self.mixup > 0 or self.cutmix > 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a training run depends on. Written to `<output_dir>/config.json`."""
+    """Everything a training run depends on. Written to `<output_dir>/config.json` (`to_json`).
+
+    One field per training flag, of the same name (the augmentation flags are the fields of the nested
+    `augmentation`; `--augment` is its `kind`); each field's help text is its flag's (`--helpfull`).
+    Numbers are in the flags' units: images and sizes in pixels, `epochs` and `lr_milestones` in
+    epochs, `batch_size` in examples (global, over all replicas). Paths (`dataset` folders, source
+    specs, `data_dir`, `output_dir`, ...) are absolute when the config comes from `from_flags`.
+
+    Example:
+
+        config = Config(dataset="synthetic", epochs=2, augmentation=AugmentationConfig(mixup=0.2))
+
+    Raises:
+        UserError: a value out of its range or settings that contradict each other, in one line that
+            names the flags (e.g. `--alpha must be >= 0. Received: -1.0.`).
+    """
 
     # Data.
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    image_size: tuple[int, int] | None = None
-    train_subset: int | None = None
+    dataset: str = _flag("cifar10", "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>.", parse=_absolute_dataset)
+    data_dir: str | None = _flag(None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).", parse=_absolute_path)
+    image_size: tuple[int, int] | None = _flag(None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).", parse=_image_size)
+    train_subset: int | None = _flag(None, "Train on a fixed random subset of this many examples (quick experiments).")
     # Share of the training set held out (seeded, stratified) to choose best.keras; 0: the paper's protocol.
-    validation_split: float = 0.0
-    cache: str = "auto"
-    skip_bad_images: bool = False
+    validation_split: float = _flag(0.0, "Hold out this share of the training set (seeded, stratified) to choose best.keras and show validation metrics; the test set is then scored once, at the end. 0 (default): the paper's protocol, best.keras chosen on the test set. A folder: dataset with a val/ directory uses it instead.")
+    cache: str = _flag("auto", "Decoded training images: memory (cached after the first epoch), disk (a tf.data cache file in <output_dir>/data_cache), none (decoded from the files every epoch), auto (memory if they fit in 25% of RAM, else none). The batches are identical whichever is used.", choices=CACHES)
+    skip_bad_images: bool = _flag(False, "folder: datasets: train without images that cannot be decoded, listed in <output_dir>/skipped_images.txt (default: stop and name them).")
     # Augmentation of training batches (sskt_tf.augment).
-    augment: str = "standard"
-    randaugment_layers: int = 2
-    randaugment_magnitude: float = 0.5
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
+    augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
     # Target.
-    model: str = "resnet20"
-    target_loss: str = "ce"
+    model: str = _flag("resnet20", "Target network.", choices=MODEL_NAMES)
+    target_loss: str = _flag("ce", "Loss of the target task.", choices=TARGET_LOSSES)
     # Sources and auxiliary tasks.
-    sources: tuple[str, ...] = ()
-    aux_head: str = "linear"
-    alpha: tuple[float, ...] = (0.1,)
-    temperature: tuple[float, ...] = (3.0,)
-    aux_loss: str = "ce"
-    kd_reduction: str = "batchmean"
-    source_scale: float = 7 / 3
-    source_bn: str = "inference"
-    source_outputs: str = "auto"
+    sources: tuple[str, ...] = _flag((), "Comma-separated source specs (empty: scratch): <application>:imagenet, <application>:/path/weights.h5, <application>:random[:classes], /path/model.keras.", parse=_specs)
+    aux_head: str = _flag("linear", "Auxiliary head on the target for each source.", choices=HEAD_NAMES)
+    alpha: tuple[float, ...] = _flag((0.1,), "Weight of the auxiliary losses: one value, or one per source.", parse=_floats)
+    temperature: tuple[float, ...] = _flag((3.0,), "Softmax temperature T of the auxiliary losses: one value, or one per source.", parse=_floats, flag_default=["3"])
+    aux_loss: str = _flag("ce", "ce: T^2 * soft-label cross-entropy; kd: T^2 * KL.", choices=AUX_LOSSES)
+    kd_reduction: str = _flag("batchmean", "For --aux_loss=kd: batchmean (true KL) or mean (PyTorch KLDivLoss() default of the reference code: / classes).", choices=KD_REDUCTIONS)
+    source_scale: float = _flag(7 / 3, "Sources see the (augmented) batch resized by this factor (a number or a fraction), floor per side: 32 -> 74, 96 -> 224.", parse=_fraction, flag_default="7/3", kind="string")
+    source_bn: str = _flag("inference", "inference: sources use their moving BatchNorm statistics; batch: batch statistics, as the reference code (statistics never updated).", choices=SOURCE_BN_MODES)
+    source_outputs: str = _flag("auto", "What the sources and the --teacher output: auto (a final softmax is detected and stripped, so its logits are used), logits, probabilities (their log is taken as logits).", choices=SOURCE_OUTPUTS)
     # Method: SSKT or a baseline (sskt_tf.methods).
-    method: str = "sskt"
-    teacher: str | None = None
-    kd_alpha: float = 0.9
-    dml_peers: int = 2
+    method: str = _flag("sskt", "sskt (with --sources; none: scratch), or a baseline: scratch (the target alone), kd (distillation from --teacher), dml (deep mutual learning of --dml_peers peers), maxl (meta auxiliary learning).", choices=METHODS)
+    teacher: str | None = _flag(None, "--method=kd: the frozen teacher, any source spec of the target's classes (e.g. /path/target.keras of a run on the same data); it sees the target's image size.", parse=_optional_spec)
+    kd_alpha: float = _flag(0.9, "--method=kd: a in (1 - a) * CE + a * T^2 * KL(teacher/T || student/T); T is --temperature.")
+    dml_peers: int = _flag(2, "--method=dml: number of peers K >= 2, each evaluated and exported on its own.")
     # 10 as the paper's MAXL row for the default ResNet-20 target (its VGG-16 row used 5).
-    maxl_psi: tuple[int, ...] = (10,)
-    maxl_aux_weight: float = 1.0
-    maxl_entropy_weight: float = 0.2
-    maxl_generator_lr: float = 1e-3
-    maxl_first_order: bool = False
+    maxl_psi: tuple[int, ...] = _flag((10,), "--method=maxl: auxiliary classes per class: one value for all classes, or one per class (default 10, the paper's MAXL row for ResNet-20; its VGG-16 row used 5).", parse=_ints)
+    maxl_aux_weight: float = _flag(1.0, "--method=maxl: weight of the auxiliary loss in the target's multi-task loss.")
+    maxl_entropy_weight: float = _flag(0.2, "--method=maxl: weight of the entropy regulariser in the label generator's objective (MAXL: 0.2).")
+    maxl_generator_lr: float = _flag(1e-3, "--method=maxl: the label generator's SGD learning rate (MAXL: 1e-3), following the target's schedule.")
+    maxl_first_order: bool = _flag(False, "--method=maxl: finite-difference meta-gradient (first derivatives only, as MAXL's first-order code) instead of the second-order one.")
     # Recipe.
-    epochs: int = 200
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    steps_per_epoch: int | None = None
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "multistep"
-    lr_milestones: tuple[int, ...] = (60, 120, 160)
-    lr_gamma: float = 0.2
-    seed: int = 0
-    eval_every: int = 1
+    epochs: int = _flag(200, "Training epochs.")
+    batch_size: int = _flag(128, "Global training batch size (divided over replicas).")
+    eval_batch_size: int | None = _flag(None, "Evaluation batch size (default: --batch_size).")
+    steps_per_epoch: int | None = _flag(None, "Steps per epoch (default: training examples // batch size).")
+    lr: float = _flag(0.1, "Peak learning rate of SGD.")
+    momentum: float = _flag(0.9, "SGD momentum.")
+    weight_decay: float = _flag(5e-4, "Coupled L2 (added to the gradient before momentum, as PyTorch SGD) on every target weight.")
+    lr_schedule: str = _flag("multistep", "multistep: x lr_gamma at each of --lr_milestones; cosine: to 0 over the run; constant.", choices=LR_SCHEDULES)
+    lr_milestones: tuple[int, ...] = _flag((60, 120, 160), "Epochs at which multistep multiplies the learning rate by --lr_gamma (ignored by the other schedules).", parse=_ints)
+    lr_gamma: float = _flag(0.2, "Multistep decay factor.")
+    seed: int = _flag(0, "Seed of weights, data order and augmentation.")
+    eval_every: int = _flag(1, "Evaluate (and consider best.keras) every N epochs, and always after the last.")
     # Execution and outputs.
-    strategy: str = "auto"
-    tpu: str = ""
-    precision: str = "float32"
-    source_precision: str = "same"
-    soft_label_cache: str = "off"
-    soft_label_cache_dir: str | None = None
-    resume: bool = True
-    deterministic: bool = False
-    sync_bn: bool = False
-    jit_compile: str = "auto"
-    output_dir: str = "runs/default"
-    overwrite: bool = False
-    export: bool = False
-    verbose: int = 1
+    strategy: str = _flag("auto", "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy, see --tpu).", choices=STRATEGIES)
+    tpu: str = _flag("", "TPU address for --strategy=tpu ('' = the local or Colab TPU).")
+    precision: str = _flag("float32", "Compute precision of the target (variables, logits and losses stay float32).", choices=PRECISIONS)
+    source_precision: str = _flag("same", "Compute precision of the frozen sources (same: as --precision). Their logits are cast to float32.", choices=SOURCE_PRECISIONS)
+    soft_label_cache: str = _flag("off", "off: sources see every augmented batch (faithful); clean: each source's logits are computed once on the un-augmented training images and reused (SSKT then costs about as much as scratch).", choices=SOFT_LABEL_CACHES)
+    soft_label_cache_dir: str | None = _flag(None, "Where --soft_label_cache=clean stores logits (default <output_dir>/soft_label_cache); share it between runs with the same data and sources.", parse=_absolute_path)
+    resume: bool = _flag(True, "Save the training state after every epoch and resume from it when the same command runs again.")
+    deterministic: bool = _flag(False, "Bit-identical runs: TensorFlow op determinism (slower; turns XLA off).")
+    sync_bn: bool = _flag(False, "Synchronise the target's BatchNorm statistics across replicas.")
+    jit_compile: str = _flag("auto", "XLA compilation of the steps (auto: on GPU/TPU only).", choices=JIT_CHOICES)
+    output_dir: str = _flag("runs/default", "Where the run writes config.json, metrics.csv, TensorBoard logs, checkpoints, target.keras, results.json.", parse=_absolute_path)
+    overwrite: bool = _flag(False, "Allow writing into an --output_dir that holds another or a finished run.")
+    export: bool = _flag(False, "At the end, also export the target as a SavedModel to <output_dir>/saved_model (see sskt_tf.export).")
+    verbose: int = _flag(1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 
     def __post_init__(self):
         _check_config(self)
@@ -118,28 +310,17 @@ class Config:
         return tuple(values) * n if len(values) == 1 else tuple(values)
 
     @property
-    def augmentation(self):
-        """The `sskt_tf.augment.Augmentation` of the training batches."""
-        return augment.Augmentation(
-            kind=self.augment,
-            randaugment_layers=self.randaugment_layers,
-            randaugment_magnitude=self.randaugment_magnitude,
-            mixup=self.mixup,
-            cutmix=self.cutmix,
-            mix_prob=self.mix_prob,
-        )
-
-    @property
     def source_alphas(self):
-        """One alpha per source."""
+        """One alpha per source: tuple of float, of length `len(sources)`."""
         return self._expand(self.alpha, len(self.sources))
 
     @property
     def source_temperatures(self):
-        """One temperature per source."""
+        """One temperature per source: tuple of float, of length `len(sources)`."""
         return self._expand(self.temperature, len(self.sources))
 
     def to_json(self):
+        """The config as indented JSON with sorted keys (tuples as lists, `augmentation` nested): config.json."""
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
@@ -182,17 +363,17 @@ def _check_config(c):
             "--soft_label_cache=clean stores one logit vector per image, but --source_bn=batch makes it depend "
             "on the rest of the batch; use --source_bn=inference or --soft_label_cache=off."
         )
-    mixing = c.augmentation.mixes  # Also validates the augmentation flags.
-    if mixing and c.soft_label_cache == "clean":
+    a = c.augmentation
+    if a.mixes and c.soft_label_cache == "clean":
         bad(
-            f"--soft_label_cache=clean stores the sources' logits of single un-augmented images, but --mixup={c.mixup} "
-            f"--cutmix={c.cutmix} make every training image a mix of two; use --soft_label_cache=off (the sources "
+            f"--soft_label_cache=clean stores the sources' logits of single un-augmented images, but --mixup={a.mixup} "
+            f"--cutmix={a.cutmix} make every training image a mix of two; use --soft_label_cache=off (the sources "
             "then see the mixed images) or drop --mixup/--cutmix."
         )
-    if mixing and c.method == "maxl":
+    if a.mixes and c.method == "maxl":
         bad(
             f"--method=maxl generates auxiliary labels within each image's one class, which mixed images do not have; "
-            f"drop --mixup={c.mixup} --cutmix={c.cutmix} for MAXL."
+            f"drop --mixup={a.mixup} --cutmix={a.cutmix} for MAXL."
         )
     if c.tpu and c.strategy != "tpu":
         bad(f"--tpu={c.tpu} only applies to --strategy=tpu; received --strategy={c.strategy}.")
@@ -204,13 +385,7 @@ def _check_config(c):
 
 
 def _check_numbers(c, bad):
-    """Every numeric field is a finite number: NaN passes every `<`/`>` test, so it is refused first."""
-    for field in dataclasses.fields(c):
-        value = getattr(c, field.name)
-        values = value if isinstance(value, tuple) else (value,)
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                bad(f"--{field.name}={_show(value)}: expected a finite number; NaN and infinity are not allowed.")
+    _check_finite(c)  # The nested augmentation checked its own.
     if not 0 <= c.validation_split < 1:
         bad(f"--validation_split must be in [0, 1) (0: no validation set). Received: {c.validation_split}.")
     if c.eval_every < 1:
@@ -224,10 +399,6 @@ def _check_numbers(c, bad):
     for name, allowed in (("cache", CACHES), ("source_outputs", SOURCE_OUTPUTS)):
         if getattr(c, name) not in allowed:
             bad(f"--{name}={getattr(c, name)} is not known. Allowed: {', '.join(allowed)}.")
-
-
-def _show(value):
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _check_method(c, bad):
@@ -259,120 +430,105 @@ def _check_method(c, bad):
         )
 
 
-def define_flags():
-    """Defines the training flags on absl's global FLAGS (once; safe to call again)."""
-    if "dataset" in flags.FLAGS:
-        return
-    d = Config()
-    # Data.
-    flags.DEFINE_string("dataset", d.dataset, "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>.")
-    flags.DEFINE_string("data_dir", None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).")
-    flags.DEFINE_list("image_size", None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).")
-    flags.DEFINE_integer("train_subset", None, "Train on a fixed random subset of this many examples (quick experiments).")
-    flags.DEFINE_float("validation_split", d.validation_split, "Hold out this share of the training set (seeded, stratified) to choose best.keras and show validation metrics; the test set is then scored once, at the end. 0 (default): the paper's protocol, best.keras chosen on the test set. A folder: dataset with a val/ directory uses it instead.")
-    flags.DEFINE_enum("cache", d.cache, CACHES, "Decoded training images: memory (cached after the first epoch), disk (a tf.data cache file in <output_dir>/data_cache), none (decoded from the files every epoch), auto (memory if they fit in 25% of RAM, else none). The batches are identical whichever is used.")
-    flags.DEFINE_bool("skip_bad_images", d.skip_bad_images, "folder: datasets: train without images that cannot be decoded, listed in <output_dir>/skipped_images.txt (default: stop and name them).")
-    flags.DEFINE_enum("augment", d.augment, augment.AUGMENTS, "Training augmentation: standard (random crop of the 4-padded image + flip, the paper's), randaugment (standard, then keras-cv RandAugment), none.")
-    flags.DEFINE_integer("randaugment_layers", d.randaugment_layers, "--augment=randaugment: operations per image (RandAugment's N).")
-    flags.DEFINE_float("randaugment_magnitude", d.randaugment_magnitude, "--augment=randaugment: magnitude of every operation in [0, 1] (keras-cv's scale; RandAugment's M / 10), fixed.")
-    flags.DEFINE_float("mixup", d.mixup, "MixUp's Beta(a, a) parameter (e.g. 0.2 or 1); 0 = off. Labels become soft; the sources see the mixed images.")
-    flags.DEFINE_float("cutmix", d.cutmix, "CutMix's Beta(a, a) parameter (e.g. 1); 0 = off. With --mixup too, each mixed batch uses one of the two at random.")
-    flags.DEFINE_float("mix_prob", d.mix_prob, "Probability that a training batch is mixed by --mixup/--cutmix (the CutMix paper's CIFAR recipe: 0.5).")
-    # Target.
-    flags.DEFINE_enum("model", d.model, models.MODEL_NAMES, "Target network.")
-    flags.DEFINE_enum("target_loss", d.target_loss, losses.TARGET_LOSSES, "Loss of the target task.")
-    # Sources.
-    flags.DEFINE_list("sources", [], "Comma-separated source specs (empty: scratch): <application>:imagenet, <application>:/path/weights.h5, <application>:random[:classes], /path/model.keras.")
-    flags.DEFINE_enum("aux_head", d.aux_head, heads.HEAD_NAMES, "Auxiliary head on the target for each source.")
-    flags.DEFINE_list("alpha", ["0.1"], "Weight of the auxiliary losses: one value, or one per source.")
-    flags.DEFINE_list("temperature", ["3"], "Softmax temperature T of the auxiliary losses: one value, or one per source.")
-    flags.DEFINE_enum("aux_loss", d.aux_loss, losses.AUX_LOSSES, "ce: T^2 * soft-label cross-entropy; kd: T^2 * KL.")
-    flags.DEFINE_enum("kd_reduction", d.kd_reduction, losses.KD_REDUCTIONS, "For --aux_loss=kd: batchmean (true KL) or mean (PyTorch KLDivLoss() default of the reference code: / classes).")
-    flags.DEFINE_string("source_scale", "7/3", "Sources see the (augmented) batch resized by this factor (a number or a fraction), floor per side: 32 -> 74, 96 -> 224.")
-    flags.DEFINE_enum("source_bn", d.source_bn, sources.SOURCE_BN_MODES, "inference: sources use their moving BatchNorm statistics; batch: batch statistics, as the reference code (statistics never updated).")
-    flags.DEFINE_enum("source_outputs", d.source_outputs, SOURCE_OUTPUTS, "What the sources and the --teacher output: auto (a final softmax is detected and stripped, so its logits are used), logits, probabilities (their log is taken as logits).")
-    # Method.
-    flags.DEFINE_enum("method", d.method, METHODS, "sskt (with --sources; none: scratch), or a baseline: scratch (the target alone), kd (distillation from --teacher), dml (deep mutual learning of --dml_peers peers), maxl (meta auxiliary learning).")
-    flags.DEFINE_string("teacher", None, "--method=kd: the frozen teacher, any source spec of the target's classes (e.g. /path/target.keras of a run on the same data); it sees the target's image size.")
-    flags.DEFINE_float("kd_alpha", d.kd_alpha, "--method=kd: a in (1 - a) * CE + a * T^2 * KL(teacher/T || student/T); T is --temperature.")
-    flags.DEFINE_integer("dml_peers", d.dml_peers, "--method=dml: number of peers K >= 2, each evaluated and exported on its own.")
-    flags.DEFINE_list("maxl_psi", [str(p) for p in d.maxl_psi], "--method=maxl: auxiliary classes per class: one value for all classes, or one per class (default 10, the paper's MAXL row for ResNet-20; its VGG-16 row used 5).")
-    flags.DEFINE_float("maxl_aux_weight", d.maxl_aux_weight, "--method=maxl: weight of the auxiliary loss in the target's multi-task loss.")
-    flags.DEFINE_float("maxl_entropy_weight", d.maxl_entropy_weight, "--method=maxl: weight of the entropy regulariser in the label generator's objective (MAXL: 0.2).")
-    flags.DEFINE_float("maxl_generator_lr", d.maxl_generator_lr, "--method=maxl: the label generator's SGD learning rate (MAXL: 1e-3), following the target's schedule.")
-    flags.DEFINE_bool("maxl_first_order", d.maxl_first_order, "--method=maxl: finite-difference meta-gradient (first derivatives only, as MAXL's first-order code) instead of the second-order one.")
-    # Recipe.
-    flags.DEFINE_integer("epochs", d.epochs, "Training epochs.")
-    flags.DEFINE_integer("batch_size", d.batch_size, "Global training batch size (divided over replicas).")
-    flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch size (default: --batch_size).")
-    flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: training examples // batch size).")
-    flags.DEFINE_float("lr", d.lr, "Peak learning rate of SGD.")
-    flags.DEFINE_float("momentum", d.momentum, "SGD momentum.")
-    flags.DEFINE_float("weight_decay", d.weight_decay, "Coupled L2 (added to the gradient before momentum, as PyTorch SGD) on every target weight.")
-    flags.DEFINE_enum("lr_schedule", d.lr_schedule, LR_SCHEDULES, "multistep: x lr_gamma at each of --lr_milestones; cosine: to 0 over the run; constant.")
-    flags.DEFINE_list("lr_milestones", [str(m) for m in d.lr_milestones], "Epochs at which multistep multiplies the learning rate by --lr_gamma (ignored by the other schedules).")
-    flags.DEFINE_float("lr_gamma", d.lr_gamma, "Multistep decay factor.")
-    flags.DEFINE_integer("seed", d.seed, "Seed of weights, data order and augmentation.")
-    flags.DEFINE_integer("eval_every", d.eval_every, "Evaluate (and consider best.keras) every N epochs, and always after the last.")
-    # Execution and outputs.
-    flags.DEFINE_enum("strategy", d.strategy, STRATEGIES, "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy, see --tpu).")
-    flags.DEFINE_string("tpu", d.tpu, "TPU address for --strategy=tpu ('' = the local or Colab TPU).")
-    flags.DEFINE_enum("precision", d.precision, PRECISIONS, "Compute precision of the target (variables, logits and losses stay float32).")
-    flags.DEFINE_enum("source_precision", d.source_precision, SOURCE_PRECISIONS, "Compute precision of the frozen sources (same: as --precision). Their logits are cast to float32.")
-    flags.DEFINE_enum("soft_label_cache", d.soft_label_cache, SOFT_LABEL_CACHES, "off: sources see every augmented batch (faithful); clean: each source's logits are computed once on the un-augmented training images and reused (SSKT then costs about as much as scratch).")
-    flags.DEFINE_string("soft_label_cache_dir", None, "Where --soft_label_cache=clean stores logits (default <output_dir>/soft_label_cache); share it between runs with the same data and sources.")
-    flags.DEFINE_bool("resume", d.resume, "Save the training state after every epoch and resume from it when the same command runs again.")
-    flags.DEFINE_bool("deterministic", d.deterministic, "Bit-identical runs: TensorFlow op determinism (slower; turns XLA off).")
-    flags.DEFINE_bool("sync_bn", d.sync_bn, "Synchronise the target's BatchNorm statistics across replicas.")
-    flags.DEFINE_enum("jit_compile", d.jit_compile, JIT_CHOICES, "XLA compilation of the steps (auto: on GPU/TPU only).")
-    flags.DEFINE_string("output_dir", d.output_dir, "Where the run writes config.json, metrics.csv, TensorBoard logs, checkpoints, target.keras, results.json.")
-    flags.DEFINE_bool("overwrite", d.overwrite, "Allow writing into an --output_dir that holds another or a finished run.")
-    flags.DEFINE_bool("export", d.export, "At the end, also export the target as a SavedModel to <output_dir>/saved_model (see sskt_tf.export).")
-    flags.DEFINE_integer("verbose", d.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+# --- Fields <-> flags -------------------------------------------------------------------------------
 
 
-def _numbers(flag, values, kind):
-    try:
-        return tuple(kind(v) for v in values)
-    except ValueError:
-        raise UserError(f"--{flag}={','.join(values)}: expected {kind.__name__} values.") from None
+def _flag_name(field):
+    return field.metadata.get("flag", field.name)
 
 
-def _fraction(flag, text):
-    try:
-        return float(fractions.Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"--{flag}={text}: expected a number or a fraction such as 7/3.") from None
+def _nested(field):
+    """The settings dataclass a field holds (`Config.augmentation`), or None."""
+    return field.type if dataclasses.is_dataclass(field.type) else None
 
 
-# Paths are stored absolute: config.json then names the same files from any working directory (evaluate,
-# compare), and the same command run from elsewhere with other spellings of a path is the same run.
-def _absolute(path):
-    return os.path.abspath(os.path.expanduser(path)) if path else path
+def _flag_fields(settings):
+    """The fields of the dataclass `settings` that are flags, nested ones included, in declaration order."""
+    for field in dataclasses.fields(settings):
+        if _nested(field):
+            yield from _flag_fields(_nested(field))
+        elif "help" in field.metadata:
+            yield field
 
 
-def _absolute_dataset(dataset):
-    prefix, _, path = dataset.partition(":")
-    return f"folder:{_absolute(path)}" if prefix == "folder" and path else dataset
+def _flag_kind(field):
+    """The absl type of a field's flag: "enum", "string", "list", "integer", "float" or "bool"."""
+    if "choices" in field.metadata:
+        return "enum"
+    if "kind" in field.metadata:
+        return field.metadata["kind"]
+    candidates = [field.type]
+    if isinstance(field.type, types.UnionType):  # `int | None`: the flag's default is None.
+        candidates = [t for t in typing.get_args(field.type) if t is not type(None)]
+    base = typing.get_origin(candidates[0]) or candidates[0]
+    return {bool: "bool", int: "integer", float: "float", str: "string", tuple: "list"}[base]
 
 
-def _absolute_spec(spec):
-    """A source spec with its file path made absolute: `x.keras`, `<application>:<weights file>`."""
-    if not spec or spec.endswith(".keras"):
-        return _absolute(spec)
-    app, sep, weights = spec.partition(":")
-    if sep and weights != "imagenet" and not weights.startswith("random"):
-        return f"{app}:{_absolute(weights)}"
-    return spec
+def _flag_default(field):
+    if "flag_default" in field.metadata:
+        return field.metadata["flag_default"]
+    if isinstance(field.default, tuple):
+        return [str(v) for v in field.default]
+    return field.default
+
+
+@flag_definitions
+def define_flags(flag_values):
+    """Defines one absl flag per `Config` field on `flag_values` (absl's global FLAGS by default; once,
+    see `sskt_tf.cli.flag_definitions`).
+
+    Each flag has its field's name (or metadata `flag`), default and help text; a field with
+    `choices` is a DEFINE_enum, a tuple a DEFINE_list, and `bool`, `int`, `float`, `str` fields are
+    DEFINE_bool, DEFINE_integer, DEFINE_float and DEFINE_string flags.
+    """
+    define = {
+        "string": flags.DEFINE_string,
+        "list": flags.DEFINE_list,
+        "integer": flags.DEFINE_integer,
+        "float": flags.DEFINE_float,
+        "bool": flags.DEFINE_bool,
+    }
+    for field in _flag_fields(Config):
+        name, kind, about = _flag_name(field), _flag_kind(field), field.metadata["help"]
+        if kind == "enum":
+            flags.DEFINE_enum(name, _flag_default(field), field.metadata["choices"], about, flag_values=flag_values)
+        else:
+            define[kind](name, _flag_default(field), about, flag_values=flag_values)
+
+
+def _field_values(fl, settings):
+    """The keyword arguments of the dataclass `settings` from the parsed flags `fl`, nested ones built."""
+    values = {}
+    for field in dataclasses.fields(settings):
+        if "help" in field.metadata:
+            name = _flag_name(field)
+            parse = field.metadata.get("parse")
+            values[field.name] = parse(name, fl[name].value) if parse else fl[name].value
+    # Built (and so checked) once every flag has parsed: a value that does not parse is named first.
+    for field in dataclasses.fields(settings):
+        if _nested(field):
+            values[field.name] = _nested(field)(**_field_values(fl, _nested(field)))
+    return values
 
 
 def from_flags(fl=flags.FLAGS):
-    """The frozen `Config` of parsed flags; raises UserError for values that contradict each other."""
+    """The frozen `Config` of the parsed training flags (see `define_flags`).
+
+    Args:
+        fl: parsed absl `FlagValues` holding the flags `define_flags` defines.
+
+    Returns:
+        The `Config`, its paths absolute (relative ones are read from the current directory).
+
+    Raises:
+        UserError: a flag given with a method, loss or augmentation it does not apply to
+            (`--kd_alpha=0.5 only applies to --method=kd; ...`), a value its field cannot hold
+            (`--alpha=x: expected float values.`), or what `Config` refuses.
+    """
     if fl["kd_reduction"].present and fl.aux_loss != "kd":
         raise UserError(f"--kd_reduction={fl.kd_reduction} only applies to --aux_loss=kd; received --aux_loss={fl.aux_loss}.")
-    for name in METHOD_FLAGS:
-        method = name.split("_")[0]
-        if fl[name].present and fl.method != method:
+    for name, method in METHOD_FLAGS.items():
+        if name not in _REFUSED_WHEN_NOT_EMPTY and fl[name].present and fl.method != method:
             raise UserError(
                 f"--{name}={fl[name].value} only applies to --method={method}; received --method={fl.method}. Drop it."
             )
@@ -381,68 +537,31 @@ def from_flags(fl=flags.FLAGS):
             raise UserError(f"--{name}={fl[name].value} only applies to --augment=randaugment; received --augment={fl.augment}.")
     if fl["mix_prob"].present and not (fl.mixup > 0 or fl.cutmix > 0):
         raise UserError(f"--mix_prob={fl.mix_prob} only applies with --mixup or --cutmix > 0; both are 0.")
-    image_size = None
-    if fl.image_size:
-        size = _numbers("image_size", fl.image_size, int)
-        image_size = size * 2 if len(size) == 1 else size
-    return Config(
-        dataset=_absolute_dataset(fl.dataset),
-        data_dir=_absolute(fl.data_dir),
-        image_size=image_size,
-        train_subset=fl.train_subset,
-        validation_split=fl.validation_split,
-        cache=fl.cache,
-        skip_bad_images=fl.skip_bad_images,
-        augment=fl.augment,
-        randaugment_layers=fl.randaugment_layers,
-        randaugment_magnitude=fl.randaugment_magnitude,
-        mixup=fl.mixup,
-        cutmix=fl.cutmix,
-        mix_prob=fl.mix_prob,
-        model=fl.model,
-        target_loss=fl.target_loss,
-        sources=tuple(_absolute_spec(s.strip()) for s in fl.sources if s.strip()),
-        aux_head=fl.aux_head,
-        alpha=_numbers("alpha", fl.alpha, float),
-        temperature=_numbers("temperature", fl.temperature, float),
-        aux_loss=fl.aux_loss,
-        kd_reduction=fl.kd_reduction,
-        source_scale=_fraction("source_scale", fl.source_scale),
-        source_bn=fl.source_bn,
-        source_outputs=fl.source_outputs,
-        method=fl.method,
-        teacher=_absolute_spec((fl.teacher or "").strip()) or None,
-        kd_alpha=fl.kd_alpha,
-        dml_peers=fl.dml_peers,
-        maxl_psi=_numbers("maxl_psi", fl.maxl_psi, int),
-        maxl_aux_weight=fl.maxl_aux_weight,
-        maxl_entropy_weight=fl.maxl_entropy_weight,
-        maxl_generator_lr=fl.maxl_generator_lr,
-        maxl_first_order=fl.maxl_first_order,
-        epochs=fl.epochs,
-        batch_size=fl.batch_size,
-        eval_batch_size=fl.eval_batch_size,
-        steps_per_epoch=fl.steps_per_epoch,
-        lr=fl.lr,
-        momentum=fl.momentum,
-        weight_decay=fl.weight_decay,
-        lr_schedule=fl.lr_schedule,
-        lr_milestones=_numbers("lr_milestones", fl.lr_milestones, int),
-        lr_gamma=fl.lr_gamma,
-        seed=fl.seed,
-        eval_every=fl.eval_every,
-        strategy=fl.strategy,
-        tpu=fl.tpu,
-        precision=fl.precision,
-        source_precision=fl.source_precision,
-        soft_label_cache=fl.soft_label_cache,
-        soft_label_cache_dir=_absolute(fl.soft_label_cache_dir),
-        resume=fl.resume,
-        deterministic=fl.deterministic,
-        sync_bn=fl.sync_bn,
-        jit_compile=fl.jit_compile,
-        output_dir=_absolute(fl.output_dir),
-        overwrite=fl.overwrite,
-        export=fl.export,
-        verbose=fl.verbose,
-    )
+    return Config(**_field_values(fl, Config))
+
+
+def flag_values(config):
+    """The settings of a config.json dict by flag name: `{"augment": "standard", "mixup": 0.2, ...}`.
+
+    Reads config.json as this version writes it (the augmentation nested under `augmentation`) and as
+    versions before it did (every field at the top level, named as its flag), so that both compare
+    equal. A field without a flag (`augmentation.padding`) is named by its path; keys this version
+    does not know are kept as they are.
+
+    Args:
+        config: a `json.loads` of config.json (or of `Config.to_json()`).
+
+    Returns:
+        dict of flag name -> the JSON value (lists for tuples, None for unset).
+    """
+    values = {}
+    nested = {f.name: _nested(f) for f in dataclasses.fields(Config) if _nested(f)}
+    for key, value in config.items():
+        if key not in nested or not isinstance(value, dict):
+            values[key] = value
+            continue
+        fields = {f.name: f for f in dataclasses.fields(nested[key])}
+        for name, inner in value.items():
+            field = fields.get(name)
+            values[_flag_name(field) if field and "help" in field.metadata else f"{key}.{name}"] = inner
+    return values

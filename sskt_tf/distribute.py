@@ -8,7 +8,7 @@ from sskt_tf.errors import UserError
 
 
 def get_strategy(name="auto", tpu=""):
-    """The strategy called `name` (the `--strategy` flag).
+    """The strategy called `name` (the `--strategy` flag), as Model Garden's `get_distribution_strategy`.
 
     auto: MirroredStrategy over all GPUs when there are several, else the default strategy.
     one_device: the first GPU, or the CPU.
@@ -17,6 +17,23 @@ def get_strategy(name="auto", tpu=""):
     multi_worker: MultiWorkerMirroredStrategy over the machines that TF_CONFIG lists (the same
         command runs on every worker, each with its own TF_CONFIG task index).
     tpu: TPUStrategy on the TPU at address `tpu` ('' finds the local or Colab TPU).
+
+    Call it before any other TensorFlow call of the program: multi_worker configures the
+    collective ops, which must happen before devices are listed. Build the model inside the
+    returned strategy's `scope()`.
+
+    Args:
+        name: one of `sskt_tf.names.STRATEGIES`.
+        tpu: `--tpu`, the TPU's name or `grpc://` address; '' for the local or Colab TPU. Only
+            read when `name` is "tpu".
+
+    Returns:
+        A `tf.distribute.Strategy`; `num_replicas_in_sync` is the number of replicas the global
+        batch is split over.
+
+    Raises:
+        UserError: multi_worker without the TF_CONFIG environment variable, tpu when no TPU is
+            found at `tpu`, or an unknown `name`.
     """
     # Before anything lists devices: collective ops must be configured at program start.
     if name == "multi_worker":

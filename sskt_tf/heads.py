@@ -3,8 +3,7 @@
 import keras
 
 from sskt_tf.errors import UserError
-
-HEAD_NAMES = ("linear", "transfer_module")
+from sskt_tf.names import HEAD_NAMES
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")

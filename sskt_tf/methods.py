@@ -16,8 +16,7 @@ from sskt_tf import models, sources, sskt
 from sskt_tf.baselines import DMLModel, KDModel, MAXLModel, build_label_generator
 from sskt_tf.baselines.dml import split_peer_results
 from sskt_tf.errors import UserError
-
-METHODS = ("sskt", "scratch", "kd", "dml", "maxl")
+from sskt_tf.names import METHODS
 
 
 def _backbone(config, image_size):

@@ -7,7 +7,18 @@ def learning_rate(config, steps_per_epoch):
     """The learning rate as a function of the step, from `config.lr_schedule`.
 
     multistep: `lr * lr_gamma^i` after the i-th of `lr_milestones` epochs (PyTorch MultiStepLR, stepped
-    per epoch as the reference does); cosine: from `lr` to 0 over all steps; constant.
+    per epoch as the reference does); cosine: from `lr` to 0 over all steps (Keras `CosineDecay`,
+    no warm-up or restarts); constant.
+
+    Args:
+        config: the run's `Config`; reads `lr_schedule`, `lr`, `lr_gamma`, `lr_milestones` (epochs;
+            those at or after `epochs` never apply) and `epochs`.
+        steps_per_epoch: optimizer steps per epoch (int >= 1); converts epochs into steps.
+
+    Returns:
+        A Python float (constant, or multistep without a milestone before `epochs`) or a
+        `keras.optimizers.schedules.LearningRateSchedule` of the optimizer's step count (the steps
+        already taken), for `keras.optimizers.SGD(learning_rate=...)`.
     """
     if config.lr_schedule == "constant":
         return config.lr

@@ -22,7 +22,18 @@ import numpy as np
 
 
 def fingerprint(source):
-    """SHA-256 of a source's weights and the settings that change its logits."""
+    """SHA-256 of a source's weights and the settings that change its logits.
+
+    Also the weights' identity in a run's saved training state (`train.run_inputs`): another
+    network copied over the same file is another source.
+
+    Args:
+        source: a built `sskt_tf.sources.Source` (or any layer with its `spec`, `image_size`,
+            `source_bn` and `network`).
+
+    Returns:
+        str, the first 16 hex digits (64 bits) of the digest.
+    """
     h = hashlib.sha256()
     fields = [source.spec, list(source.image_size), source.source_bn, source.network.dtype_policy.name]
     # What turns the network's outputs into logits; only where something does, so that the keys
@@ -43,7 +54,16 @@ _ORDER_VERSION = 2
 
 def data_key(config, data):
     """What the training images are and their order: dataset, location, hold-out and subset (both
-    depend on the seed), skipped files, size."""
+    depend on the seed), skipped files, size.
+
+    Args:
+        config: the run's `Config` (reads `dataset`, `data_dir`, `train_subset`, `validation_split`,
+            `seed`).
+        data: the run's `sskt_tf.data.Datasets`.
+
+    Returns:
+        str, the first 16 hex digits of a SHA-256 of those fields.
+    """
     seeded = config.train_subset or config.validation_split
     fields = [config.dataset, config.data_dir, config.train_subset, config.validation_split, data.validation_from,
               config.seed if seeded else None, list(data.bad_files), list(data.image_size), data.num_train,
@@ -54,7 +74,27 @@ def data_key(config, data):
 def load_or_compute(sources, data, config, directory, batch_size=256, log=print):
     """The logits of every source on every training image, in `data.train_ordered` order.
 
-    Returns a list with one float32 array [num_train, source classes] per source.
+    Each source's logits are read from `<directory>/<data key>_<source name>_<fingerprint>.npy`
+    when that file holds `[num_train, classes]` values, else computed on the un-augmented
+    training images and written there atomically (a temporary file, then `os.replace`), so that an interrupted run
+    leaves no partial file behind.
+
+    Args:
+        sources: the built `sskt_tf.sources.Source`s, in the model's order.
+        data: the run's `sskt_tf.data.Datasets`; `train_ordered(batch_size)` yields the
+            un-augmented training batches in a fixed order.
+        config: the run's `Config` (see `data_key`).
+        directory: where the `.npy` files are (created if missing); `--soft_label_cache_dir`, by
+            default `<output_dir>/soft_label_cache`.
+        batch_size: images per source call while computing (bounds the memory it takes).
+        log: called with one line per source (read or computed).
+
+    Returns:
+        list with one float32 array `[num_train, source classes]` per source (about
+        `4 * num_train * classes` bytes each).
+
+    Raises:
+        OSError: `directory` cannot be created or a file in it cannot be read or written.
     """
     os.makedirs(directory, exist_ok=True)
     key = data_key(config, data)

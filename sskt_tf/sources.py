@@ -26,10 +26,8 @@ import tensorflow as tf
 
 from sskt_tf.errors import UserError
 from sskt_tf.models.layers import AdaptiveAveragePooling2D, class_names_of
+from sskt_tf.names import SOURCE_BN_MODES, SOURCE_OUTPUTS
 
-SOURCE_BN_MODES = ("inference", "batch")
-# What `--source_outputs` may say the networks output (config.SOURCE_OUTPUTS; config imports this module).
-SOURCE_OUTPUTS = ("auto", "logits", "probabilities")
 # What a built `Source`'s network returns: logits as they are, or probabilities whose log is taken.
 NETWORK_OUTPUTS = ("logits", "probabilities")
 # Probabilities that underflowed to 0 get log(tiny) = -87.3 instead of -inf (a NaN in a KL term);
@@ -49,6 +47,8 @@ class _Application:
     adaptive_pool: int | None = None
 
 
+# The Keras Applications a spec may name (`<name>:imagenet`, `<name>:<weights file>`, `<name>:random[:N]`),
+# with the preprocessing their ImageNet weights expect and the input sizes they accept (in pixels).
 APPLICATIONS = {
     "resnet50": _Application("ResNet50", "caffe"),
     "resnet101": _Application("ResNet101", "caffe"),
@@ -86,10 +86,22 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 class SourcePreprocess(keras.layers.Layer):
     """A Keras Application's `preprocess_input`, as a serialisable layer on raw [0, 255] RGB.
 
+    The same arithmetic as `keras.applications.imagenet_utils.preprocess_input` in its three
+    modes, inside the model, so that a saved source needs no preprocessing outside it.
+
     Args:
         mode: "caffe" (RGB->BGR, minus the ImageNet BGR mean), "tf" (to [-1, 1]),
             "torch" (to [0, 1], then ImageNet mean/std), or "none" (the
             application preprocesses inside).
+
+    Call arguments:
+        images: `[N, H, W, 3]` RGB in 0..255, any dtype.
+
+    Returns:
+        `[N, H, W, 3]` in the layer's compute dtype.
+
+    Raises:
+        ValueError: an unknown `mode`.
     """
 
     MODES = ("caffe", "tf", "torch", "none")
@@ -129,6 +141,10 @@ class BatchStatsNormalization(keras.layers.BatchNormalization):
     sources in PyTorch's train() mode (docs/reference_code.md item 1): batch
     statistics, while the source stays frozen. Unlike PyTorch, the moving
     statistics here never drift, so evaluation with them remains meaningful.
+
+    Takes the arguments of `keras.layers.BatchNormalization` (`Source` converts a network's
+    layers with their own configs). Call: `[..., C]` inputs -> the same shape, in the layer's
+    compute dtype (the moments are computed in at least float32).
     """
 
     def call(self, inputs, training=None, mask=None):
@@ -181,11 +197,14 @@ class Source(keras.layers.Layer):
     The images are resized bilinearly (as the reference's F.interpolate with
     align_corners=False, i.e. half-pixel centres) to `image_size`, and the
     network is always called with `training=False` behind a stop-gradient.
-    The layer is never trainable.
+    The layer is never trainable. Build one with `build_source`, which checks the network first.
+
+    Reference: S. Hong, S. Moon, S. Cho, J. Lee, "Self-Supervised Knowledge Transfer via Loosely
+    Supervised Auxiliary Tasks", WACV 2022 (the source networks S_k of SSKT).
 
     Args:
         network: Keras model from raw [0, 255] RGB images of `image_size` to logits.
-        image_size: (H, W) the network sees.
+        image_size: (H, W) in pixels that the network sees.
         spec: the `--sources` entry it came from, kept for logs and configs.
         source_bn: "inference" (moving statistics) or "batch" (batch statistics,
             the reference code's behaviour; statistics never updated).
@@ -205,6 +224,11 @@ class Source(keras.layers.Layer):
 
     Returns:
         float32 logits `[N, num_classes]`, without gradient.
+
+    Raises:
+        UserError: `source_bn` is not one of `sskt_tf.names.SOURCE_BN_MODES`, or a conversion
+            (`--source_bn=batch`, another `network_dtype`) of a network that cannot be cloned.
+        ValueError: `network_outputs` is not one of `NETWORK_OUTPUTS`.
     """
 
     def __init__(
@@ -285,13 +309,29 @@ class Source(keras.layers.Layer):
 
 
 def scaled_size(image_size, scale):
-    """The source input size for target images of `image_size`: floor(side * scale), as F.interpolate."""
+    """The source input size for target images of `image_size`: floor(side * scale), as F.interpolate.
+
+    Args:
+        image_size: (H, W) of the target's images, in pixels.
+        scale: `--source_scale`, a float > 0 (the paper's 7/3: 32 -> 74 px, 96 -> 224 px).
+
+    Returns:
+        (H, W) tuple of int, in pixels.
+    """
     # The epsilon keeps e.g. 96 * 7/3 = 224 from flooring to 223 through rounding error.
     return tuple(int(math.floor(side * scale + 1e-6)) for side in image_size)
 
 
 def source_name(spec):
-    """A short metric-friendly name for a spec: `resnet50:imagenet` -> `resnet50_imagenet`."""
+    """A short metric-friendly name for a spec: `resnet50:imagenet` -> `resnet50_imagenet`.
+
+    Args:
+        spec: a source spec (see the module docstring).
+
+    Returns:
+        str of lowercase letters, digits and `_` (the file's stem for `.keras` files); "source"
+        when nothing of the spec is left.
+    """
     if spec.endswith(".keras"):
         stem = os.path.splitext(os.path.basename(spec))[0]
     else:
@@ -774,9 +814,19 @@ def logits_model(flag, path, model, image_size):
     and its log taken, each with one printed line. A target trained here returns logits and
     passes unchanged.
 
+    Args:
+        flag: the flag named in messages (e.g. "--model").
+        path: the `.keras` file `model` was loaded from, named in messages.
+        model: the loaded Keras classifier, raw RGB `[N, H, W, 3]` in 0..255 -> `[N, classes]`.
+        image_size: (H, W) in pixels it will run at (the probe that detects probabilities).
+
     Returns:
-        `(model, activation)`: the logits model, and "softmax"/"sigmoid" when the outputs were
-        probabilities of that kind (else None).
+        `(model, activation)`: the logits model (float32 logits `[N, classes]`), and
+        "softmax"/"sigmoid" when the outputs were probabilities of that kind (else None).
+
+    Raises:
+        UserError: a model that does not run on `image_size` images, returns NaN or infinite
+            values, or ends in a sigmoid that cannot be removed in a copy.
     """
     network, outputs, stripped = _adapted_keras_file(flag, path, model, tuple(image_size), "auto")
     if outputs == "probabilities":
@@ -808,12 +858,15 @@ def build_source(
     a copy of the network, with one printed line. Keras Applications named by a spec are built
     without their softmax and always return logits.
 
+    The networks are Keras Applications (`keras.applications`, `APPLICATIONS`) or Keras 3
+    `.keras` files; the paper's sources are ImageNet and Places365 ResNets (Hong et al., WACV 2022).
+
     Args:
         spec: the source spec (see the module docstring).
-        image_size: (H, W) of the target's training images.
+        image_size: (H, W) in pixels of the target's training images.
         source_scale: the source sees `floor(side * source_scale)` pixels per side, unless its
             network has a fixed input size (then it sees that size; VGG has none, see
-            `_adaptively_pooled`).
+            `_adaptively_pooled`). A float > 0; the teacher uses 1.0.
         source_bn: "inference" or "batch" (see `Source`).
         name: layer name; default `source_<source_name(spec)>`.
         dtype_policy: precision of the source's network (see `Source`); None: the global policy
@@ -822,10 +875,17 @@ def build_source(
         flag: the flag named in messages, "--sources" or "--teacher".
 
     Returns:
-        A built, frozen `Source`: raw RGB images -> float32 logits `[N, classes]`.
+        A built, frozen `Source`: raw RGB images `[N, H, W, 3]` in 0..255 (any size) -> float32
+        logits `[N, classes]`.
 
     Raises:
-        UserError: a spec or network that cannot serve (see above).
+        UserError: a spec or network that cannot serve (see above), in one line naming `flag`:
+            an unknown `outputs` or `source_bn`, an unknown application or a bad `random:<N>`, a
+            missing or unreadable weights file or `.keras` file, ImageNet weights that cannot be
+            downloaded (offline), an input that is not `[N, H, W, 3]` or smaller than the
+            application's minimum, an output that is not `[N, classes]` with classes >= 2, a
+            network that does not run at its size or returns values that are not finite, or an
+            `outputs` that contradicts the network's final activation or its outputs.
     """
     if outputs not in SOURCE_OUTPUTS:
         raise UserError(f"--source_outputs={outputs} is not known. Allowed: {', '.join(SOURCE_OUTPUTS)}.")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from sskt_tf import augment, data, heads, models, sources
-from sskt_tf.errors import UserError
+from sskt_tf.config import AugmentationConfig
 from sskt_tf.sskt import SSKTModel
 
 
@@ -204,7 +204,7 @@ def test_mix_batch_probability_and_switch():
 
 
 def test_mix_keeps_multi_hot_labels_as_label_wise_mixes():
-    augmenter = augment.BatchAugmenter(augment.Augmentation(kind="none", mixup=1.0), num_classes=3, multi_label=True)
+    augmenter = augment.BatchAugmenter(AugmentationConfig(kind="none", mixup=1.0), num_classes=3, multi_label=True)
     labels = tf.constant([[1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 0]], tf.float32)
     _, mixed = augmenter.mix(_constant_images(4), labels, tf.constant([1, 1], tf.int64))
     mixed = mixed.numpy()
@@ -239,7 +239,7 @@ def _batches(ds, n):
 
 
 def test_pipeline_with_randaugment_and_mixing_is_reproducible_and_resumable():
-    aug = augment.Augmentation(kind="randaugment", mixup=0.4, cutmix=1.0, mix_prob=0.9)
+    aug = AugmentationConfig(kind="randaugment", mixup=0.4, cutmix=1.0, mix_prob=0.9)
     tf.random.set_seed(1)
     first = data.load("synthetic", batch_size=32, seed=2, augment=aug, deterministic=True)
     stream = _batches(first.train, 5)
@@ -276,7 +276,7 @@ def test_pipeline_standard_is_unchanged_by_the_refactor():
 def test_sources_see_the_mixed_images_and_soft_labels_train_the_target():
     """One SSKT step on a mixed batch: logged losses equal soft CE and aux CE computed on that very batch."""
     keras.utils.set_random_seed(0)
-    datasets = data.load("synthetic:5", batch_size=16, seed=0, augment=augment.Augmentation(mixup=1.0, cutmix=1.0))
+    datasets = data.load("synthetic:5", batch_size=16, seed=0, augment=AugmentationConfig(mixup=1.0, cutmix=1.0))
     images, labels = next(iter(datasets.train))
     assert labels.shape == (16, 5)
     inputs = keras.Input((32, 32, 3))
@@ -302,18 +302,6 @@ def test_sources_see_the_mixed_images_and_soft_labels_train_the_target():
     np.testing.assert_allclose(float(logs["aux_loss_tiny"]), 9.0 * -(q * log_qa).sum(1).mean(), rtol=1e-5)
     top = (z.argmax(1) == y.argmax(1)).mean()
     np.testing.assert_allclose(float(logs["accuracy"]), top, atol=1e-6)
-
-
-def test_augmentation_errors_are_one_line():
-    for kwargs, needle in [
-        (dict(kind="autoaugment"), "--augment=autoaugment"),
-        (dict(mixup=-1.0), "--mixup"),
-        (dict(mix_prob=0.0), "--mix_prob"),
-        (dict(randaugment_magnitude=2.0), "--randaugment_magnitude"),
-        (dict(randaugment_layers=0), "--randaugment_layers"),
-    ]:
-        with pytest.raises(UserError, match=needle.replace("-", r"\-")):
-            augment.Augmentation(**kwargs)
 
 
 def test_training_cli_runs_with_randaugment_mixup_and_cutmix(tmp_path, monkeypatch):
@@ -342,5 +330,5 @@ def test_training_cli_runs_with_randaugment_mixup_and_cutmix(tmp_path, monkeypat
 
     assert tf_config.is_op_determinism_enabled()  # --deterministic took effect (conftest turns it off after).
     assert np.isfinite(results["test"]["loss"])
-    written = json.loads((out / "config.json").read_text())
+    written = config_lib.flag_values(json.loads((out / "config.json").read_text()))
     assert (written["augment"], written["mixup"], written["cutmix"]) == ("randaugment", 0.2, 1.0)

@@ -1,4 +1,4 @@
-"""Tests of flag parsing into the frozen Config: flagfiles, the paper recipe, contradictions."""
+"""Tests of flag parsing into the frozen Config: flagfiles, the paper recipe, contradictions, config.json."""
 
 import dataclasses
 import json
@@ -68,6 +68,7 @@ def test_per_source_alpha_and_temperature(monkeypatch):
         (["--weight_decay=-inf"], "--weight_decay=-inf: expected a finite number"),
         (["--source_scale=nan"], "--source_scale=nan: expected a number or a fraction"),
         (["--mixup=nan"], "--mixup=nan: expected a finite number"),
+        (["--mixup=0.2", "--mix_prob=nan"], "--mix_prob=nan: expected a finite number"),
         (["--validation_split=1"], "--validation_split must be in [0, 1)"),
         (["--validation_split=-0.1"], "--validation_split must be in [0, 1)"),
         (["--eval_every=0"], "--eval_every must be >= 1"),
@@ -87,7 +88,7 @@ def test_augmentation_flags_and_their_contradictions(monkeypatch):
     config = parse(["--flagfile=flags/smoke.cfg", "--augment=randaugment", "--randaugment_magnitude=0.3", "--mixup=0.2", "--cutmix=1", "--mix_prob=0.5"], monkeypatch)
     a = config.augmentation
     assert (a.kind, a.randaugment_magnitude, a.mixup, a.cutmix, a.mix_prob) == ("randaugment", 0.3, 0.2, 1.0, 0.5)
-    assert json.loads(config.to_json())["mixup"] == 0.2
+    assert json.loads(config.to_json())["augmentation"]["mixup"] == 0.2  # config.json nests them.
     for args, needle in [
         (["--randaugment_magnitude=0.3"], "only applies to --augment=randaugment"),
         (["--mix_prob=0.5"], "only applies with --mixup or --cutmix"),
@@ -111,3 +112,120 @@ def test_paths_are_stored_absolute(monkeypatch, tmp_path):
     assert config.output_dir == f"{ROOT}/runs/x" and config.data_dir == os.path.expanduser("~/tfds")
     kd = parse(["--method=kd", "--teacher=t.keras", "--sources=", "--dataset=cifar10"], monkeypatch)
     assert kd.teacher == f"{ROOT}/t.keras" and kd.dataset == "cifar10"
+
+
+def test_augmentation_errors_are_one_line():
+    for kwargs, needle in [
+        (dict(kind="autoaugment"), "--augment=autoaugment"),
+        (dict(mixup=-1.0), "--mixup"),
+        (dict(mix_prob=0.0), "--mix_prob"),
+        (dict(randaugment_magnitude=2.0), "--randaugment_magnitude"),
+        (dict(randaugment_layers=0), "--randaugment_layers"),
+        (dict(cutmix=float("inf")), "--cutmix=inf: expected a finite number"),
+    ]:
+        with pytest.raises(UserError, match=needle.replace("-", r"\-")):
+            config_lib.AugmentationConfig(**kwargs)
+
+
+def _args(config):
+    """The flags that make `from_flags` build `config`: every setting that differs from the default."""
+    values = config_lib.flag_values(json.loads(config.to_json()))
+    defaults = config_lib.flag_values(json.loads(config_lib.Config().to_json()))
+    args = []
+    for name, value in values.items():
+        if value == defaults[name]:
+            continue
+        if isinstance(value, bool):
+            args.append(f"--{name}" if value else f"--no{name}")
+        else:
+            args.append(f"--{name}={','.join(map(str, value)) if isinstance(value, list) else value}")
+    return args
+
+
+# One config per method, every flag away from its default in at least one of them.
+_NON_DEFAULT = [
+    config_lib.Config(
+        dataset="folder:/data/pets", data_dir="/tfds", image_size=(24, 28), train_subset=100, validation_split=0.1,
+        cache="memory", skip_bad_images=True,
+        augmentation=config_lib.AugmentationConfig(
+            kind="randaugment", randaugment_layers=3, randaugment_magnitude=0.3, mixup=0.2, cutmix=1.0, mix_prob=0.5
+        ),
+        model="resnet32", target_loss="focal", sources=("/s/a.keras", "resnet50:imagenet"), aux_head="transfer_module",
+        alpha=(0.2, 0.3), temperature=(4.0,), aux_loss="kd", kd_reduction="mean", source_scale=2.5, source_bn="batch",
+        source_outputs="logits", epochs=7, batch_size=16, eval_batch_size=32, steps_per_epoch=5, lr=0.05, momentum=0.8,
+        weight_decay=1e-4, lr_schedule="cosine", lr_milestones=(2, 4), lr_gamma=0.5, seed=3, eval_every=2,
+        strategy="tpu", tpu="grpc://10.0.0.2:8470", precision="mixed_bfloat16", source_precision="float16",
+        soft_label_cache_dir="/cache", resume=False, deterministic=True, sync_bn=True, jit_compile="false",
+        output_dir="/runs/x", overwrite=True, export=True, verbose=2,
+    ),
+    config_lib.Config(method="kd", output_dir="/runs/x", teacher="/runs/t/target.keras", kd_alpha=0.5, soft_label_cache="clean"),
+    config_lib.Config(method="dml", output_dir="/runs/x", dml_peers=3),
+    config_lib.Config(
+        method="maxl", output_dir="/runs/x", maxl_psi=(5, 6), maxl_aux_weight=0.5, maxl_entropy_weight=0.1, maxl_generator_lr=0.01,
+        maxl_first_order=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("config", _NON_DEFAULT, ids=lambda c: c.method)
+def test_from_flags_round_trips_every_field(config, monkeypatch):
+    assert parse(_args(config), monkeypatch) == config
+
+
+def test_every_flag_is_a_field_and_every_field_a_flag():
+    flag_names = {f.name for f in FLAGS.get_flags_for_module(config_lib)}
+    settings = set(config_lib.flag_values(json.loads(config_lib.Config().to_json())))
+    assert settings - flag_names == {"augmentation.padding"}  # The reference's 4 pixels: no flag.
+    assert flag_names <= settings
+    # The round trip above leaves no flag at its default in all of its configs.
+    changed = {a.partition("=")[0].removeprefix("--").removeprefix("no") for c in _NON_DEFAULT for a in _args(c)}
+    assert changed == flag_names
+
+
+def test_flag_types_follow_the_fields():
+    kinds = {f.name: f.flag_type() for f in FLAGS.get_flags_for_module(config_lib)}
+    assert kinds["model"] == kinds["augment"] == kinds["method"] == "string enum"
+    assert kinds["sources"] == kinds["alpha"] == kinds["lr_milestones"] == "comma separated list of strings"
+    assert (kinds["mixup"], kinds["epochs"], kinds["train_subset"], kinds["resume"]) == ("float", "int", "int", "bool")
+    assert kinds["source_scale"] == kinds["dataset"] == kinds["data_dir"] == "string"
+    assert FLAGS["temperature"].default == ["3"] and FLAGS["source_scale"].default == "7/3"
+
+
+def test_method_flags_belong_to_their_method_only(monkeypatch):
+    flag_names = {f.name for f in FLAGS.get_flags_for_module(config_lib)}
+    assert set(config_lib.METHOD_FLAGS) <= flag_names
+    assert set(config_lib.METHOD_FLAGS.values()) <= set(FLAGS["method"].parser.enum_values)
+    for name, method in config_lib.METHOD_FLAGS.items():
+        if name in ("sources", "teacher"):
+            continue  # Refused when not empty, with their own line (test_bad_or_contradicting_flags).
+        other = "dml" if method != "dml" else "maxl"
+        value = "true" if FLAGS[name].flag_type() == "bool" else "3"
+        with pytest.raises(UserError, match=re.escape(f"--{name}={FLAGS[name].parser.parse(value)} only applies to --method={method}; received --method={other}. Drop it.")):
+            parse([f"--method={other}", f"--{name}={value}"], monkeypatch)
+
+
+def _flat(config_json):
+    """config.json as versions before the nested augmentation wrote it: every field at the top level."""
+    flat = {k: v for k, v in config_json.items() if k != "augmentation"}
+    augmentation = config_json["augmentation"]
+    flat.update(augment=augmentation["kind"], **{k: v for k, v in augmentation.items() if k not in ("kind", "padding")})
+    return flat
+
+
+def test_an_old_flat_config_json_reads_as_the_nested_one(tmp_path, monkeypatch):
+    from sskt_tf import train
+
+    config = parse(["--flagfile=flags/smoke.cfg", "--mixup=0.2", "--nooverwrite", f"--output_dir={tmp_path}"], monkeypatch)
+    nested = json.loads(config.to_json())
+    old = _flat(nested)
+    assert "augmentation" not in old and old["augment"] == "standard" and old["mixup"] == 0.2
+    assert config_lib.flag_values(old) == {k: v for k, v in config_lib.flag_values(nested).items() if k != "augmentation.padding"}
+    assert train.changed_settings(old, nested) == []
+    assert train.changed_settings({**old, "mixup": 0.0, "lr": 0.5}, nested) == [("lr", 0.5, nested["lr"]), ("mixup", 0.0, 0.2)]
+    # A resume of a run an earlier version wrote: the same settings resume, others are named by their flag.
+    (tmp_path / "config.json").write_text(json.dumps({**old, "mixup": 0.0}))
+    (tmp_path / "target.keras").write_text("")
+    with pytest.raises(UserError, match=re.escape("run with other settings (--mixup: 0.0 -> 0.2)")):
+        train.inspect_output_dir(config)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert train.inspect_output_dir(config) == "new"  # The same run, nothing to resume: it starts over.

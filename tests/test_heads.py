@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from sskt_tf import heads
+from sskt_tf import heads, names
 from sskt_tf.errors import UserError
 
 CHANNELS = {"stage1": 16, "stage2": 32, "stage3": 64}
@@ -50,7 +50,7 @@ def test_transfer_module_averages_the_pooled_branches():
     np.testing.assert_allclose(out, np.mean(pooled, axis=0) @ kernel + bias, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", heads.HEAD_NAMES)
+@pytest.mark.parametrize("kind", names.HEAD_NAMES)
 def test_config_round_trip(kind):
     head = heads.build_head(kind, 10, CHANNELS, name="aux")
     f = features()

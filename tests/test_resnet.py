@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sskt_tf import heads
-from sskt_tf.models import MODEL_NAMES, ResNet, VGG16BN, get_backbone, resnet_classifier
+from sskt_tf.models import ResNet, VGG16BN, get_backbone, resnet_classifier
+from sskt_tf.names import MODEL_NAMES
 
 # Trainable parameters of torchvision's resnetN(num_classes=1000), as its documentation's model table
 # lists them (11.7M, 21.8M, 25.6M, 44.5M, 60.2M; exact integers from torchvision's weight metadata).

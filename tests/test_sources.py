@@ -576,9 +576,3 @@ def test_a_fixed_input_size_is_used_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().out == ""  # The size it would receive anyway: nothing to say.
     sources.build_source(path, (32, 32), 1.0, flag="--teacher")
     assert "instead of 32x32 (not the target's size)" in capsys.readouterr().out
-
-
-def test_the_flag_and_the_builder_allow_the_same_values():
-    from sskt_tf import config
-
-    assert config.SOURCE_OUTPUTS == sources.SOURCE_OUTPUTS
