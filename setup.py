@@ -28,7 +28,7 @@ setup(
     # torch only reads PyTorch checkpoints (python -m sskt_tf.convert_torch); a CPU build is enough.
     # plots: the comparison runner's picture (python -m sskt_tf.compare writes its table without it).
     extras_require={
-        "dev": ["pytest>=7", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "torch==2.13.0", "nbclient", "nbformat", "ipykernel"],
         "torch": ["torch==2.13.0"],
         "plots": ["matplotlib"],
     },
@@ -39,6 +39,7 @@ setup(
             "sskt-evaluate=sskt_tf.evaluate:run",
             "sskt-predict=sskt_tf.predict:run",
             "sskt-compare=sskt_tf.compare:run",
+            "sskt-convert-torch=sskt_tf.convert_torch:run",
         ]
     },
 )

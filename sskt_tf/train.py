@@ -28,9 +28,11 @@ import tensorflow as tf  # noqa: E402
 from sskt_tf import callbacks as callbacks_lib  # noqa: E402
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import data as data_lib  # noqa: E402
-from sskt_tf import distribute, errors, methods, optim, soft_labels  # noqa: E402
-from sskt_tf import export as export_lib  # noqa: E402
-from sskt_tf.errors import UserError, run_cli  # noqa: E402
+from sskt_tf import distribute, errors, losses, methods, optim, soft_labels  # noqa: E402
+from sskt_tf.cli import reject_arguments, run_cli  # noqa: E402
+from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.serving.saved_model import export_saved_model  # noqa: E402
+from sskt_tf.serving.trained import load_trained  # noqa: E402
 
 # Settings that do not change what a run computes: a run may resume under other values.
 _RUN_ONLY_FIELDS = ("output_dir", "overwrite", "verbose", "resume", "export", "soft_label_cache_dir", "cache")
@@ -104,11 +106,13 @@ def _show(value):
 
 
 def changed_settings(previous, current):
-    """`[(field, old, new)]` of the settings (not run-only) that differ between two config.json dicts.
+    """`[(flag, old, new)]` of the settings (not run-only) that differ between two config.json dicts.
 
-    A field the older config.json lacks (added since) counts as its default.
+    Both are read by flag name (`config.flag_values`: a flat config.json of an earlier version reads
+    as a nested one); a setting the older config.json lacks (added since) counts as its default.
     """
-    defaults = json.loads(config_lib.Config().to_json())
+    defaults = config_lib.flag_values(json.loads(config_lib.Config().to_json()))
+    previous, current = config_lib.flag_values(previous), config_lib.flag_values(current)
     return [
         (k, previous.get(k, defaults.get(k)), current[k])
         for k in sorted(current)
@@ -443,8 +447,7 @@ def _exit_interrupted(config, tracker):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull).")
+    reject_arguments(argv)
     start = time.perf_counter()
     config = config_lib.from_flags()
     # First: a multi-worker strategy must configure the runtime before any other TensorFlow call.
@@ -489,7 +492,7 @@ def _run(config, strategy, start, tracker):
         skip_bad_images=config.skip_bad_images,
         deterministic=config.deterministic,
     )
-    data_lib.check_target_loss(config.dataset, data.multi_label, config.target_loss)
+    losses.check_target_loss(config.dataset, data.multi_label, config.target_loss)
     steps_per_epoch = config.steps_per_epoch or data.steps_per_epoch
     with strategy.scope():
         model = methods.build_model(config, data.image_size, data.num_classes, class_names=data.class_names)
@@ -562,7 +565,7 @@ def _run(config, strategy, start, tracker):
     if resume is not None:
         resume.delete()  # Only now: a crash before results.json leaves a state to resume from.
     if config.export:
-        export_lib.export_saved_model(export_lib.load_trained(out), os.path.join(out, "saved_model"))
+        export_saved_model(load_trained(out), os.path.join(out, "saved_model"))
     print(f"test: {json.dumps(results['test'])}; outputs in {out}")
     if results["best"] is not None and results["best"]["epoch"] != epochs_completed:
         best = results["best"]

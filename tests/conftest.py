@@ -1,17 +1,18 @@
-"""Test set-up: two logical CPU devices (for the 1-vs-2-replica tests), quiet TensorFlow logs, tiny
-stand-in sources, and a background lane for the tests whose work is in subprocesses."""
+"""Test set-up: two logical CPU devices (for the 1-vs-2-replica tests), quiet TensorFlow logs, the
+session's global state restored around every test, tiny stand-in sources, and the helpers of the
+command-line tests.
 
-import json
+The suite runs in parallel with pytest-xdist (`python -m pytest -n auto`); each worker is its own
+process with its own TensorFlow. Tests that start subprocesses or train through the command are
+marked `slow`: `python -m pytest -m "not slow"` is the quick loop while developing."""
+
 import os
-import pathlib
 import re
 import subprocess
-import sys
-import threading
-import time
-import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import tensorflow as tf  # noqa: E402
 
@@ -26,9 +27,7 @@ def pytest_configure(config):
     # Keras' numpy-2 conversion shim warns on every tensor -> array call; it says nothing about this code.
     config.addinivalue_line("filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword")
     config.addinivalue_line(
-        "markers",
-        "background(job=prepare): the test's subprocess work, `prepare(workdir, stand_ins, items)` -> a "
-        "callable run in the background lane (see the `background` fixture)",
+        "markers", "slow: starts subprocesses or trains through a command (deselect with -m 'not slow')"
     )
 
 
@@ -214,78 +213,6 @@ def stand_ins(tmp_path_factory):
     return make
 
 
-# --- The background lane ----------------------------------------------------------------------------
-#
-# Most of this suite runs on one core: TensorFlow's import and the tracing of training steps are
-# single-threaded Python. The tests whose work can run in subprocesses (command-line runs, notebook
-# kernels, multi-worker training, runs of the training command) hand it to one background thread, the
-# lane, which works through those jobs in test order while the tests go on here: at most one job at a
-# time beside the tests. A test that reaches its job before the lane does runs the job itself, as it
-# would without the lane; the runs of a `TrainingRuns` job are taken from both ends.
-#
-# A job only starts subprocesses and reads files; it never calls TensorFlow in this process (its
-# `prepare`, which may, runs here in the main thread), and every assertion stays in its test.
-# SSKT_TESTS_BACKGROUND=0 turns the lane off: every job then runs inside its test, in order.
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class BackgroundJob:
-    """One job of the lane: runs once, in the lane or in the test that needs it first.
-
-    `prepared` is what the job's `prepare` returned: a callable, or a `TrainingRuns`.
-    """
-
-    def __init__(self, name, prepared, workdir, prepare_error=None):
-        self.name = name
-        self._prepared = prepared
-        self._prepare_error = prepare_error  # Raised in the tests of a job whose `prepare` failed.
-        self.workdir = workdir  # The directory its `prepare` was given.
-        self._lock = threading.Lock()
-        self._started = False
-        self._done = threading.Event()
-        self._value = self._error = None
-        self.where, self.seconds = None, None  # Where it ran ("lane" or "test") and for how long.
-
-    @property
-    def prepared(self):
-        if self._prepare_error is not None:
-            raise self._prepare_error
-        return self._prepared
-
-    def start(self, where="test"):
-        """Runs the job here unless it has started elsewhere; returns whether it ran here."""
-        with self._lock:
-            if self._started:
-                return False
-            self._started = True
-        begin = time.perf_counter()
-        try:
-            self._value = self.prepared()
-        except BaseException as e:  # noqa: BLE001  (re-raised by result())
-            self._error = e
-        finally:
-            self.where, self.seconds = where, time.perf_counter() - begin
-            self._done.set()
-        return True
-
-    @property
-    def finished(self):
-        return self._done.is_set()
-
-    def result(self):
-        """The job's return value (raises what it raised); runs it here if the lane has not started it."""
-        self.start()
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def training_run(self, index):
-        """The outcome of run `index` of a `TrainingRuns` job (see there)."""
-        return self.prepared.outcome(index, self)
-
-
 def run_training(args):
     """train.main on `args` (from the repository root): its results."""
     from absl import flags
@@ -303,143 +230,3 @@ def run_training(args):
     finally:
         flags.FLAGS.unparse_flags()
         os.chdir(cwd)
-
-
-class TrainingRuns:
-    """Runs of the training command, shared out between the tests and one helper process.
-
-    Run i writes to `<workdir>/run_<i>/run` (its `--output_dir`). The lane starts a helper process
-    (this file as a script: one TensorFlow start-up for all its runs) that takes the runs from the
-    last; a test takes its run from here (`BackgroundJob.training_run`). Whoever starts a run first
-    claims it (an atomic mkdir); the other waits for its outcome, `{"results": ...}` or `{"error": ...}`.
-    """
-
-    def __init__(self, workdir, runs):
-        """`runs`: a list of (name, args); each run's --output_dir is added here."""
-        self.runs = []
-        for i, (name, args) in enumerate(runs):
-            run_dir = os.path.join(str(workdir), f"run_{i:02d}")
-            self.runs.append({"name": name, "dir": run_dir, "args": [*args, f"--output_dir={run_dir}/run"]})
-        self.plan = os.path.join(str(workdir), "plan.json")
-        self.log = os.path.join(str(workdir), "helper.log")
-        self.stop_file = os.path.join(str(workdir), "stop")  # The helper starts no run once it exists.
-        with open(self.plan, "w") as f:
-            json.dump({"runs": self.runs, "stop_file": self.stop_file}, f, indent=1)
-
-    def output_dir(self, index):
-        return pathlib.Path(self.runs[index]["dir"]) / "run"
-
-    def __call__(self):
-        if all(os.path.exists(os.path.join(r["dir"], "claim")) for r in self.runs):
-            return 0  # The tests have taken them all.
-        with open(self.log, "w") as log:
-            command = [sys.executable, os.path.abspath(__file__), self.plan]
-            return subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=3600).returncode
-
-    def outcome(self, index, job):
-        run = self.runs[index]
-        if _claim(run["dir"]):
-            _record(run["dir"], lambda: run_training(run["args"]))
-        path = os.path.join(run["dir"], "outcome.json")
-        deadline = time.time() + 1800
-        while not os.path.exists(path):
-            if job.finished or time.time() > deadline:
-                log = open(self.log).read()[-3000:] if os.path.exists(self.log) else ""
-                assert os.path.exists(path), f"the helper process stopped without the outcome of {run['name']}:\n{log}"
-            time.sleep(0.2)
-        with open(path) as f:
-            return json.load(f)
-
-
-def _claim(run_dir):
-    os.makedirs(run_dir, exist_ok=True)
-    try:
-        os.mkdir(os.path.join(run_dir, "claim"))
-        return True
-    except FileExistsError:
-        return False
-
-
-def _record(run_dir, train_fn):
-    """Runs `train_fn()` and writes its outcome (its results, or its error) to run_dir/outcome.json."""
-    try:
-        outcome = {"results": train_fn()}
-    except Exception:  # noqa: BLE001  (the test reports it)
-        outcome = {"error": traceback.format_exc()}
-    path = os.path.join(run_dir, "outcome.json")
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(outcome, f)
-    os.replace(f"{path}.tmp", path)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _background_lane(request, tmp_path_factory, stand_ins):
-    """Prepares the jobs of the selected tests marked `background`, and runs them in a thread."""
-    jobs, users = {}, {}
-    for item in request.session.items:
-        marker = item.get_closest_marker("background")
-        if marker is not None:
-            users.setdefault(marker.kwargs["job"], []).append(item)
-    for prepare, items in users.items():
-        workdir = tmp_path_factory.mktemp(prepare.__name__.strip("_"))
-        try:
-            jobs[prepare] = BackgroundJob(prepare.__name__, prepare(workdir, stand_ins, items), workdir)
-        except Exception as e:  # noqa: BLE001  (fails the job's own tests, not the session)
-            jobs[prepare] = BackgroundJob(prepare.__name__, None, workdir, prepare_error=e)
-    stop = threading.Event()
-
-    def lane():
-        for job in jobs.values():
-            if stop.is_set():
-                return
-            job.start("lane")
-
-    thread = None
-    if jobs and os.environ.get("SSKT_TESTS_BACKGROUND", "1") != "0":
-        thread = threading.Thread(target=lane, name="background-lane", daemon=True)
-        thread.start()
-    yield jobs
-    # The session is over (all its tests have their jobs' results, or it was cut short): start nothing new.
-    stop.set()
-    for job in jobs.values():
-        if isinstance(job._prepared, TrainingRuns):
-            open(job._prepared.stop_file, "w").close()
-    if thread is not None:
-        thread.join()
-    _LANE_REPORT[:] = [(job.name, job.where, job.seconds) for job in jobs.values()]
-
-
-_LANE_REPORT = []
-
-
-def pytest_terminal_summary(terminalreporter):
-    """Where each background job ran and for how long (a test's duration includes its waiting)."""
-    if _LANE_REPORT:
-        terminalreporter.section("background jobs")
-        for name, where, seconds in _LANE_REPORT:
-            ran = f"{seconds:7.2f}s in the {where}" if where else "    not run"
-            terminalreporter.write_line(f"{ran:>22}  {name}")
-
-
-@pytest.fixture
-def background(request, _background_lane):
-    """The `BackgroundJob` of this test's `background` marker: `background.result()` is what it returned."""
-    marker = request.node.get_closest_marker("background")
-    assert marker is not None, "the background fixture needs @pytest.mark.background(job=prepare)"
-    return _background_lane[marker.kwargs["job"]]
-
-
-def _helper(plan):
-    """The helper process of a `TrainingRuns`: its runs from the last, each unless claimed already."""
-    with open(plan) as f:
-        plan = json.load(f)
-    for run in reversed(plan["runs"]):
-        if os.path.exists(plan["stop_file"]):
-            return
-        if _claim(run["dir"]):
-            _record(run["dir"], lambda: run_training(run["args"]))
-            print(f"ran {run['name']}", flush=True)
-
-
-if __name__ == "__main__":
-    _helper(sys.argv[1])

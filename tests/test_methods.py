@@ -18,7 +18,7 @@ from sskt_tf.baselines import DMLModel, KDModel, MAXLModel
 from sskt_tf.config import Config
 from sskt_tf.errors import UserError
 from sskt_tf.models.layers import Classifier, class_names_of
-from conftest import TrainingRuns
+from conftest import run_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 config_lib.define_flags()
@@ -248,10 +248,10 @@ def test_every_peer_of_dml_carries_the_class_names(tmp_path):
 
 
 def test_load_trained_reads_the_stored_names_and_refuses_a_contradicting_run(tmp_path):
-    from sskt_tf import export as export_lib
+    from sskt_tf.serving.trained import load_trained
 
     _, path = saved_target(tmp_path, NAMES)  # No config.json or results.json beside it.
-    trained = export_lib.load_trained(path)
+    trained = load_trained(path)
     assert trained.class_names == NAMES and trained.image_size == SIZE
     run = tmp_path / "run"
     run.mkdir()
@@ -259,9 +259,9 @@ def test_load_trained_reads_the_stored_names_and_refuses_a_contradicting_run(tmp
     (run / "config.json").write_text("{}")
     (run / "results.json").write_text(json.dumps({"class_names": list(reversed(NAMES)), "image_size": list(SIZE)}))
     with pytest.raises(UserError, match=r"target.keras stores the class names \['airplane'.*results.json names \['truck'.*pass the model of that run"):
-        export_lib.load_trained(str(run))
+        load_trained(str(run))
     (run / "results.json").write_text(json.dumps({"class_names": list(NAMES), "image_size": list(SIZE)}))
-    assert export_lib.load_trained(str(run)).class_names == NAMES
+    assert load_trained(str(run)).class_names == NAMES
 
 
 @pytest.mark.parametrize(
@@ -563,28 +563,16 @@ def _command_args(*args):
 METHOD_ARGS = {"scratch": [], "kd": ["--teacher=TEACHER", "--kd_alpha=0.5"], "dml": ["--dml_peers=3"], "maxl": []}
 
 
-def _method_runs(workdir, stand_ins, items):
-    """The training command once per method: in this process or in the background lane's helper."""
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHOD_ARGS))
+def test_every_method_trains_from_the_command(method, tmp_path, stand_ins):
     # KD's teacher: a tiny network of the 10 classes (an application teacher runs in test_compare.py).
     teacher = stand_ins("teacher_net", 10)
-    methods = [item.callspec.params["method"] for item in items]
-    runs = TrainingRuns(
-        workdir,
-        [(m, _command_args(f"--method={m}", *(a.replace("TEACHER", teacher) for a in METHOD_ARGS[m]))) for m in methods],
+    out = tmp_path / "run"
+    written = run_training(
+        [*_command_args(f"--method={method}", *(a.replace("TEACHER", teacher) for a in METHOD_ARGS[method])), f"--output_dir={out}"]
     )
-    runs.methods, runs.teacher = methods, teacher
-    return runs
-
-
-@pytest.mark.background(job=_method_runs)
-@pytest.mark.parametrize("method", list(METHOD_ARGS))
-def test_every_method_trains_from_the_command(method, background):
-    runs = background.prepared
-    index = runs.methods.index(method)
-    outcome = background.training_run(index)
-    assert "error" not in outcome, outcome.get("error")
-    out, teacher = runs.output_dir(index), runs.teacher
-    written = json.loads((out / "results.json").read_text())
+    assert written == json.loads((out / "results.json").read_text())
     assert written["method"] == method and written["epochs_completed"] == 1
     assert np.isfinite(written["test"]["loss"]) and written["sources"] == []
     target = keras.saving.load_model(out / "target.keras")
@@ -608,13 +596,13 @@ def test_every_method_trains_from_the_command(method, background):
         assert {"aux_loss", "meta_loss", "label_entropy"} <= set(header)
 
 
-def _contradiction(workdir, stand_ins, items):
+def _contradiction(workdir):
     command = [sys.executable, "-m", "sskt_tf.train", "--flagfile=flags/smoke.cfg", "--method=dml", f"--output_dir={workdir}"]
-    return lambda: subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.background(job=_contradiction)
-def test_a_contradiction_is_one_error_line_from_the_command(background):
-    proc = background.result()
+@pytest.mark.slow
+def test_a_contradiction_is_one_error_line_from_the_command(tmp_path):
+    proc = _contradiction(tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: --sources=mobilenet_v2:random only applies to --method=sskt; received --method=dml" in proc.stderr

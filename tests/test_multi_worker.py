@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import sskt_tf  # noqa: F401  (registers the custom layers for loading)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def _free_ports(n):
@@ -25,7 +24,7 @@ def _free_ports(n):
     return ports
 
 
-def _two_workers(workdir, stand_ins, items):
+def _two_workers(workdir, stand_ins):
     out = workdir / "run"
     # smoke.cfg with a tiny source of MobileNetV2's class count: the workers' time goes to starting
     # TensorFlow and tracing, and a real application would add the most to both.
@@ -35,28 +34,25 @@ def _two_workers(workdir, stand_ins, items):
         "--sync_bn", "--epochs=2", "--steps_per_epoch=2", "--batch_size=16", "--eval_batch_size=64", "--verbose=2", f"--output_dir={out}",
     ]
 
-    def run():
-        workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-        procs, logs = [], [workdir / f"worker_{index}.log" for index in range(2)]
-        for index in range(2):
-            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-            with open(logs[index], "w") as log:
-                procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-        try:
-            codes = [p.wait(timeout=400) for p in procs]
-        finally:
-            for p in procs:  # After a timeout: no worker left behind.
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        return out, codes, [log.read_text() for log in logs]
-
-    return run
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs, logs = [], [workdir / f"worker_{index}.log" for index in range(2)]
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        with open(logs[index], "w") as log:
+            procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = [p.wait(timeout=400) for p in procs]
+    finally:
+        for p in procs:  # After a timeout: no worker left behind.
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out, codes, [log.read_text() for log in logs]
 
 
-@pytest.mark.background(job=_two_workers)
-def test_two_local_workers_finish_with_identical_weights(background):
-    out, codes, logs = background.result()
+@pytest.mark.slow
+def test_two_local_workers_finish_with_identical_weights(tmp_path, stand_ins):
+    out, codes, logs = _two_workers(tmp_path, stand_ins)
     assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
     chief = keras.saving.load_model(out / "target.keras").get_weights()
     other = keras.saving.load_model(out / "worker_1" / "target.keras").get_weights()

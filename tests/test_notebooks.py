@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from nbclient import NotebookClient
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 CELL_TIMEOUT_S = 600
 OFFLINE = {"IN_COLAB": False, "INSTALL": False, "TENSORBOARD": False, "MOUNT_DRIVE": False}
@@ -57,7 +57,7 @@ def test_notebooks_are_stored_thin_and_without_outputs(name):
     assert "import sskt_tf" in body or "from sskt_tf import" in body
 
 
-def _quickstart(workdir, stand_ins, items):
+def _quickstart(workdir, stand_ins):
     run = workdir / "run"
     parameters = {
         **OFFLINE,
@@ -69,12 +69,12 @@ def _quickstart(workdir, stand_ins, items):
         "EXTRA_FLAGS": SMOKE_TRAINING,
         "RUN_DIR": str(run),
     }
-    return lambda: (run, execute("sskt_quickstart.ipynb", parameters))
+    return (run, execute("sskt_quickstart.ipynb", parameters))
 
 
-@pytest.mark.background(job=_quickstart)
-def test_quickstart_trains_exports_and_predicts(background):
-    run, nb = background.result()
+@pytest.mark.slow
+def test_quickstart_trains_exports_and_predicts(tmp_path, stand_ins):
+    run, nb = _quickstart(tmp_path, stand_ins)
     assert (run / "results.json").exists() and (run / "saved_model" / "saved_model.pb").exists()
     assert len(outputs(nb, "image/png")) == 2  # The augmented batch and the predictions.
     text = "\n".join(outputs(nb, "text"))
@@ -82,7 +82,7 @@ def test_quickstart_trains_exports_and_predicts(background):
     assert text.count(" predicted class_") == 16  # One line per test image.
 
 
-def _bring_your_own(workdir, stand_ins, items):
+def _bring_your_own(workdir, stand_ins):
     rng = np.random.default_rng(0)
     images = workdir / "images"
     for split, count in (("train", 8), ("test", 3)):
@@ -106,12 +106,12 @@ def _bring_your_own(workdir, stand_ins, items):
         "EXTRA_FLAGS": SMOKE_TRAINING,
         "RUN_DIR": str(run),
     }
-    return lambda: (workdir, images, run, execute("bring_your_own.ipynb", parameters))
+    return (workdir, images, run, execute("bring_your_own.ipynb", parameters))
 
 
-@pytest.mark.background(job=_bring_your_own)
-def test_bring_your_own_uses_the_folder_and_the_source_model(background):
-    workdir, images, run, nb = background.result()
+@pytest.mark.slow
+def test_bring_your_own_uses_the_folder_and_the_source_model(tmp_path, stand_ins):
+    workdir, images, run, nb = _bring_your_own(tmp_path, stand_ins)
     config = (run / "config.json").read_text()
     assert str(workdir / "my_source.keras") in config and f"folder:{images}" in config
     assert (run / "results.json").exists()

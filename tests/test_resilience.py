@@ -15,9 +15,8 @@ import pytest
 import sskt_tf  # noqa: F401  (registers the custom layers for loading)
 from sskt_tf import callbacks as callbacks_lib
 from sskt_tf.errors import UserError
-from test_train import run_in_process  # the one in-process runner of the training command
+from conftest import ROOT, run_training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
     "--flagfile=flags/smoke.cfg",
     "--epochs=4",
@@ -80,44 +79,41 @@ def _weights(path):
     return keras.saving.load_model(path).get_weights()
 
 
-def _interrupted_and_resumed(workdir, stand_ins, items):
+def _interrupted_and_resumed(workdir, stand_ins):
     """The same command straight through, and stopped by SEGMENTS then started again each time."""
     args = [*ARGS, f"--sources={stand_ins('mobilenet_v2_random', 1000)}"]
     straight, stopped = workdir / "straight", workdir / "stopped"
 
-    def run():
-        seen = []
-        # The uninterrupted run goes on beside the other: each mostly starts TensorFlow and traces its steps, on one core.
-        with open(workdir / "straight.log", "w") as log:
-            uninterrupted = subprocess.Popen(_command(args, straight), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            for segment in SEGMENTS:
-                prefix = [sys.executable, "-u", "-c", _SIGNAL_AT, *map(str, segment)] if segment else [sys.executable, "-u", "-m", "sskt_tf.train"]
-                proc = subprocess.run([*prefix, *args, f"--output_dir={stopped}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-                pointer = stopped / "backup" / "latest.json"
-                seen.append(
-                    {
-                        "returncode": proc.returncode,
-                        "stdout": proc.stdout,
-                        "stderr": proc.stderr,
-                        "saved": json.loads(pointer.read_text())["epoch"] if pointer.exists() else None,
-                        "results": (stopped / "results.json").exists(),
-                        "metrics_rows": len((stopped / "metrics.csv").read_text().splitlines()) - 1,
-                    }
-                )
-            straight_returncode = uninterrupted.wait(timeout=300)
-        finally:
-            if uninterrupted.poll() is None:
-                uninterrupted.kill()
-                uninterrupted.wait()
-        return straight, stopped, seen, straight_returncode, (workdir / "straight.log").read_text()
-
-    return run
+    seen = []
+    # The uninterrupted run goes on beside the other: each mostly starts TensorFlow and traces its steps, on one core.
+    with open(workdir / "straight.log", "w") as log:
+        uninterrupted = subprocess.Popen(_command(args, straight), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for segment in SEGMENTS:
+            prefix = [sys.executable, "-u", "-c", _SIGNAL_AT, *map(str, segment)] if segment else [sys.executable, "-u", "-m", "sskt_tf.train"]
+            proc = subprocess.run([*prefix, *args, f"--output_dir={stopped}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+            pointer = stopped / "backup" / "latest.json"
+            seen.append(
+                {
+                    "returncode": proc.returncode,
+                    "stdout": proc.stdout,
+                    "stderr": proc.stderr,
+                    "saved": json.loads(pointer.read_text())["epoch"] if pointer.exists() else None,
+                    "results": (stopped / "results.json").exists(),
+                    "metrics_rows": len((stopped / "metrics.csv").read_text().splitlines()) - 1,
+                }
+            )
+        straight_returncode = uninterrupted.wait(timeout=300)
+    finally:
+        if uninterrupted.poll() is None:
+            uninterrupted.kill()
+            uninterrupted.wait()
+    return straight, stopped, seen, straight_returncode, (workdir / "straight.log").read_text()
 
 
-@pytest.mark.background(job=_interrupted_and_resumed)
-def test_ctrl_c_and_sigkill_at_epoch_end_writes_then_the_same_command_ends_bit_identical(background):
-    straight, stopped, seen, straight_returncode, straight_log = background.result()
+@pytest.mark.slow
+def test_ctrl_c_and_sigkill_at_epoch_end_writes_then_the_same_command_ends_bit_identical(tmp_path, stand_ins):
+    straight, stopped, seen, straight_returncode, straight_log = _interrupted_and_resumed(tmp_path, stand_ins)
     assert straight_returncode == 0, straight_log[-2000:]
     interrupted, after_commit, after_last, final = seen
     # Ctrl-C: one line, exit status 130, the epoch it stopped in and where the same command goes on.
@@ -225,7 +221,7 @@ def test_non_finite_loss_stops_with_the_cause_and_a_resume_onto_other_inputs_is_
         r"stopped\. The learning rate had grown from --lr=0.1 to 1e\+11"
     )
     with pytest.raises(UserError, match=cause) as stop:
-        run_in_process(args, monkeypatch)
+        run_training(args)
     assert "--lr" not in str(stop.value).split("had grown")[0]  # No guess before the evidence.
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "stopped" and results["epoch"] == 2 and results["learning_rate"] == pytest.approx(1e11)
@@ -234,26 +230,26 @@ def test_non_finite_loss_stops_with_the_cause_and_a_resume_onto_other_inputs_is_
     # The same command resumes from the last good epoch instead of refusing the directory; --noresume
     # would throw that state away, so it is refused.
     with pytest.raises(UserError, match="at epoch 2"):
-        run_in_process(args, monkeypatch)
+        run_training(args)
     with pytest.raises(UserError, match=r"--noresume, but --output_dir=\S+ holds this run's resumable state \(after epoch 1\)"):
-        run_in_process([*args, "--noresume"], monkeypatch)
+        run_training([*args, "--noresume"])
 
     # The source file behind the same spec now predicts 7 classes: one line saying so, nothing loaded.
     inputs = keras.Input((None, None, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     keras.Model(inputs, keras.layers.Dense(7)(pooled), name="mobilenet_v2_random").save(source)
     with pytest.raises(UserError, match=r"trained on other inputs than this command finds now \(sources: source \S+ \(1000 classes, .*\) -> source \S+ \(7 classes"):
-        run_in_process(args, monkeypatch)
+        run_training(args)
     # The same class count and sizes, other weights behind the same file: another source, refused too.
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
     keras.Model(inputs, keras.layers.Dense(1000, bias_initializer="ones")(pooled), name="mobilenet_v2_random").save(source)
     with pytest.raises(UserError, match=r"trained on other inputs .*\(1000 classes, \[\d+, \d+\] px, weights (\w+)\) -> source \S+ \(1000 classes, \[\d+, \d+\] px, weights (?!\1)\w+\)"):
-        run_in_process(args, monkeypatch)
+        run_training(args)
     # A state file the model cannot load (here: damaged) is one line too, not the loader's traceback.
     shutil.copy(stand_ins("mobilenet_v2_random", 1000), source)
     (out / "backup" / "epoch_1.weights.h5").write_bytes(b"not an HDF5 file")
     with pytest.raises(UserError, match=r"the saved state \S+epoch_1.weights.h5 cannot be loaded into this run's model \(\w+"):
-        run_in_process(args, monkeypatch)
+        run_training(args)
 
 
 def test_stop_and_interrupt_messages_say_only_what_the_facts_show(tmp_path, capsys):

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 
 import keras
 import numpy as np
@@ -19,24 +20,13 @@ from sskt_tf import data as data_lib
 from sskt_tf import sources as sources_lib
 from sskt_tf import train
 from sskt_tf.errors import UserError
-from conftest import TrainingRuns
+from conftest import ROOT, run_training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "flags", "*.cfg")) if not p.endswith("common.cfg")
 )
 config_lib.define_flags()
 FLAGS = flags.FLAGS
-
-
-def run_in_process(args, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(["sskt_tf.train", *args])
-        return train.main(["sskt_tf.train"])
-    finally:
-        FLAGS.unparse_flags()
 
 
 # Stand-in class counts of sources whose weights are not here (pretrained or converted files).
@@ -127,15 +117,15 @@ def test_flagfiles_open_with_command_runtime_and_expectation():
         assert "Runtime" in header and "xpected" in header, flagfile
 
 
-def _smoke_cli(workdir, stand_ins, items):
+def _smoke_cli(workdir, stand_ins):
     out = workdir / "smoke"
     command = [sys.executable, "-m", "sskt_tf.train", "--flagfile=flags/smoke.cfg", f"--output_dir={out}", "--verbose=2"]
-    return lambda: (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300))
+    return (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300))
 
 
-@pytest.mark.background(job=_smoke_cli)
-def test_smoke_cli_writes_every_output(background):
-    out, proc = background.result()
+@pytest.mark.slow
+def test_smoke_cli_writes_every_output(tmp_path, stand_ins):
+    out, proc = _smoke_cli(tmp_path, stand_ins)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "synthetic" and config["sources"] == ["mobilenet_v2:random"]
@@ -175,28 +165,25 @@ BAD_INPUT = [
 ]
 
 
-def _bad_input(workdir, stand_ins, items):
-    def run():
-        # The commands run at the same time: each is mostly TensorFlow's import, on one core.
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "sskt_tf.train", *args, f"--output_dir={workdir / str(i)}"],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i, (args, _, _) in enumerate(BAD_INPUT)
-        ]
-        outcomes = [(proc.communicate(timeout=300)[1], proc.returncode) for proc in procs]
-        return [(stderr, rc, (workdir / str(i)).exists()) for i, (stderr, rc) in enumerate(outcomes)]
-
-    return run
+def _bad_input(workdir, stand_ins):
+    # The commands run at the same time: each is mostly TensorFlow's import, on one core.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sskt_tf.train", *args, f"--output_dir={workdir / str(i)}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (args, _, _) in enumerate(BAD_INPUT)
+    ]
+    outcomes = [(proc.communicate(timeout=300)[1], proc.returncode) for proc in procs]
+    return [(stderr, rc, (workdir / str(i)).exists()) for i, (stderr, rc) in enumerate(outcomes)]
 
 
-@pytest.mark.background(job=_bad_input)
-def test_bad_input_is_one_line_not_a_traceback(background):
-    for (args, rc, message), (stderr, returncode, wrote) in zip(BAD_INPUT, background.result()):
+@pytest.mark.slow
+def test_bad_input_is_one_line_not_a_traceback(tmp_path, stand_ins):
+    for (args, rc, message), (stderr, returncode, wrote) in zip(BAD_INPUT, _bad_input(tmp_path, stand_ins)):
         assert returncode == rc, (args, stderr[-2000:])
         assert not wrote, f"{args}: a refused start created its --output_dir"
         assert "Traceback" not in stderr, args
@@ -212,18 +199,18 @@ def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path
     # An --output_dir that cannot be a directory: one line, before anything else.
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=r"^--output_dir=\S*a_file exists and is not a directory"):
-        run_in_process([*args, f"--output_dir={tmp_path / 'a_file'}"], monkeypatch)
+        run_training([*args, f"--output_dir={tmp_path / 'a_file'}"])
     with pytest.raises(UserError, match=r"^--output_dir=\S*a_file/run cannot be created: \S*a_file is a file"):
-        run_in_process([*args, f"--output_dir={tmp_path / 'a_file' / 'run'}"], monkeypatch)
+        run_training([*args, f"--output_dir={tmp_path / 'a_file' / 'run'}"])
     # A start refused for its sources (checked after the data) writes nothing...
     with pytest.raises(UserError, match="does not exist"):
-        run_in_process([*args, "--sources=/nowhere/source.keras"], monkeypatch)
+        run_training([*args, "--sources=/nowhere/source.keras"])
     assert not out.exists()
     # ...and the leftovers of a failed start with other settings (no finished or resumable state) do not block.
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"dataset": "cifar10", "lr": 0.5}))
     (out / "metrics.csv").write_text("epoch,accuracy\n0,0.5\n")
-    results = run_in_process(args, monkeypatch)
+    results = run_training(args)
     assert json.loads((out / "config.json").read_text())["lr"] == 0.1
 
     # Validation: a held-out share of the training set, evaluated after epochs 2 and 3 (the last).
@@ -249,23 +236,23 @@ def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path
 
     # The same command again: where the results are, exit status 0, nothing trained.
     capsys.readouterr()
-    assert run_in_process(args, monkeypatch) == results
+    assert run_training(args) == results
     assert f"this run is finished: results in {out / 'results.json'} (test: " in capsys.readouterr().out
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     # Other settings: refused with the old and new value of each, nothing written.
     with pytest.raises(UserError, match=r"holds a finished run with other settings \(--epochs: 3 -> 4; --lr: 0.1 -> 0.05\)"):
-        run_in_process([*args, "--lr=0.05", "--epochs=4"], monkeypatch)
+        run_training([*args, "--lr=0.05", "--epochs=4"])
     # --overwrite replaces the run, but only once every check has passed.
     with pytest.raises(UserError, match="does not exist"):
-        run_in_process([*args, "--overwrite", "--sources=/nowhere/source.keras"], monkeypatch)
+        run_training([*args, "--overwrite", "--sources=/nowhere/source.keras"])
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, monkeypatch, stand_ins):
+def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, stand_ins):
     out = tmp_path / "run"
     args = smoke_overrides("flags/smoke.cfg", out, stand_ins)
-    results = run_in_process(
-        [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2", "--aux_head=linear"], monkeypatch
+    results = run_training(
+        [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2", "--aux_head=linear"]
     )
     test = results["test"]
     assert set(test) == {"loss", "target_loss", "map", "map_per_image_reference"}
@@ -287,18 +274,18 @@ def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, m
     assert (out / "checkpoints" / "best.keras").exists() and results["best"]["monitor"] == "val_map"
 
 
-def test_target_loss_must_fit_the_labels(tmp_path, monkeypatch, stand_ins):
+def test_target_loss_must_fit_the_labels(tmp_path, stand_ins):
     args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", stand_ins)
     with pytest.raises(UserError, match=r"--target_loss=bce is for multi-label datasets"):
-        run_in_process([*args, "--target_loss=bce"], monkeypatch)
+        run_training([*args, "--target_loss=bce"])
     with pytest.raises(UserError, match=r"is multi-label .* pass --target_loss=bce"):
-        run_in_process([*args, "--dataset=synthetic_multilabel:6"], monkeypatch)
+        run_training([*args, "--dataset=synthetic_multilabel:6"])
 
 
-def test_bce_is_refused_for_the_baselines(tmp_path, monkeypatch, stand_ins):
+def test_bce_is_refused_for_the_baselines(tmp_path, stand_ins):
     args = smoke_overrides("flags/smoke.cfg", tmp_path / "run", stand_ins)
     with pytest.raises(UserError, match=r"--target_loss=bce \(multi-label\) only applies to --method=sskt or scratch"):
-        run_in_process([*args, "--sources=", "--method=dml", "--target_loss=bce"], monkeypatch)
+        run_training([*args, "--sources=", "--method=dml", "--target_loss=bce"])
 
 
 # --- Every flagfile -----------------------------------------------------------------------------------
@@ -307,47 +294,39 @@ def test_bce_is_refused_for_the_baselines(tmp_path, monkeypatch, stand_ins):
 # for its data and sources (smoke_overrides). Flagfiles that resolve to the same `Config`, output
 # directory aside, are the same run (cifar.cfg and cifar10_resnet20_imagenet.cfg, or a CIFAR-10 and an
 # STL-10 row once both stand in as synthetic:10), because train.main depends on its flags only through
-# the `Config`: each distinct run trains once, and each of its flagfiles checks its outputs. The runs
-# are shared out between these tests and a helper process in the background lane (conftest.py).
+# the `Config`: each distinct run trains once (in this process), and each of its flagfiles checks its
+# outputs. The tests share one xdist group, so one worker holds the runs.
+
+_FLAGFILE_RUNS = {}  # The Config (output directory aside) -> (its output directory, its outcome).
 
 
-def _distinct_runs(flagfiles, stand_ins):
-    """[(first flagfile, smoke args)] of the distinct runs, and each flagfile's index among them (None
-    for a flagfile that does not resolve: its test raises the error)."""
-    runs, keys, index = [], {}, {}
-    for flagfile in flagfiles:
+def _flagfile_run(flagfile, stand_ins, root):
+    """The output directory and the outcome (`{"results": ...}` or `{"error": ...}`) of the flagfile's run."""
+    args = smoke_overrides(flagfile, "OUTPUT_DIR", stand_ins)
+    args.remove("--output_dir=OUTPUT_DIR")
+    key = dataclasses.replace(resolved_config(args), output_dir="").to_json()
+    if key not in _FLAGFILE_RUNS:
+        out = root / f"run_{len(_FLAGFILE_RUNS):02d}"
         try:
-            args = smoke_overrides(flagfile, "OUTPUT_DIR", stand_ins)
-            args.remove("--output_dir=OUTPUT_DIR")  # TrainingRuns gives each run its own.
-            key = dataclasses.replace(resolved_config(args), output_dir="").to_json()
-        except Exception:  # noqa: BLE001  (its test shows the error)
-            index[flagfile] = None
-            continue
-        if key not in keys:
-            keys[key] = len(runs)
-            runs.append((flagfile, args))
-        index[flagfile] = keys[key]
-    return runs, index
+            outcome = {"results": run_training([*args, f"--output_dir={out}"])}
+        except Exception:  # noqa: BLE001  (every flagfile of the run reports it)
+            outcome = {"error": traceback.format_exc()}
+        _FLAGFILE_RUNS[key] = out, outcome
+    return _FLAGFILE_RUNS[key]
 
 
-def _flagfile_runs(workdir, stand_ins, items):
-    runs, index = _distinct_runs([item.callspec.params["flagfile"] for item in items], stand_ins)
-    training_runs = TrainingRuns(workdir, runs)
-    training_runs.flagfile_index = index
-    return training_runs
+@pytest.fixture(scope="module")
+def flagfile_runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("flagfile_runs")
 
 
-@pytest.mark.background(job=_flagfile_runs)
+@pytest.mark.slow
+@pytest.mark.xdist_group("flagfile_runs")
 @pytest.mark.parametrize("flagfile", FLAGFILES)
-def test_every_flagfile_runs_two_smoke_steps(flagfile, background, stand_ins):
-    index = background.prepared.flagfile_index[flagfile]
-    if index is None:  # The flagfile did not resolve when the runs were planned: the error, here.
-        resolved_config(smoke_overrides(flagfile, "OUTPUT_DIR", stand_ins))
-        pytest.fail(f"{flagfile} did not resolve when the runs were planned, and does now")
-    out = background.prepared.output_dir(index)
+def test_every_flagfile_runs_two_smoke_steps(flagfile, stand_ins, flagfile_runs_dir):
+    out, outcome = _flagfile_run(flagfile, stand_ins, flagfile_runs_dir)
     config = resolved_config(smoke_overrides(flagfile, out, stand_ins))
-    outcome = background.training_run(index)
-    assert "error" not in outcome, f"{background.prepared.runs[index]['name']}:\n{outcome.get('error')}"
+    assert "error" not in outcome, f"{flagfile}:\n{outcome.get('error')}"
     results = outcome["results"]
     assert results["epochs_completed"] == 1
     assert np.isfinite(results["test"]["loss"])
