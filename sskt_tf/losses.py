@@ -100,7 +100,7 @@ def kl_divergence(source_logits, aux_logits, temperature, reduction="batchmean")
     classes and averages over the batch (the true KL per example).
     `reduction="mean"` divides the sum by batch x classes: PyTorch's
     `nn.KLDivLoss()` default, which the reference code uses, making the term
-    K times smaller for a K-class source (docs/reference_code.md item 2).
+    K times smaller for a K-class source (docs/reference-code.md item 2).
 
     Args:
         source_logits: float [B, K], the frozen source's logits s.

@@ -138,7 +138,7 @@ class BatchStatsNormalization(keras.layers.BatchNormalization):
     """BatchNormalization that always normalises with the batch's statistics and never updates.
 
     `--source_bn=batch` reproduces the reference code, which runs its frozen
-    sources in PyTorch's train() mode (docs/reference_code.md item 1): batch
+    sources in PyTorch's train() mode (docs/reference-code.md item 1): batch
     statistics, while the source stays frozen. Unlike PyTorch, the moving
     statistics here never drift, so evaluation with them remains meaningful.
 
