@@ -36,7 +36,6 @@ from absl import flags  # noqa: E402
 
 from sskt_tf import data as data_lib  # noqa: E402
 from sskt_tf import metrics as metrics_lib  # noqa: E402  (shared with training)
-from sskt_tf.metrics import average_precision  # noqa: E402,F401
 from sskt_tf.cli import flag_definitions, reject_arguments, run_cli  # noqa: E402
 from sskt_tf.errors import UserError, blocking_file, writable_dir  # noqa: E402
 from sskt_tf.serving.trained import load_trained  # noqa: E402

@@ -35,6 +35,12 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    # The slow tests first, each in collection order: xdist hands tests out in this order, and a
+    # minute-long test that starts last keeps one worker busy after the other has finished.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # --- Global state -----------------------------------------------------------------------------------
 #
 # TensorFlow, Keras and absl keep process-wide settings that a test (or the training command it runs

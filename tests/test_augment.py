@@ -8,6 +8,7 @@ import tensorflow as tf
 from sskt_tf import augment, data, heads, models, sources
 from sskt_tf.config import AugmentationConfig
 from sskt_tf.sskt import SSKTModel
+from conftest import run_training
 
 
 # ---------------------------------------------------------------- pad_crop_flip
@@ -304,28 +305,17 @@ def test_sources_see_the_mixed_images_and_soft_labels_train_the_target():
     np.testing.assert_allclose(float(logs["accuracy"]), top, atol=1e-6)
 
 
-def test_training_cli_runs_with_randaugment_mixup_and_cutmix(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_training_cli_runs_with_randaugment_mixup_and_cutmix(tmp_path):
     import json
-    import os
-
-    from absl import flags
 
     from sskt_tf import config as config_lib
-    from sskt_tf import train
 
-    config_lib.define_flags()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.chdir(root)
     out = tmp_path / "run"
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS([
-            "sskt_tf.train", "--flagfile=flags/smoke.cfg", "--augment=randaugment", "--mixup=0.2", "--cutmix=1",
-            "--sources=", "--deterministic", "--epochs=1", "--steps_per_epoch=2", f"--output_dir={out}", "--verbose=0",
-        ])
-        results = train.main(["sskt_tf.train"])
-    finally:
-        flags.FLAGS.unparse_flags()
+    results = run_training([
+        "--flagfile=flags/smoke.cfg", "--augment=randaugment", "--mixup=0.2", "--cutmix=1",
+        "--sources=", "--deterministic", "--epochs=1", "--steps_per_epoch=2", f"--output_dir={out}", "--verbose=0",
+    ])
     from tensorflow.python.framework import config as tf_config
 
     assert tf_config.is_op_determinism_enabled()  # --deterministic took effect (conftest turns it off after).

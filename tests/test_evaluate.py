@@ -142,13 +142,6 @@ def test_multi_label_scores_mean_average_precision(run_dir, tmp_path):
     assert not (tmp_path / "confusion_matrix.png").exists()  # No confusion matrix for multi-label.
 
 
-def test_average_precision_golden_values():
-    assert evaluate.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
-    # Tied scores form one threshold (scikit-learn's convention): 0.5 * 1/2 + 0.5 * 2/3.
-    assert evaluate.average_precision([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
-    assert np.isnan(evaluate.average_precision([0, 0], [0.3, 0.1]))
-
-
 def test_top5_is_reported_only_above_five_classes():
     logits = np.array([[3.0, 2, 1, 0, -1], [0, 1, 2, 3, 4]])
     assert "top5_accuracy" not in evaluate.single_label_metrics([0, 0], logits)

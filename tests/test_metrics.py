@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sskt_tf import evaluate, metrics
+from sskt_tf import metrics
 
 
 def test_average_precision_golden_values():
@@ -14,8 +14,6 @@ def test_average_precision_golden_values():
     # A tie counts as one threshold: {1, 0} at 0.5 (P=1/2, R=1/2), then 1 (P=2/3, R=1).
     assert metrics.average_precision([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
     assert np.isnan(metrics.average_precision([0, 0], [0.3, 0.1]))
-    # evaluate shares the same function.
-    assert evaluate.average_precision is metrics.average_precision
 
 
 # Three images, three classes.

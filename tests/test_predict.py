@@ -99,6 +99,7 @@ def _write(path, data):
     return path
 
 
+@pytest.mark.slow
 def test_cli_prints_the_top5_and_fails_in_one_line(files, tmp_path):
     red = str(files["root"] / "red.png")
     # Both commands at once: each is mostly TensorFlow's import, on one core.
@@ -118,6 +119,7 @@ def test_cli_prints_the_top5_and_fails_in_one_line(files, tmp_path):
     assert_one_error_line((bad.returncode, stdout, [l for l in stderr.splitlines() if not tf_native_log_line(l)]), f"error: {tmp_path}/nope.jpg: no such file")
 
 
+@pytest.mark.slow
 def test_cli_flag_errors_are_one_line(files):
     command = [sys.executable, "-m", "sskt_tf.predict"]
     no_model, unknown = run_commands([[*command, str(files["root"] / "red.png")], [*command, f"--model={files['run']}", "--topk=3", "x.png"]])

@@ -8,6 +8,7 @@ from sskt_tf import data as data_lib
 from sskt_tf import soft_labels
 from sskt_tf.config import Config
 from sskt_tf.sskt import build_model
+from conftest import run_training
 
 
 def _tiny_source(tmp_path):
@@ -70,31 +71,19 @@ def test_training_on_cached_logits_equals_training_on_the_sources_without_augmen
         assert cached[key][0] == pytest.approx(direct[key][0], rel=1e-4, abs=1e-5), key
 
 
-def test_training_command_fills_and_reuses_the_cache(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_training_command_fills_and_reuses_the_cache(tmp_path, capsys):
     import os
 
-    from absl import flags
-
-    from sskt_tf import config as config_lib
-    from sskt_tf import train
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config_lib.define_flags()
-    monkeypatch.chdir(root)
     # smoke.cfg with the small source above and a linear head: filling the cache runs the source over
     # all 512 training images, which smoke.cfg's MobileNetV2 at 74 px would make most of the test.
     args = [
-        "sskt_tf.train", "--flagfile=flags/smoke.cfg", f"--sources={_tiny_source(tmp_path)}", "--aux_head=linear",
+        "--flagfile=flags/smoke.cfg", f"--sources={_tiny_source(tmp_path)}", "--aux_head=linear",
         "--soft_label_cache=clean", "--epochs=1", "--steps_per_epoch=2", "--eval_batch_size=128",
         "--verbose=0", f"--soft_label_cache_dir={tmp_path / 'cache'}",
     ]
     for run in ("a", "b"):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS([*args, f"--output_dir={tmp_path / run}"])
-        try:
-            train.main(["sskt_tf.train"])
-        finally:
-            flags.FLAGS.unparse_flags()
+        run_training([*args, f"--output_dir={tmp_path / run}"])
     out = capsys.readouterr().out
     assert out.count("soft-label cache: computing") == 1 and out.count("logits from") == 1
     assert len(os.listdir(tmp_path / "cache")) == 1

@@ -119,6 +119,7 @@ def test_bytes_signature_decodes_png_and_jpeg_of_any_size(run, keras_model):
     assert out["top_k_names"].shape == (3, 5)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signatures(run):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     show = subprocess.run([cli, "show", "--dir", str(run / "saved_model"), "--all"], capture_output=True, text=True, timeout=300)
