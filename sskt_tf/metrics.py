@@ -1,13 +1,93 @@
-"""Multi-label metrics: average precision per class (VOC mAP) and the reference code's per-image AP.
+"""Classification metrics over a whole evaluation set, in numpy.
 
-Both are exact over a whole evaluation set, computed in numpy from all scores and labels at once.
+Single-label: top-1 and top-5 accuracy and the mean cross-entropy (`single_label_metrics`), the
+confusion matrix and the per-class table derived from it (`confusion_matrix`, `per_class_table`).
+Multi-label: average precision per class (VOC mAP) and the reference code's per-image AP.
+
+Each is exact over a whole evaluation set, computed from all its scores and labels at once.
 A streaming Keras metric cannot give exact AP (it needs every score ranked against every other;
 `keras.metrics.AUC(curve="PR")` bins the thresholds and interpolates, so it differs), and a metric
 holding a growing buffer of scores does not compile under XLA. Training runs therefore compute
-them after each evaluation by predicting the evaluation set (`sskt_tf.callbacks.MultiLabelEvaluation`).
+the multi-label metrics after each evaluation by predicting the evaluation set
+(`sskt_tf.callbacks.MultiLabelEvaluation`); `sskt_tf.evaluation` computes them all once, for
+`python -m sskt_tf.evaluate`.
 """
 
 import numpy as np
+
+# Top-5 accuracy is reported from this many classes on: with 5 or fewer it is always 1.
+TOP5_MIN_CLASSES = 6
+
+
+def single_label_metrics(labels, logits):
+    """Top-1 accuracy, mean cross-entropy and (from `TOP5_MIN_CLASSES` classes on) top-5 accuracy.
+
+    Computed in float64 from the logits: the log-softmax is shifted by each row's maximum, so large
+    logits do not overflow. A class is in the top 5 when fewer than 5 classes score strictly
+    higher (ties count in its favour).
+
+    Args:
+        labels: int `[N]` class indices.
+        logits: float `[N, C]` unnormalised scores.
+
+    Returns:
+        `{"accuracy": float, "loss": float}` (fractions; `loss` in nats), plus `"top5_accuracy"`
+        when `C >= TOP5_MIN_CLASSES`.
+    """
+    labels = np.asarray(labels)
+    logits = np.asarray(logits, np.float64)
+    num_classes = logits.shape[1]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    metrics = {
+        "accuracy": float(np.mean(np.argmax(logits, axis=1) == labels)),
+        "loss": float(-np.mean(log_probs[np.arange(len(labels)), labels])),
+    }
+    if num_classes >= TOP5_MIN_CLASSES:
+        # A class is in the top 5 when fewer than 5 classes score strictly higher.
+        true_logit = logits[np.arange(len(labels)), labels][:, None]
+        metrics["top5_accuracy"] = float(np.mean((logits > true_logit).sum(axis=1) < 5))
+    return metrics
+
+
+def confusion_matrix(labels, predictions, num_classes):
+    """Counts of (true class, predicted class) pairs.
+
+    Args:
+        labels: int `[N]` true class indices in `[0, num_classes)`.
+        predictions: int `[N]` predicted class indices in `[0, num_classes)`.
+        num_classes: `C`.
+
+    Returns:
+        int64 `[C, C]`: row = true class, column = predicted class.
+
+    Raises:
+        IndexError: an index outside `[0, num_classes)`.
+    """
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+def per_class_table(matrix):
+    """Per class: support, predicted, precision, recall and F1, from a confusion matrix.
+
+    Args:
+        matrix: int `[C, C]` counts, row = true class, column = predicted class (`confusion_matrix`).
+
+    Returns:
+        A dict of `[C]` arrays: `support` and `predicted` (int64: images of the class, images
+        predicted as it), `precision`, `recall` and `f1` (float64; 0 where undefined, e.g. the
+        precision of a class never predicted).
+    """
+    correct = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+    recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(correct), where=denominator > 0)
+    return {"support": support, "predicted": predicted, "precision": precision, "recall": recall, "f1": f1}
 
 
 def average_precision(targets, scores):

@@ -1,4 +1,4 @@
-"""Golden tests of the multi-label metrics against AP computed by hand."""
+"""Golden tests of the metrics: single-label top-5 by hand, multi-label AP against AP computed by hand."""
 
 import numpy as np
 import pytest
@@ -66,3 +66,11 @@ def test_average_precision_matches_a_brute_force_definition_on_random_data():
             ap += (recall - previous_recall) * tp / predicted.sum()
             previous_recall = recall
         assert metrics.average_precision(targets, scores) == pytest.approx(ap)
+
+
+def test_top5_is_reported_only_above_five_classes():
+    logits = np.array([[3.0, 2, 1, 0, -1], [0, 1, 2, 3, 4]])
+    assert "top5_accuracy" not in metrics.single_label_metrics([0, 0], logits)
+    # Class 5 scores lowest of 6 (rank 6: a miss); class 1 has 4 classes above it (rank 5: a hit).
+    scores = metrics.single_label_metrics([5, 1], np.array([[6.0, 5, 4, 3, 2, 1], [0, 1, 2, 3, 4, 5]]))
+    assert scores["top5_accuracy"] == 0.5 and scores["accuracy"] == 0.0
