@@ -13,20 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from sskt_tf import metrics as metrics_lib
-
-
-def atomic_save(model, path):
-    """Saves `model` to `path` through a temporary file, so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp{os.path.splitext(path)[1]}"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file: a crash leaves the old file or the new one."""
-    with open(f"{path}.tmp", "w") as f:
-        f.write(text)
-    os.replace(f"{path}.tmp", path)
+from sskt_tf import run_dir as run_dir_lib
 
 
 class ResumeCheckpoint:
@@ -78,7 +65,7 @@ class ResumeCheckpoint:
         tmp = os.path.join(self.directory, f"tmp_{name}")
         model.save_weights(tmp)
         os.replace(tmp, os.path.join(self.directory, name))
-        atomic_write_text(self._pointer, json.dumps({"epoch": epoch, "weights": name, **info}))
+        run_dir_lib.atomic_write_text(self._pointer, json.dumps({"epoch": epoch, "weights": name, **info}))
 
     def prune(self):
         """Deletes every weight file but the saved state's (older epochs, leftovers of a crash)."""
@@ -145,9 +132,9 @@ class TargetCheckpoint(keras.callbacks.Callback):
         if self.restored_epoch:
             # The crash may have come between the commit and these files: write them from the
             # restored state (this epoch's weights). Idempotent when they were written.
-            atomic_save(self._target, self.last_path)
+            run_dir_lib.atomic_save(self._target, self.last_path)
             if self.best_epoch == self.restored_epoch:
-                atomic_save(self._target, self.best_path)
+                run_dir_lib.atomic_save(self._target, self.best_path)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -157,9 +144,9 @@ class TargetCheckpoint(keras.callbacks.Callback):
             self.best, self.best_epoch = value, epoch + 1
         if self.resume is not None:
             self.resume.save(self.model, epoch + 1, best=self.best, best_epoch=self.best_epoch, **self._extra_state())
-        atomic_save(self._target, self.last_path)
+        run_dir_lib.atomic_save(self._target, self.last_path)
         if improved:
-            atomic_save(self._target, self.best_path)
+            run_dir_lib.atomic_save(self._target, self.best_path)
         if self.resume is not None:
             self.resume.prune()
 

@@ -31,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from sskt_tf import config as config_lib  # noqa: E402
-from sskt_tf import train  # noqa: E402
 from sskt_tf import report  # noqa: E402
+from sskt_tf import run_dir as run_dir_lib  # noqa: E402
 from sskt_tf.cli import flag_definitions, reject_arguments, run_cli  # noqa: E402
 from sskt_tf.errors import UserError, writable_dir  # noqa: E402
 from sskt_tf.names import METHODS  # noqa: E402
@@ -121,11 +121,11 @@ def run_state(config):
     """'finished', 'new' (nothing or an unfinished run to resume); UserError for a finished run with other settings."""
     out = config.output_dir
     results_path = os.path.join(out, "results.json")
-    if not os.path.exists(results_path) or report.read_json(results_path).get("status", "finished") != "finished":
+    if not os.path.exists(results_path) or run_dir_lib.read_json(results_path).get("status", "finished") != "finished":
         return "new"
-    previous = report.read_json(os.path.join(out, "config.json")) if os.path.exists(os.path.join(out, "config.json")) else {}
-    # The settings train.py's own resumption check compares.
-    changed = [flag for flag, _, _ in train.changed_settings(previous, json.loads(config.to_json()))]
+    previous = run_dir_lib.read_json(os.path.join(out, "config.json")) if os.path.exists(os.path.join(out, "config.json")) else {}
+    # The settings the training run's own check compares (`run_dir.inspect_output_dir`).
+    changed = [flag for flag, _, _ in run_dir_lib.changed_settings(previous, json.loads(config.to_json()))]
     if changed:
         raise UserError(
             f"{out} holds a finished run with other settings ({', '.join(changed)}); choose another "
@@ -268,7 +268,7 @@ def main(argv, run_training=launch, command=None):
             results_path = os.path.join(run_dir, "results.json")
             if rc != 0 or not os.path.exists(results_path):
                 raise _failure(method, seed, rc, log_path)
-            accuracy = report.read_json(results_path)["test"]["accuracy"]
+            accuracy = run_dir_lib.read_json(results_path)["test"]["accuracy"]
             print(f"{label}: done in {time.perf_counter() - start:.0f} s, test accuracy {100 * accuracy:.2f}%", flush=True)
         runs_by_method[method].append(report.read_run(run_dir))
     summary = report.write_comparison(root, methods, runs_by_method, command)

@@ -20,6 +20,7 @@ import json
 import math
 import os
 
+from sskt_tf import run_dir as run_dir_lib
 from sskt_tf.errors import UserError
 
 METHOD_TITLES = {"sskt": "SSKT", "scratch": "scratch", "kd": "KD", "dml": "DML", "maxl": "MAXL"}
@@ -42,22 +43,6 @@ PAPER = {
     },
 }
 PAPER_EPOCHS = 200
-
-
-def read_json(path):
-    """The JSON file `path` of a run (config.json, results.json).
-
-    Raises:
-        UserError: the file is not valid JSON (a run killed while writing it); the line names the
-            run directory to delete to redo that run.
-    """
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path} is not valid JSON ({e.msg}, line {e.lineno}); delete the run directory that holds it to redo that run."
-        ) from None
 
 
 def read_curve(run_dir, key="val_accuracy"):
@@ -83,12 +68,12 @@ def read_run(run_dir):
         results.json as dicts, and its per-epoch test accuracy (`read_curve`).
 
     Raises:
-        UserError: config.json or results.json is not valid JSON (`read_json`).
+        UserError: config.json or results.json is not valid JSON (`run_dir.read_json`).
     """
     return {
         "dir": run_dir,
-        "config": read_json(os.path.join(run_dir, "config.json")),
-        "results": read_json(os.path.join(run_dir, "results.json")),
+        "config": run_dir_lib.read_json(os.path.join(run_dir, "config.json")),
+        "results": run_dir_lib.read_json(os.path.join(run_dir, "results.json")),
         "curve": read_curve(run_dir),
     }
 

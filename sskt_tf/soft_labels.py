@@ -24,7 +24,7 @@ import numpy as np
 def fingerprint(source):
     """SHA-256 of a source's weights and the settings that change its logits.
 
-    Also the weights' identity in a run's saved training state (`train.run_inputs`): another
+    Also the weights' identity in a run's saved training state (`resumption.run_inputs`): another
     network copied over the same file is another source.
 
     Args:

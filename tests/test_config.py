@@ -213,19 +213,19 @@ def _flat(config_json):
 
 
 def test_an_old_flat_config_json_reads_as_the_nested_one(tmp_path, monkeypatch):
-    from sskt_tf import train
+    from sskt_tf import run_dir
 
     config = parse(["--flagfile=flags/smoke.cfg", "--mixup=0.2", "--nooverwrite", f"--output_dir={tmp_path}"], monkeypatch)
     nested = json.loads(config.to_json())
     old = _flat(nested)
     assert "augmentation" not in old and old["augment"] == "standard" and old["mixup"] == 0.2
     assert config_lib.flag_values(old) == {k: v for k, v in config_lib.flag_values(nested).items() if k != "augmentation.padding"}
-    assert train.changed_settings(old, nested) == []
-    assert train.changed_settings({**old, "mixup": 0.0, "lr": 0.5}, nested) == [("lr", 0.5, nested["lr"]), ("mixup", 0.0, 0.2)]
+    assert run_dir.changed_settings(old, nested) == []
+    assert run_dir.changed_settings({**old, "mixup": 0.0, "lr": 0.5}, nested) == [("lr", 0.5, nested["lr"]), ("mixup", 0.0, 0.2)]
     # A resume of a run an earlier version wrote: the same settings resume, others are named by their flag.
     (tmp_path / "config.json").write_text(json.dumps({**old, "mixup": 0.0}))
     (tmp_path / "target.keras").write_text("")
     with pytest.raises(UserError, match=re.escape("run with other settings (--mixup: 0.0 -> 0.2)")):
-        train.inspect_output_dir(config)
+        run_dir.inspect_output_dir(config)
     (tmp_path / "config.json").write_text(json.dumps(old))
-    assert train.inspect_output_dir(config) == "new"  # The same run, nothing to resume: it starts over.
+    assert run_dir.inspect_output_dir(config) == "new"  # The same run, nothing to resume: it starts over.

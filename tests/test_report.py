@@ -98,7 +98,8 @@ def test_without_matplotlib_the_table_says_how_to_get_the_picture(tmp_path, monk
 def test_unreadable_runs_and_no_runs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match=f"^no finished runs under {tmp_path} to compare"):
         report.write_comparison(str(tmp_path), ["sskt"], {"sskt": []}, "compare")
+    (tmp_path / "config.json").write_text("{}")
     (tmp_path / "results.json").write_text('{"test": ')
     with pytest.raises(UserError, match=r"results.json is not valid JSON .*delete the run directory that holds it"):
-        report.read_json(str(tmp_path / "results.json"))
+        report.read_run(str(tmp_path))
     assert report.read_curve(str(tmp_path / "nowhere")) == []

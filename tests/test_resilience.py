@@ -1,5 +1,7 @@
 """Resumption after SIGKILL at several points of an epoch end (bit-identical with --deterministic),
-Ctrl-C, best.keras across a resume, non-finite losses, resumption onto changed inputs."""
+Ctrl-C, best.keras across a resume, non-finite losses, resumption onto changed inputs.
+
+The messages of a stopped or interrupted run, built from given facts, are tested in test_train_lib.py."""
 
 import json
 import os
@@ -14,6 +16,7 @@ import pytest
 
 import sskt_tf  # noqa: F401  (registers the custom layers for loading)
 from sskt_tf import callbacks as callbacks_lib
+from sskt_tf import run_dir as run_dir_lib
 from sskt_tf.errors import UserError
 from conftest import ROOT, run_training
 
@@ -161,7 +164,7 @@ def test_best_keras_survives_a_resume_and_a_crash_between_the_commit_and_its_wri
     saved = lambda name: _weights(os.path.join(checkpoints, name))[0][0, 0]
 
     def start(model):
-        """A (re)started run: the state restored into `model`, the checkpoint callback as train.py builds it."""
+        """A (re)started run: the state restored into `model`, the checkpoint callback as train_lib builds it."""
         resume = callbacks_lib.ResumeCheckpoint(backup)
         restored = resume.state()
         assert resume.restore(model) == (restored["epoch"] if restored else 0)
@@ -194,12 +197,12 @@ def test_best_keras_survives_a_resume_and_a_crash_between_the_commit_and_its_wri
             raise _Crash
         real_save(target, path)
 
-    real_save = callbacks_lib.atomic_save
-    monkeypatch.setattr(callbacks_lib, "atomic_save", crash_at_best)
+    real_save = run_dir_lib.atomic_save
+    monkeypatch.setattr(run_dir_lib, "atomic_save", crash_at_best)
     weights(model, 4)
     with pytest.raises(_Crash):
         callback.on_epoch_end(4, {"val_accuracy": 0.9})
-    monkeypatch.setattr(callbacks_lib, "atomic_save", real_save)
+    monkeypatch.setattr(run_dir_lib, "atomic_save", real_save)
     assert saved("best.keras") == 1 and saved("last.keras") == 4
     callback = start(_tiny_model(2))
     assert saved("best.keras") == 4 and saved("last.keras") == 4 and callback.best_epoch == 5
@@ -250,31 +253,3 @@ def test_non_finite_loss_stops_with_the_cause_and_a_resume_onto_other_inputs_is_
     (out / "backup" / "epoch_1.weights.h5").write_bytes(b"not an HDF5 file")
     with pytest.raises(UserError, match=r"the saved state \S+epoch_1.weights.h5 cannot be loaded into this run's model \(\w+"):
         run_training(args)
-
-
-def test_stop_and_interrupt_messages_say_only_what_the_facts_show(tmp_path, capsys):
-    from sskt_tf import train
-    from sskt_tf.config import Config
-
-    config = Config(dataset="synthetic", lr=1e20, output_dir=str(tmp_path), lr_schedule="constant")
-    checkpoint = callbacks_lib.TargetCheckpoint(str(tmp_path / "checkpoints"))
-    # float32 gives back 1e20 as 1.00000002e20: that is no growth, and no --lr_gamma is to blame.
-    stop = callbacks_lib.NonFiniteLoss(0, 5, 5, {"loss": float("nan")}, learning_rate=float(np.float32(1e20)))
-    message = str(train._stopped(config, stop, None, checkpoint))
-    assert "had grown" not in message and "--lr_gamma" not in message
-    assert "finite for 5 steps before, at learning rates up to 1e+20: either training diverged" in message
-    assert "No epoch had finished, so nothing was saved" in message
-    # Ctrl-C between two epochs: the epoch that ended is named as done, not as interrupted.
-    (tmp_path / "backup").mkdir()
-    (tmp_path / "backup" / "latest.json").write_text(json.dumps({"epoch": 3, "weights": "epoch_3.weights.h5"}))
-    tracker = callbacks_lib.EpochTracker()
-    tracker.on_epoch_begin(2)
-    tracker.on_epoch_end(2)
-    with pytest.raises(SystemExit) as exit_info:
-        train._exit_interrupted(config, tracker)
-    assert exit_info.value.code == 130
-    assert capsys.readouterr().err.strip() == "interrupted after epoch 3; the same command resumes after epoch 3"
-    tracker.on_epoch_begin(3)
-    with pytest.raises(SystemExit):
-        train._exit_interrupted(config, tracker)
-    assert capsys.readouterr().err.strip() == "interrupted in epoch 4; the same command resumes after epoch 3"

@@ -7,7 +7,7 @@ import pytest
 from sskt_tf import data as data_lib
 from sskt_tf import soft_labels
 from sskt_tf.config import Config
-from sskt_tf.sskt import build_model
+from sskt_tf.methods import build_model
 from conftest import run_training
 
 

@@ -18,7 +18,6 @@ from absl import flags
 from sskt_tf import config as config_lib
 from sskt_tf import data as data_lib
 from sskt_tf import sources as sources_lib
-from sskt_tf import train
 from sskt_tf.errors import UserError
 from conftest import ROOT, run_training
 
@@ -333,17 +332,3 @@ def test_every_flagfile_runs_two_smoke_steps(flagfile, stand_ins, flagfile_runs_
     assert (out / "target.keras").exists()
     # The run is this flagfile's: the configuration it wrote is the one this flagfile resolves to.
     assert json.loads((out / "config.json").read_text()) == json.loads(config.to_json())
-
-
-def test_milestones_that_do_nothing_are_said(capsys):
-    from sskt_tf.config import Config
-
-    train._note_unreached_milestones(Config(epochs=100, lr=0.1, lr_gamma=0.2, lr_milestones=(60, 120, 160)))
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("--lr_milestones=60,120,160: 120, 160 are at or after --epochs=100")
-    assert "ends at 0.02 (not 0.0008)" in line
-    train._note_unreached_milestones(Config(epochs=200))  # The paper's recipe: every milestone is reached.
-    train._note_unreached_milestones(Config(epochs=2, lr_schedule="cosine"))  # The recipe's, from a flagfile.
-    assert capsys.readouterr().out == ""
-    train._note_unreached_milestones(Config(epochs=2, lr_schedule="cosine", lr_milestones=(1, 2)))
-    assert capsys.readouterr().out.strip() == "--lr_milestones=1,2 do not apply to --lr_schedule=cosine; only multistep uses them."

@@ -4,13 +4,13 @@
 """
 
 import dataclasses
-import json
 import os
 
 import keras
 import tensorflow as tf
 
 import sskt_tf  # noqa: F401  (registers the custom layers that .keras files refer to)
+from sskt_tf import run_dir as run_dir_lib
 from sskt_tf.errors import UserError
 from sskt_tf.serving.saved_model import is_saved_model
 
@@ -55,22 +55,6 @@ class TrainedModel:
         return tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits, axis=-1)
 
 
-def _read_json(path):
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def _run_dir_of(keras_path):
-    """The run directory holding `keras_path` (target.keras or checkpoints/*.keras), or None."""
-    here = os.path.dirname(os.path.abspath(keras_path))
-    for candidate in (here, os.path.dirname(here) if os.path.basename(here) == "checkpoints" else None):
-        if candidate and os.path.isfile(os.path.join(candidate, "config.json")):
-            return candidate
-    return None
-
-
 def load_trained(path, *, multi_label=None, flag="--model"):
     """Loads a run directory or a `.keras` file as a `TrainedModel`.
 
@@ -95,7 +79,8 @@ def load_trained(path, *, multi_label=None, flag="--model"):
             run directory without `target.keras`, a file Keras cannot load, a model that does not
             map one image batch `[N, H, W, 3]` to logits `[N, C]`, class names (stored in the
             model or listed in results.json) that do not match it or each other, or a model of
-            any input size without a results.json to give its training size.
+            any input size without a results.json to give its training size, or a run whose
+            results.json or config.json is not valid JSON.
     """
     path = os.path.expanduser(str(path))
     allowed = "a run directory (with target.keras) or a .keras file"
@@ -114,7 +99,7 @@ def load_trained(path, *, multi_label=None, flag="--model"):
             raise UserError(f"{flag}={path}: the directory has no target.keras{hint}; pass {allowed}.")
         run_dir = path
     elif path.endswith(".keras"):
-        keras_path, run_dir = path, _run_dir_of(path)
+        keras_path, run_dir = path, run_dir_lib.run_dir_of(path)
     else:
         raise UserError(f"{flag}={path} is not a .keras file; pass {allowed}.")
 
@@ -133,8 +118,8 @@ def load_trained(path, *, multi_label=None, flag="--model"):
         )
     num_outputs = model.output_shape[-1]
 
-    results = _read_json(os.path.join(run_dir, "results.json")) if run_dir else {}
-    config = _read_json(os.path.join(run_dir, "config.json")) if run_dir else {}
+    results = run_dir_lib.run_json(run_dir, "results.json") if run_dir else {}
+    config = run_dir_lib.run_json(run_dir, "config.json") if run_dir else {}
     # A target saved by this project stores its class names (in its Classifier layer); the run's
     # results.json names them too. Either serves alone; where both do, they must agree.
     from sskt_tf.models.layers import class_names_of
