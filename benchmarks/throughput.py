@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from sskt_tf import data as data_lib  # noqa: E402
-from sskt_tf import optim, sskt  # noqa: E402
+from sskt_tf import methods, optim  # noqa: E402
 from sskt_tf.config import Config  # noqa: E402
 
 flags.DEFINE_integer("steps", 10, "Timed steps per row (after warm-up steps).")
@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 
 
 def _time_train_step(config, inputs, labels, jit):
-    model = sskt.build_model(config, (32, 32), 10)
+    model = methods.build_model(config, (32, 32), 10)
     model.compile(optimizer=optim.build_optimizer(config, 100), jit_compile=jit)
     ds = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
     model.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0)

@@ -13,9 +13,16 @@ class LinearHead(keras.layers.Layer):
     Args:
         num_classes: size of the source's label space.
         feature_key: which stage output to pool.
+        **kwargs: `keras.layers.Layer` arguments (`name`, ...).
 
     Call arguments:
-        features: dict of stage outputs, as the backbones return.
+        features: dict of stage outputs `[B, H, W, C]`, as the backbones return.
+
+    Returns:
+        float32 logits `[B, num_classes]` (also under mixed precision).
+
+    Reference: S. Hong, J. Yoon, J. Kim, M.-K. Choi, "Self-Supervised Knowledge Transfer via Loosely
+    Supervised Auxiliary Tasks", WACV 2022 (the authors' linear auxiliary head).
     """
 
     def __init__(self, num_classes, feature_key="stage3", **kwargs):
@@ -58,9 +65,14 @@ class TransferModule(keras.layers.Layer):
         middle_channels: bottleneck width; default `out_channels // 2`.
         stage_keys: the stage outputs that get a branch.
         sync_bn: BatchNorm statistics over all replicas.
+        **kwargs: `keras.layers.Layer` arguments (`name`, ...).
 
     Call arguments:
-        features: dict of stage outputs, as the backbones return.
+        features: dict of stage outputs `[B, H, W, C]`, as the backbones return.
+        training: BatchNorm in training mode (batch statistics).
+
+    Returns:
+        float32 logits `[B, num_classes]` (also under mixed precision).
 
     Reference: S. Hong, J. Yoon, J. Kim, M.-K. Choi, "Self-Supervised Knowledge
     Transfer via Loosely Supervised Auxiliary Tasks", WACV 2022.
@@ -139,14 +151,22 @@ def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False, widt
     """Builds the auxiliary head `kind` (the `--aux_head` flag) for a backbone with `stage_channels`.
 
     Args:
-        kind: "linear" or "transfer_module".
+        kind: "linear" or "transfer_module" (`sskt_tf.names.HEAD_NAMES`).
         num_classes: size of the source's label space.
-        stage_channels: the backbone's `{"stage1": channels, ...}`; every stage gets a branch.
+        stage_channels: the backbone's `{"stage1": channels, ...}`, in stage order: the linear head
+            pools the last stage; the transfer module gives every stage a branch.
         name: layer name.
-        sync_bn: BatchNorm statistics over all replicas.
+        sync_bn: BatchNorm statistics over all replicas (the transfer module's).
         width: output width of the transfer module's branches (middle: half of it); default the
             last stage's width, as the reference for CIFAR ResNets. The reference's ImageNet-style
             targets use 1000 (their backbones' `transfer_width`).
+
+    Returns:
+        An unbuilt `LinearHead` or `TransferModule`: dict of stage outputs -> float32 logits
+        `[B, num_classes]`.
+
+    Raises:
+        UserError: an unknown `kind`; the message lists the allowed ones.
     """
     if kind == "linear":
         last = list(stage_channels)[-1]

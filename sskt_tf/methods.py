@@ -1,4 +1,4 @@
-"""The training methods of `--method`: SSKT and the baselines the paper compares it with.
+"""The training methods of `--method`: one builder per method, from a `Config` to a built model.
 
 | method    | model                                   | paper                          |
 |-----------|-----------------------------------------|--------------------------------|
@@ -8,15 +8,16 @@
 | `dml`     | `DMLModel`, `--dml_peers` peers         | Zhang et al., CVPR 2018        |
 | `maxl`    | `MAXLModel`, a label-generation network | Liu et al., NeurIPS 2019       |
 
-Every model has SSKTModel's surface: `call()` = the target's logits, `target_model()` = the target
-alone for export, Mean trackers per loss term, evaluation of the target alone.
+Every model is a `sskt_tf.models.TrainedModel`: `call()` = the target's logits, `target_model()` =
+the target alone for export, Mean trackers per loss term, evaluation of the target alone, and what
+train_lib asks of a run (`sources`, `extra_targets`, `split_results`) answered by each model itself.
 """
 
-from sskt_tf import models, sources, sskt
+from sskt_tf import heads, models, sources
 from sskt_tf.baselines import DMLModel, KDModel, MAXLModel, build_label_generator
-from sskt_tf.baselines.dml import split_peer_results
 from sskt_tf.errors import UserError
 from sskt_tf.names import METHODS
+from sskt_tf.sskt import SSKTModel
 
 
 def _backbone(config, image_size):
@@ -63,6 +64,52 @@ def _check_teacher_names(spec, teacher_names, class_names):
     )
 
 
+def _sskt(config, image_size, num_classes, class_names=None):
+    """SSKT: target `config.model`, one source and auxiliary head per `config.sources` (none: scratch)."""
+    backbone = _backbone(config, image_size)
+    frozen, aux_heads, names = [], [], set()
+    for spec in config.sources:
+        name = base = sources.source_name(spec)
+        # Two files may share a stem; metric and layer names must not.
+        index = 2
+        while name in names:
+            name, index = f"{base}_{index}", index + 1
+        names.add(name)
+        source = sources.build_source(
+            spec,
+            image_size,
+            config.source_scale,
+            config.source_bn,
+            name=f"source_{name}",
+            dtype_policy=config.precision if config.source_precision == "same" else config.source_precision,
+            outputs=config.source_outputs,
+        )
+        frozen.append(source)
+        aux_heads.append(
+            heads.build_head(
+                config.aux_head,
+                source.num_classes,
+                backbone.stage_channels,
+                name=f"aux_{name}",
+                sync_bn=config.sync_bn,
+                # The reference widens ImageNet-style targets' branches to 1000 (a backbone attribute).
+                width=backbone.transfer_width,
+            )
+        )
+    return SSKTModel(
+        backbone,
+        num_classes,
+        sources=frozen,
+        aux_heads=aux_heads,
+        alphas=config.source_alphas,
+        temperatures=config.source_temperatures,
+        aux_loss=config.aux_loss,
+        kd_reduction=config.kd_reduction,
+        name="sskt",
+        **_target_kwargs(config, backbone, class_names),
+    )
+
+
 def _kd(config, image_size, num_classes, class_names=None):
     backbone = _backbone(config, image_size)
     # A KD teacher shares the target's label space, so it was trained on this data: it sees the
@@ -94,9 +141,10 @@ def _dml(config, image_size, num_classes, class_names=None):
     for k in range(config.dml_peers):
         # Each backbone draws its own initial weights from the seeded global generator.
         backbone = _backbone(config, image_size)
-        peers.append(
-            sskt.SSKTModel(backbone, num_classes, name=f"peer{k}", **_target_kwargs(config, backbone, class_names))
-        )
+        # The scratch target (SSKTModel without sources, a TargetModel). Its class name also names
+        # each peer's part of the saved training state (layers/sskt_model, layers/sskt_model_1, ...):
+        # another class would stop the states of earlier runs from loading.
+        peers.append(SSKTModel(backbone, num_classes, name=f"peer{k}", **_target_kwargs(config, backbone, class_names)))
     return DMLModel(peers, weight_decay=config.weight_decay, name="dml")
 
 
@@ -127,55 +175,35 @@ def _maxl(config, image_size, num_classes, class_names=None):
 
 
 def build_model(config, image_size, num_classes, class_names=None):
-    """The built model of `config.method` (call it inside the strategy's scope).
+    """The built model of `config.method`; call it inside the strategy's scope.
+
+    Builds the target `config.model` and what the method adds: SSKT's sources (`config.sources`,
+    each checked and adapted by `sources.build_source`) and auxiliary heads, KD's teacher, DML's
+    peers, MAXL's label generator. The model is built for `(None, H, W, 3)` images, so that its
+    variables (and a compiled optimizer's) exist before `fit` or a resumption loads them.
 
     Args:
         config: the run's `Config`.
-        image_size: (H, W) of the training images.
+        image_size: (H, W) of the training images, in pixels.
         num_classes: classes of the dataset.
         class_names: the dataset's class names (one str per class), or None. Stored in every
-            saved target (`SSKTModel.target_model`), and compared with a `--teacher` that
+            saved target (`TargetModel.target_model`), and compared with a `--teacher` that
             stores its own.
 
+    Returns:
+        A built `sskt_tf.models.TrainedModel`: `SSKTModel` (sskt, scratch), `KDModel`,
+        `DMLModel` or `MAXLModel`.
+
     Raises:
-        UserError: a source or teacher that cannot serve (see `sources.build_source`), a teacher
-            of another label space (class count, or stored class names and their order).
+        UserError: an unknown method; a source or teacher that cannot serve (see
+            `sources.build_source`); a teacher of another label space (class count, or stored
+            class names and their order); `--maxl_psi` neither one value nor one per class.
+        ValueError: `class_names` that do not name every class.
     """
-    if config.method in ("sskt", "scratch"):
-        # Scratch is SSKT without sources (the config refuses --sources with --method=scratch).
-        return sskt.build_model(config, image_size, num_classes, class_names=class_names)
-    builders = {"kd": _kd, "dml": _dml, "maxl": _maxl}
+    # Scratch is SSKT without sources (the config refuses --sources with --method=scratch).
+    builders = {"sskt": _sskt, "scratch": _sskt, "kd": _kd, "dml": _dml, "maxl": _maxl}
     if config.method not in builders:
         raise UserError(f"--method={config.method} is not known. Allowed: {', '.join(METHODS)}.")
     model = builders[config.method](config, image_size, num_classes, class_names)
     model.build((None, *image_size, 3))
     return model
-
-
-def split_results(config, model, test):
-    """The run's test metrics (the target's: DML's peer 0) and the method's extra results.json fields.
-
-    Args:
-        config: the run's `Config`.
-        model: the trained model.
-        test: `model.evaluate(..., return_dict=True)`, as floats.
-
-    Returns:
-        `(test, extra)`: extra holds `method`, and `peers` (DML: each peer's test metrics, peer 0
-        first) or `teacher` (KD: its spec, classes and input size).
-    """
-    extra = {"method": config.method}
-    if isinstance(model, DMLModel):
-        peers = split_peer_results(test, len(model.peers))
-        test, extra["peers"] = peers[0], peers
-    if isinstance(model, KDModel):
-        t = model.teacher
-        extra["teacher"] = {"spec": t.spec, "classes": t.num_classes, "input_size": list(t.image_size)}
-    return test, extra
-
-
-def extra_targets(model, name):
-    """`(file name, target)` for every exported network besides target.keras: DML's `peer_<k>.keras`, k >= 1."""
-    if isinstance(model, DMLModel):
-        return [(f"peer_{k}.keras", m) for k, m in enumerate(model.peer_target_models(name)) if k > 0]
-    return []

@@ -11,43 +11,52 @@ With no sources it is the scratch baseline with the identical recipe.
 import keras
 import tensorflow as tf
 
-from sskt_tf import heads, losses, models, sources
-from sskt_tf.models.layers import Classifier
+from sskt_tf import losses
+from sskt_tf.models.target_model import TargetModel
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class SSKTModel(keras.Model):
+class SSKTModel(TargetModel):
     """Target network + one auxiliary head per frozen source, with SSKT's `train_step`.
 
-    `call()` returns the target's logits only; `target_model()` is the target
-    alone (no heads, no sources), for export. Only the target's variables
-    (backbone, classifier, auxiliary heads) receive gradients.
+    Implements eq. 3 of Hong et al. (WACV 2022): the target loss plus, for each source k,
+    `alpha_k` times the auxiliary loss between the source's softened prediction (the soft label)
+    and the auxiliary head's (`sskt_tf.losses.aux_loss`: "ce" is the paper's eq. 2, "kd" a KL).
+    The sources run outside the gradient tape in inference mode; only the target's variables
+    (backbone, classifier, auxiliary heads) receive gradients. `call()` returns the target's
+    logits only; `target_model()` is the target alone (no heads, no sources), for export.
+
+    Metrics: `loss` (the weighted total), `target_loss`, `aux_loss_<source>` per source
+    (unweighted, training only), `accuracy` (and `top5_accuracy` for more than 10 classes).
 
     Args:
-        backbone: a model from raw images to a dict of stage outputs (see `sskt_tf.models`).
+        backbone: a `sskt_tf.models.Backbone` (raw images -> dict of stage outputs).
         num_classes: classes of the target task.
-        sources: list of frozen `sskt_tf.sources.Source` layers.
-        aux_heads: one auxiliary head per source (see `sskt_tf.heads`).
+        sources: list of frozen `sskt_tf.sources.Source` layers, each raw images -> float32
+            logits `[B, K_k]`.
+        aux_heads: one auxiliary head per source, stage outputs -> float32 logits `[B, K_k]`
+            (see `sskt_tf.heads`).
         alphas: one weight per source.
-        temperatures: one temperature per source.
-        target_loss: "ce" or "focal" (labels: int class indices [B], or float soft labels
-            [B, C] from MixUp/CutMix), or "bce" (multi-label: float multi-hot labels [B, C];
-            no accuracy metrics).
+        temperatures: one temperature T > 0 per source.
+        target_loss: see `TargetModel`.
         aux_loss: "ce" (soft-label cross-entropy) or "kd" (KL).
         kd_reduction: "batchmean" or "mean" (PyTorch KLDivLoss default) for `aux_loss="kd"`.
-        weight_decay: coupled L2: `weight_decay * w` is added to every target
-            variable's gradient before the optimizer (PyTorch SGD's weight_decay);
-            it is not part of the logged losses.
+        weight_decay: coupled L2 (see `TargetModel`).
         feature_key: the stage output the classifier pools.
-        class_names: one name per class (str), or None. The classifier (a `Classifier`, a Dense
-            layer) keeps them in its config, so every saved target (target.keras, checkpoints)
-            carries them (`sskt_tf.models.class_names_of`).
+        class_names: see `TargetModel`.
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Raises:
+        ValueError: not one head, alpha and temperature per source.
 
     Example:
     >>> model = SSKTModel(CifarResNet(20), 10, [source], [LinearHead(1000)], [0.1], [3.0])
     >>> model.build((None, 32, 32, 3))
     >>> model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     >>> model.fit(train_ds, epochs=1, steps_per_epoch=390)
+
+    Reference: S. Hong, J. Yoon, J. Kim, M.-K. Choi, "Self-Supervised Knowledge Transfer via
+    Loosely Supervised Auxiliary Tasks", WACV 2022.
     """
 
     def __init__(
@@ -66,7 +75,6 @@ class SSKTModel(keras.Model):
         class_names=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
         sources, aux_heads = list(sources), list(aux_heads)
         alphas, temperatures = [float(a) for a in alphas], [float(t) for t in temperatures]
         if not len(sources) == len(aux_heads) == len(alphas) == len(temperatures):
@@ -75,106 +83,68 @@ class SSKTModel(keras.Model):
                 f"{len(sources)} sources, {len(aux_heads)} heads, {len(alphas)} alphas, "
                 f"{len(temperatures)} temperatures."
             )
+        super().__init__(
+            backbone,
+            num_classes,
+            target_loss=target_loss,
+            weight_decay=weight_decay,
+            feature_key=feature_key,
+            class_names=class_names,
+            **kwargs,
+        )
         # === Layers ===
-        self.backbone = backbone
-        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
-        # Logits in float32 also under mixed precision, for stable softmax and losses.
-        self.classifier = Classifier(num_classes, class_names=class_names, dtype="float32", name="classifier")
-        self.sources = sources
+        self._sources = sources
         self.aux_heads = aux_heads
 
         # === Config ===
-        self.num_classes = int(num_classes)
         self.alphas = alphas
         self.temperatures = temperatures
-        self.target_loss = target_loss
         self.aux_loss = aux_loss
         self.kd_reduction = kd_reduction
-        self.weight_decay = float(weight_decay)
-        self.feature_key = feature_key
-        self.class_names = self.classifier.class_names  # Checked there: one name per class.
-        self._target_loss_fn = losses.target_loss_fn(target_loss)
-        # Multi-hot float labels [B, C]: accuracies do not apply; mAP is computed over the whole
-        # evaluation set outside the step (sskt_tf.metrics).
-        self.multi_label = target_loss in losses.MULTI_LABEL_TARGET_LOSSES
 
         # === Metrics ===
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.target_loss_tracker = keras.metrics.Mean(name="target_loss")
-        self.aux_loss_trackers = [keras.metrics.Mean(name=f"aux_loss_{s.name.removeprefix('source_')}") for s in sources]
-        self.accuracy_metric = None if self.multi_label else keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-        self.top5_metric = (
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy")
-            if num_classes > 10 and not self.multi_label
-            else None
-        )
+        self.aux_loss_trackers = [
+            self.target_metrics.add_term(f"aux_loss_{s.name.removeprefix('source_')}") for s in sources
+        ]
 
-    # --- Forward -----------------------------------------------------------------------------
+    @property
+    def sources(self):
+        """The frozen sources, in `--sources` order."""
+        return self._sources
 
-    def _target_logits(self, features):
-        return self.classifier(self.pool(features[self.feature_key]))
-
-    def call(self, images, training=False):
-        return self._target_logits(self.backbone(images, training=training))
+    # --- Forward -------------------------------------------------------------------------------
 
     def _forward_with_heads(self, images, training):
         features = self.backbone(images, training=training)
         return self._target_logits(features), [head(features, training=training) for head in self.aux_heads]
 
     def build(self, input_shape):
+        super().build(input_shape)
         images = keras.ops.zeros((1, *input_shape[1:]))
-        self._forward_with_heads(images, training=False)
+        features = self.backbone(images, training=False)
+        for head in self.aux_heads:
+            head(features, training=False)
         for source in self.sources:
             source(images)
-        self.built = True
 
     @property
     def target_variables(self):
         """Everything that trains: backbone, classifier and auxiliary heads; never the sources."""
-        variables = self.backbone.trainable_variables + self.classifier.trainable_variables
+        variables = super().target_variables
         for head in self.aux_heads:
             variables += head.trainable_variables
         return variables
 
-    def target_model(self, name=None):
-        """The target alone: raw images -> logits, sharing this model's layers (no heads, no sources).
-
-        Returns:
-            A functional model, float raw RGB `[N, H, W, 3]` in 0..255 -> float32 logits `[N, C]`.
-            Its last layer, the classifier, stores `class_names` (`sskt_tf.models.class_names_of`
-            reads them back, also from a reloaded file).
-        """
-        inputs = keras.Input(self.backbone.input_shape[1:], name="images")
-        outputs = self._target_logits(self.backbone(inputs))
-        return keras.Model(inputs, outputs, name=name or f"{self.backbone.name}_target")
-
-    # --- Steps -------------------------------------------------------------------------------
-
-    @property
-    def metrics(self):
-        metrics = [self.loss_tracker, self.target_loss_tracker, *self.aux_loss_trackers]
-        return metrics + [m for m in (self.accuracy_metric, self.top5_metric) if m is not None]
+    # --- Steps ---------------------------------------------------------------------------------
 
     def _sskt_losses(self, labels, logits, aux_logits, source_logits):
-        target = tf.reduce_mean(self._target_loss_fn(labels, logits))
+        target = tf.reduce_mean(self.target_losses(labels, logits))
         aux = [
             losses.aux_loss(self.aux_loss, s, a, t, self.kd_reduction)
             for s, a, t in zip(source_logits, aux_logits, self.temperatures)
         ]
         total = target + sum((alpha * term for alpha, term in zip(self.alphas, aux)), 0.0)
         return total, target, aux
-
-    def _update_metrics(self, labels, logits, total, target, aux=()):
-        self.loss_tracker.update_state(total)
-        self.target_loss_tracker.update_state(target)
-        for tracker, value in zip(self.aux_loss_trackers, aux):
-            tracker.update_state(value)
-        if self.accuracy_metric is not None:
-            # With MixUp/CutMix the training accuracy counts the dominant class of each mixed label.
-            labels = losses.class_indices(labels, logits)
-            self.accuracy_metric.update_state(labels, logits)
-        if self.top5_metric is not None:
-            self.top5_metric.update_state(labels, logits)
 
     def train_step(self, data):
         inputs, labels = data[0], data[1]
@@ -185,62 +155,29 @@ class SSKTModel(keras.Model):
             images = inputs
             # Sources are constants of the step: outside the tape, inference mode, no gradient.
             source_logits = [source(images) for source in self.sources]
-        variables = self.target_variables
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
+
+        def loss_fn():
             logits, aux_logits = self._forward_with_heads(images, training=True)
             total, target, aux = self._sskt_losses(labels, logits, aux_logits, source_logits)
-            objective = total
-            if self.weight_decay:
-                # Coupled L2 as PyTorch's SGD: its gradient, weight_decay * w, joins the loss's
-                # before momentum. Written as a loss term so that loss scaling covers it too.
-                squares = [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
-                objective = objective + 0.5 * self.weight_decay * tf.add_n(squares)
-            # The optimizer sums gradients over replicas; each replica's loss is its local
-            # batch mean, so this is the one place where the replica count enters.
-            scaled = self.optimizer.scale_loss(objective / replicas)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        self._update_metrics(labels, logits, total, target, aux)
-        return _step_logs({m.name: m.result() for m in self.metrics})
+            return total, target, aux, logits
 
-    def test_step(self, data):
-        # Evaluation scores the target alone; the sources would only add their cost. Its total loss
-        # is the target loss.
-        images, labels = data[0], data[1]
-        logits = self(images, training=False)
-        # Per-example values: the Mean trackers then weigh a partial last batch by its size.
-        per_example = self._target_loss_fn(labels, logits)
-        self._update_metrics(labels, logits, total=per_example, target=per_example)
-        return _step_logs({m.name: m.result() for m in self.metrics if m not in self.aux_loss_trackers})
+        total, target, aux, logits = self.minimize(loss_fn, self.target_variables)
+        self.target_metrics.update(labels, logits, total, target, aux)
+        return self._step_logs(self.metrics)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 reduces a PerReplica input batch here to build the model symbolically, which
-        # fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). This model and its
-        # optimizer are built before fit (train.py), so there is nothing left to build.
-        if self.built and self.optimizer is not None and self.optimizer.built:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    # --- Config ------------------------------------------------------------------------------
+    # --- Config --------------------------------------------------------------------------------
 
     def get_config(self):
         config = super().get_config()
         ser = keras.saving.serialize_keras_object
         config.update(
             {
-                "backbone": ser(self.backbone),
-                "num_classes": self.num_classes,
                 "sources": [ser(s) for s in self.sources],
                 "aux_heads": [ser(h) for h in self.aux_heads],
                 "alphas": self.alphas,
                 "temperatures": self.temperatures,
-                "target_loss": self.target_loss,
                 "aux_loss": self.aux_loss,
                 "kd_reduction": self.kd_reduction,
-                "weight_decay": self.weight_decay,
-                "feature_key": self.feature_key,
-                "class_names": None if self.class_names is None else list(self.class_names),
             }
         )
         return config
@@ -249,75 +186,6 @@ class SSKTModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         de = keras.saving.deserialize_keras_object
-        config["backbone"] = de(config["backbone"])
         config["sources"] = [de(s) for s in config["sources"]]
         config["aux_heads"] = [de(h) for h in config["aux_heads"]]
-        return cls(**config)
-
-
-def _step_logs(logs):
-    # Keras 3 reduces the logs of a MultiWorkerMirroredStrategy step with
-    # strategy.reduce(MEAN, value, axis=0), which fails on scalars (keras-team/keras#20585):
-    # give them a length-1 axis there, which that reduction removes again.
-    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
-    return logs
-
-
-def build_model(config, image_size, num_classes, class_names=None):
-    """The built `SSKTModel` of a `Config`: target `config.model`, one source and head per `config.sources`.
-
-    Call it inside the strategy's scope. `class_names` (one per class, or None) are stored in the
-    saved targets (see `SSKTModel`). Each source is checked and adapted by
-    `sources.build_source` (`config.source_outputs`) before anything trains.
-
-    Raises:
-        UserError: a source that cannot serve (see `sources.build_source`).
-    """
-    backbone = models.get_backbone(config.model, (*image_size, 3), sync_bn=config.sync_bn)
-    frozen, aux_heads, names = [], [], set()
-    for spec in config.sources:
-        name = base = sources.source_name(spec)
-        # Two files may share a stem; metric and layer names must not.
-        index = 2
-        while name in names:
-            name, index = f"{base}_{index}", index + 1
-        names.add(name)
-        source = sources.build_source(
-            spec,
-            image_size,
-            config.source_scale,
-            config.source_bn,
-            name=f"source_{name}",
-            dtype_policy=config.precision if config.source_precision == "same" else config.source_precision,
-            outputs=config.source_outputs,
-        )
-        frozen.append(source)
-        aux_heads.append(
-            heads.build_head(
-                config.aux_head,
-                source.num_classes,
-                backbone.stage_channels,
-                name=f"aux_{name}",
-                sync_bn=config.sync_bn,
-                # The reference widens ImageNet-style targets' branches to 1000 (backbone attribute).
-                width=getattr(backbone, "transfer_width", None),
-            )
-        )
-    model = SSKTModel(
-        backbone,
-        num_classes,
-        sources=frozen,
-        aux_heads=aux_heads,
-        alphas=config.source_alphas,
-        temperatures=config.source_temperatures,
-        target_loss=config.target_loss,
-        aux_loss=config.aux_loss,
-        kd_reduction=config.kd_reduction,
-        weight_decay=config.weight_decay,
-        feature_key=list(backbone.stage_channels)[-1],
-        class_names=class_names,
-        name="sskt",
-    )
-    model.build((None, *image_size, 3))
-    return model
+        return super().from_config(config)

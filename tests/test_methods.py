@@ -242,7 +242,7 @@ def test_a_saved_target_carries_its_class_names_and_returns_the_same_logits(tmp_
 
 def test_every_peer_of_dml_carries_the_class_names(tmp_path):
     model = methods.build_model(make_config(tmp_path, method="dml"), SIZE, 10, class_names=NAMES)
-    for _, network in [("target.keras", model.target_model()), *methods.extra_targets(model, "t")]:
+    for _, network in [("target.keras", model.target_model()), *model.extra_targets("t")]:
         network.save(str(tmp_path / "peer.keras"))
         assert class_names_of(keras.saving.load_model(str(tmp_path / "peer.keras"))) == NAMES
 
@@ -343,7 +343,7 @@ def test_dml_each_peer_steps_on_its_own_loss_and_peers_stay_different(tmp_path):
     assert not np.allclose(kernels[0].numpy(), kernels[1].numpy())
     results = model.evaluate(X, Y, verbose=0, return_dict=True)
     assert set(results) == {"loss", "target_loss", "accuracy", "peer1_loss", "peer1_target_loss", "peer1_accuracy"}
-    test, extra = methods.split_results(make_config(tmp_path, method="dml"), model, results)
+    test, extra = model.split_results(results)
     assert test == extra["peers"][0] and set(extra["peers"][1]) == {"loss", "target_loss", "accuracy"}
     assert extra["peers"][1]["loss"] == results["peer1_loss"]
     # Every peer alone reproduces its own evaluation.
@@ -472,7 +472,7 @@ def test_maxl_entropy_term_alone_moves_the_generator_by_its_gradient(tmp_path):
     np.testing.assert_allclose(dense.numpy(), before - lr_g * w * grad, rtol=1e-4, atol=1e-7)
 
 
-# KD is SSKTModel plus a Source, both round-trip tested on their own (test_sskt.py).
+# KD is a TargetModel plus a Source, both round-trip tested on their own (test_sskt.py).
 @pytest.mark.parametrize("method", ["dml", "maxl"])
 def test_save_load_round_trip_and_the_exported_target_alone(method, tmp_path):
     extra = {"maxl": dict(maxl_psi=(2,))}.get(method, {})
@@ -497,6 +497,52 @@ def test_save_load_round_trip_and_the_exported_target_alone(method, tmp_path):
     names = {w.path.split("/")[0] for w in target.weights}
     assert not names & {"teacher", "label_generator", "aux_classifier", "peer1"}
     np.testing.assert_allclose(target.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+def state_groups(model, path):
+    """The top groups of `model`'s saved training state, as train_lib's resumption writes it."""
+    import h5py
+
+    model.save_weights(path)
+    groups = []
+    with h5py.File(path) as f:
+        f.visititems(lambda name, obj: groups.append(name) if isinstance(obj, h5py.Group) else None)
+
+    def kept(group):
+        top = group.split("/")[0]
+        # The networks' own layouts are their layers', tested with the networks.
+        if top in ("backbone", "generator", "optimizer"):
+            return group == top
+        return group.count("/") <= 1 and not group.endswith("/vars")
+
+    return {g for g in groups if kept(g)}
+
+
+TARGET_GROUPS = {"backbone", "classifier", "layers", "layers/global_average_pooling2d", "optimizer", "vars"}
+
+
+@pytest.mark.parametrize(
+    "method, groups",
+    [
+        ("sskt", TARGET_GROUPS | {"aux_heads", "aux_heads/transfer_module", "layers/source"}),
+        ("scratch", TARGET_GROUPS),
+        ("kd", TARGET_GROUPS | {"layers/source"}),
+        # The peers' groups are named after their class, SSKTModel.
+        ("dml", {"layers", "layers/sskt_model", "layers/sskt_model_1", "optimizer", "vars"}),
+        ("maxl", TARGET_GROUPS | {"aux_classifier", "generator", "generator_optimizer"}),
+    ],
+)
+def test_the_saved_training_state_keeps_its_layout(method, groups, tmp_path):
+    # Keras loads a state by these paths (attribute names; class names inside lists): a run
+    # interrupted before a change of them must still resume after it.
+    extra = {
+        "sskt": dict(sources=(teacher_file(tmp_path),), aux_head="transfer_module"),
+        "kd": dict(teacher=teacher_file(tmp_path)),
+        "maxl": dict(maxl_psi=(2,)),
+    }.get(method, {})
+    model = compiled(make_config(tmp_path, method=method, **extra))
+    model.optimizer.build(model.trainable_variables)
+    assert state_groups(model, str(tmp_path / "state.weights.h5")) == groups
 
 
 # --- Flags --------------------------------------------------------------------------------------------

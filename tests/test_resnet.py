@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sskt_tf import heads
-from sskt_tf.models import ResNet, VGG16BN, get_backbone, resnet_classifier
+from sskt_tf.models import Backbone, ResNet, VGG16BN, get_backbone, resnet_classifier
 from sskt_tf.names import MODEL_NAMES
 
 # Trainable parameters of torchvision's resnetN(num_classes=1000), as its documentation's model table
@@ -75,6 +75,15 @@ def test_config_round_trip_gives_the_same_network(cls, kwargs):
     assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(backbone)).get_config() == (
         backbone.get_config()
     )
+
+
+@pytest.mark.parametrize("name, transfer_width", [("resnet20", None), ("resnet18", 1000), ("vgg16_bn", None)])
+def test_every_backbone_names_its_stage_outputs(name, transfer_width):
+    backbone = get_backbone(name, (32, 32, 3))
+    assert isinstance(backbone, Backbone) and backbone.transfer_width == transfer_width
+    outputs = backbone(np.zeros((1, 32, 32, 3), np.float32))
+    assert list(backbone.stage_channels) == [f"stage{s}" for s in range(1, len(outputs) + 1)]
+    assert {key: out.shape[-1] for key, out in outputs.items()} == backbone.stage_channels
 
 
 def test_vgg16_bn_stages_and_parameter_count():

@@ -10,7 +10,8 @@ from tensorflow.python.framework import config as tf_config
 
 from sskt_tf import losses
 from sskt_tf.config import Config
-from sskt_tf.sskt import SSKTModel, build_model
+from sskt_tf.methods import build_model
+from sskt_tf.sskt import SSKTModel
 
 RNG = np.random.RandomState(0)
 X = RNG.uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)

@@ -1,8 +1,8 @@
-"""The baselines SSKT is compared against, as Keras models in SSKTModel's pattern.
+"""The baselines SSKT is compared against, as Keras models on `sskt_tf.models.TrainedModel`.
 
-- `KDModel`: knowledge distillation from a frozen teacher (Hinton et al., 2015).
-- `DMLModel`: deep mutual learning of K peers (Zhang et al., CVPR 2018).
-- `MAXLModel`: meta auxiliary learning with a label-generation network (Liu et al., NeurIPS 2019).
+- `KDModel`: a `TargetModel` distilled from a frozen teacher (Hinton et al., 2015).
+- `DMLModel`: deep mutual learning of K `TargetModel` peers (Zhang et al., CVPR 2018).
+- `MAXLModel`: a multi-task `TargetModel` and a label-generation network (Liu et al., NeurIPS 2019).
 
 Training from scratch is `SSKTModel` without sources. `sskt_tf.methods` builds any of them from a `Config`.
 """

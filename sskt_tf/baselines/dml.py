@@ -7,15 +7,16 @@ For a batch x with labels y and peers k = 1..K:
 
 All peers step at once on the same batch, each with the gradient of its own L_k (the paper updates
 them one after the other, the second peer seeing the first's updated prediction; on a batch the
-difference is one step of lag). Every peer is a complete target: it is evaluated and exported alone.
+difference is one step of lag). Every peer is a complete target (a `TargetModel`): it is evaluated
+and exported alone.
 """
 
 import keras
 import tensorflow as tf
 
 from sskt_tf import losses
-from sskt_tf.baselines import common
-from sskt_tf.sskt import _step_logs
+from sskt_tf.models.target_model import TargetMetrics, TargetModel
+from sskt_tf.models.trained_model import TrainedModel
 
 
 def peer_prefix(index):
@@ -24,13 +25,13 @@ def peer_prefix(index):
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class DMLModel(keras.Model):
-    """K >= 2 peer targets trained by deep mutual learning.
+class DMLModel(TrainedModel):
+    """K >= 2 peer targets trained by deep mutual learning (Zhang et al., CVPR 2018).
 
-    Each peer is an `SSKTModel` without sources (a target: backbone, pooling,
-    classifier). `call()` and `target_model()` are peer 0's; `peer_target_models()`
-    are all of them. Every peer's variables receive the gradient of its own loss
-    only, plus the coupled L2.
+    Each peer is a `TargetModel` without frozen networks (`sskt_tf.methods` builds
+    `SSKTModel`s without sources, the scratch target). `call()` and `target_model()`
+    are peer 0's; `peer_target_models()` are all of them. Every peer's variables
+    receive the gradient of its own loss only, plus the coupled L2.
 
     Metrics, for peer 0 unprefixed and for peer k >= 1 prefixed `peer<k>_`:
     `loss` (CE + KL of that peer), `target_loss` (CE), `kl_loss` (training only),
@@ -38,8 +39,13 @@ class DMLModel(keras.Model):
     every peer on its own; its `loss` is the peer's target loss.
 
     Args:
-        peers: list of K >= 2 `SSKTModel`s without sources, from different initialisations.
+        peers: list of K >= 2 `TargetModel`s without sources, from different initialisations.
         weight_decay: coupled L2 on every peer variable's gradient.
+        **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Raises:
+        ValueError: fewer than 2 peers, or a peer that is not a plain target (not a
+            `TargetModel`, or one with sources).
 
     Example:
     >>> peers = [SSKTModel(CifarResNet(20), 10, name=f"peer{k}") for k in range(2)]
@@ -51,35 +57,20 @@ class DMLModel(keras.Model):
     """
 
     def __init__(self, peers, weight_decay=0.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(weight_decay=weight_decay, **kwargs)
         peers = list(peers)
         if len(peers) < 2:
             raise ValueError(f"DMLModel needs at least 2 peers. Received: {len(peers)}.")
-        if any(peer.sources for peer in peers):
-            raise ValueError("DML peers are plain targets: build them without sources.")
+        if not all(isinstance(peer, TargetModel) and not peer.sources for peer in peers):
+            received = [type(p).__name__ for p in peers]
+            raise ValueError(f"DML peers are plain targets: TargetModels without sources. Received: {received}.")
         # === Layers ===
         self.peers = peers
-        # === Config ===
-        self.weight_decay = float(weight_decay)
-        num_classes = peers[0].num_classes
         # === Metrics ===
-        self.peer_trackers = []
-        for k in range(len(peers)):
-            p = peer_prefix(k)
-            trackers = {
-                "loss": keras.metrics.Mean(name=f"{p}loss"),
-                "target_loss": keras.metrics.Mean(name=f"{p}target_loss"),
-                "kl_loss": keras.metrics.Mean(name=f"{p}kl_loss"),
-                "accuracy": keras.metrics.SparseCategoricalAccuracy(name=f"{p}accuracy"),
-            }
-            if num_classes > 10:
-                trackers["top5_accuracy"] = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name=f"{p}top5_accuracy")
-            self.peer_trackers.append(trackers)
-
-    @property
-    def sources(self):
-        """No sources (train.py lists a model's sources in results.json)."""
-        return []
+        self.peer_metrics = [
+            TargetMetrics(peers[0].num_classes, peer.multi_label, prefix=peer_prefix(k)) for k, peer in enumerate(peers)
+        ]
+        self.kl_loss_trackers = [metrics.add_term("kl_loss") for metrics in self.peer_metrics]
 
     def call(self, images, training=False):
         return self.peers[0](images, training=training)
@@ -95,72 +86,70 @@ class DMLModel(keras.Model):
         return [v for peer in self.peers for v in peer.target_variables]
 
     def target_model(self, name=None):
-        """Peer 0 alone, the run's target: raw images -> logits."""
+        """Peer 0 alone, the run's target: raw images -> logits (see `TargetModel.target_model`)."""
         return self.peers[0].target_model(name=name)
 
     def peer_target_models(self, name=None):
-        """Every peer alone (peer 0 first), named `<name>_peer<k>`."""
+        """Every peer alone (peer 0 first), named `<name>_peer<k>`; `name` defaults to `<backbone>_target`."""
         base = name or f"{self.peers[0].backbone.name}_target"
         return [peer.target_model(name=f"{base}_peer{k}") for k, peer in enumerate(self.peers)]
 
+    def extra_targets(self, name):
+        """`peer_<k>.keras` for every peer k >= 1 (peer 0 is target.keras), named after `name`."""
+        return [(f"peer_{k}.keras", m) for k, m in enumerate(self.peer_target_models(name)) if k > 0]
+
+    def split_results(self, test):
+        """Peer 0's test metrics, and results.json's `peers`: each peer's, unprefixed, peer 0 first.
+
+        Args:
+            test: `evaluate(..., return_dict=True)` of this model, metric name -> float.
+
+        Returns:
+            `(metrics, {"peers": [metrics of peer 0, metrics of peer 1, ...]})`.
+        """
+        test = dict(test)
+        peers = [{} for _ in self.peers]
+        for k in range(1, len(self.peers)):
+            p = peer_prefix(k)
+            for name in [n for n in test if n.startswith(p)]:
+                peers[k][name[len(p):]] = test.pop(name)
+        peers[0] = test  # What no other peer claimed: peer 0's unprefixed names.
+        return peers[0], {"peers": peers}
+
     @property
     def metrics(self):
-        return [tracker for trackers in self.peer_trackers for tracker in trackers.values()]
-
-    def _update_peer_metrics(self, labels, all_logits, totals, targets, kls=None):
-        labels = losses.class_indices(labels, all_logits[0])
-        for k, trackers in enumerate(self.peer_trackers):
-            trackers["loss"].update_state(totals[k])
-            trackers["target_loss"].update_state(targets[k])
-            if kls is not None:
-                trackers["kl_loss"].update_state(kls[k])
-            trackers["accuracy"].update_state(labels, all_logits[k])
-            if "top5_accuracy" in trackers:
-                trackers["top5_accuracy"].update_state(labels, all_logits[k])
+        """Every peer's running metrics, peer 0 first (`TargetMetrics.training`)."""
+        return [m for metrics in self.peer_metrics for m in metrics.training()]
 
     def train_step(self, data):
         images, labels = data[0], data[1]
-        variables = self.target_variables
-        replicas = common.replicas()
-        with tf.GradientTape() as tape:
+
+        def loss_fn():
             all_logits = [peer(images, training=True) for peer in self.peers]
-            targets = [tf.reduce_mean(peer._target_loss_fn(labels, z)) for peer, z in zip(self.peers, all_logits)]
+            targets = [tf.reduce_mean(peer.target_losses(labels, z)) for peer, z in zip(self.peers, all_logits)]
             kls = losses.mutual_learning_kl(all_logits)
-            totals = [t + kl for t, kl in zip(targets, kls)]
+            # Each total as a Sum, not an Add: TensorFlow's graph optimizer folds a logged
+            # `tracker + (target + kl)` into one three-input AddN, which adds its inputs in an order
+            # set at run time by the input buffer it can reuse, so the logged `loss` differed in the
+            # 7th digit between identical runs. A Sum is not folded: tracker + total, always.
+            totals = [tf.reduce_sum(tf.stack([t, kl])) for t, kl in zip(targets, kls)]
             # The others' predictions are constants inside each KL, so the sum gives every peer exactly
             # the gradient of its own loss.
-            objective = common.with_coupled_l2(tf.add_n(totals), variables, self.weight_decay)
-            # The optimizer sums gradients over replicas: the one division by the replica count.
-            scaled = self.optimizer.scale_loss(objective / replicas)
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        self._update_peer_metrics(labels, all_logits, totals, targets, kls)
-        return _step_logs({m.name: m.result() for m in self.metrics})
+            return tf.add_n(totals), all_logits, targets, kls, totals
+
+        _, all_logits, targets, kls, totals = self.minimize(loss_fn, self.target_variables)
+        for k, metrics in enumerate(self.peer_metrics):
+            metrics.update(labels, all_logits[k], totals[k], targets[k], [kls[k]])
+        return self._step_logs(self.metrics)
 
     def test_step(self, data):
-        images, labels = data[0], data[1]
-        all_logits = [peer(images, training=False) for peer in self.peers]
-        # Per-example values: the Mean trackers then weigh a partial last batch by its size.
-        targets = [peer._target_loss_fn(labels, z) for peer, z in zip(self.peers, all_logits)]
-        self._update_peer_metrics(labels, all_logits, targets, targets)
-        return _step_logs(
-            {m.name: m.result() for trackers in self.peer_trackers for key, m in trackers.items() if key != "kl_loss"}
-        )
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # As SSKTModel's: built with its optimizer before fit, nothing is left for Keras' symbolic
-        # build, which fails under MultiWorkerMirroredStrategy (keras-team/keras#20585).
-        if self.built and self.optimizer is not None and self.optimizer.built:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for peer, metrics in zip(self.peers, self.peer_metrics):
+            peer.score_batch(data[0], data[1], metrics)
+        return self._step_logs([m for metrics in self.peer_metrics for m in metrics.evaluation()])
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "peers": [keras.saving.serialize_keras_object(p) for p in self.peers],
-                "weight_decay": self.weight_decay,
-            }
-        )
+        config.update({"peers": [keras.saving.serialize_keras_object(p) for p in self.peers]})
         return config
 
     @classmethod
@@ -168,15 +157,3 @@ class DMLModel(keras.Model):
         config = dict(config)
         config["peers"] = [keras.saving.deserialize_keras_object(p) for p in config["peers"]]
         return cls(**config)
-
-
-def split_peer_results(results, num_peers):
-    """Evaluation results of a `DMLModel` -> one dict per peer, with unprefixed metric names."""
-    results = dict(results)
-    per_peer = [{} for _ in range(num_peers)]
-    for k in range(1, num_peers):
-        p = peer_prefix(k)
-        for name in [n for n in results if n.startswith(p)]:
-            per_peer[k][name[len(p):]] = results.pop(name)
-    per_peer[0] = results  # What no other peer claimed: peer 0's unprefixed names.
-    return per_peer

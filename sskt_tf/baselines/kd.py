@@ -9,20 +9,18 @@ Why not `keras.distillation.Distiller` (Keras 3.15): see the README, "Baselines 
 runner". In short: its default `LogitsDistillation()` resolves "kl_divergence" to the plain function,
 so the KL is taken of clipped logits instead of softmax probabilities and without T^2; it scales the
 two loss terms differently across replicas; and its `train_step` has no place for the recipe's coupled
-L2. This model is SSKTModel's target with one training-only term instead.
+L2. This model is a `TargetModel` with a teacher and one training-only term.
 """
 
 import keras
-import tensorflow as tf
 
 from sskt_tf import losses
-from sskt_tf.baselines import common
-from sskt_tf.sskt import SSKTModel, _step_logs
+from sskt_tf.models.target_model import TargetModel
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class KDModel(SSKTModel):
-    """A target network distilled from a frozen teacher.
+class KDModel(TargetModel):
+    """A target network distilled from a frozen teacher (Hinton et al., 2015).
 
     `call()` returns the target's logits; `target_model()` is the target alone
     (no teacher). Only the target's variables receive gradients; the teacher is
@@ -34,12 +32,15 @@ class KDModel(SSKTModel):
     alone.
 
     Args:
-        backbone: a model from raw images to a dict of stage outputs (see `sskt_tf.models`).
+        backbone: a `sskt_tf.models.Backbone` (raw images -> dict of stage outputs).
         num_classes: classes of the target task; the teacher must predict as many.
-        teacher: a frozen `sskt_tf.sources.Source`.
+        teacher: a frozen `sskt_tf.sources.Source`, raw images -> float32 logits `[B, num_classes]`.
         kd_alpha: weight a of the distillation term, in [0, 1].
-        kd_temperature: temperature T.
-        **kwargs: `SSKTModel` arguments (target_loss, weight_decay, feature_key, name, ...).
+        kd_temperature: temperature T > 0.
+        **kwargs: `TargetModel` arguments (target_loss, weight_decay, feature_key, class_names, name, ...).
+
+    Raises:
+        ValueError: no teacher, a teacher of another class count, or `kd_alpha` outside [0, 1].
 
     Example:
     >>> teacher = sources.build_source("/runs/teacher/target.keras", (32, 32), 1.0)
@@ -67,30 +68,32 @@ class KDModel(SSKTModel):
         self.kd_alpha = float(kd_alpha)
         self.kd_temperature = float(kd_temperature)
         # === Metrics ===
-        # SSKTModel reports its training-only terms from aux_loss_trackers and leaves them out of evaluation.
-        self.aux_loss_trackers = [keras.metrics.Mean(name="kd_loss")]
+        self.kd_loss_tracker = self.target_metrics.add_term("kd_loss")
 
     def build(self, input_shape):
         super().build(input_shape)
         self.teacher(keras.ops.zeros((1, *input_shape[1:])))
 
+    def split_results(self, test):
+        """The target's test metrics, and results.json's `teacher`: its spec, classes and input size (pixels)."""
+        t = self.teacher
+        return dict(test), {"teacher": {"spec": t.spec, "classes": t.num_classes, "input_size": list(t.image_size)}}
+
     def train_step(self, data):
         images, labels = data[0], data[1]
         # The teacher is a constant of the step: outside the tape, inference mode, no gradient.
         teacher_logits = self.teacher(images)
-        variables = self.target_variables
-        replicas = common.replicas()
-        with tf.GradientTape() as tape:
+
+        def loss_fn():
             logits = self(images, training=True)
             total, target, kd = losses.distillation_loss(
-                labels, teacher_logits, logits, self.kd_alpha, self.kd_temperature, self._target_loss_fn
+                labels, teacher_logits, logits, self.kd_alpha, self.kd_temperature, self.target_losses
             )
-            objective = common.with_coupled_l2(total, variables, self.weight_decay)
-            # The optimizer sums gradients over replicas: the one division by the replica count.
-            scaled = self.optimizer.scale_loss(objective / replicas)
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        self._update_metrics(labels, logits, total, target, [kd])
-        return _step_logs({m.name: m.result() for m in self.metrics})
+            return total, target, kd, logits
+
+        total, target, kd, logits = self.minimize(loss_fn, self.target_variables)
+        self.target_metrics.update(labels, logits, total, target, [kd])
+        return self._step_logs(self.metrics)
 
     def get_config(self):
         config = super().get_config()

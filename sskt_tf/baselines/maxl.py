@@ -35,12 +35,22 @@ import keras
 import tensorflow as tf
 
 from sskt_tf import losses
-from sskt_tf.baselines import common
-from sskt_tf.sskt import SSKTModel, _step_logs
+from sskt_tf.models.target_model import TargetModel
+from sskt_tf.models.trained_model import add_coupled_l2, replicas
 
 
 def build_label_generator(backbone, num_outputs, feature_key, name="label_generator"):
-    """The label-generation network: backbone -> global average pooling -> Dense(sum(psi)) logits."""
+    """The label-generation network: backbone -> global average pooling -> Dense(sum(psi)) logits.
+
+    Args:
+        backbone: a `sskt_tf.models.Backbone` of its own (not the target's).
+        num_outputs: sum(psi), the auxiliary classes of all primary classes.
+        feature_key: the stage output to pool.
+        name: the model's name.
+
+    Returns:
+        A functional model, float raw RGB `[B, H, W, 3]` -> float32 logits `[B, num_outputs]`.
+    """
     inputs = keras.Input(backbone.input_shape[1:], name="images")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs)[feature_key])
     logits = keras.layers.Dense(num_outputs, dtype="float32", name="logits")(pooled)
@@ -52,8 +62,8 @@ def _zeros_for_none(grads, variables):
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class MAXLModel(SSKTModel):
-    """A multi-task target and a label-generation network, trained by meta auxiliary learning.
+class MAXLModel(TargetModel):
+    """A multi-task target and a label-generation network, trained by meta auxiliary learning (MAXL).
 
     `call()` returns the target's primary logits; `target_model()` is the target
     alone (no auxiliary classifier, no generator). The target's variables
@@ -69,9 +79,10 @@ class MAXLModel(SSKTModel):
     scores the target alone.
 
     Args:
-        backbone: a model from raw images to a dict of stage outputs (see `sskt_tf.models`).
+        backbone: a `sskt_tf.models.Backbone` (raw images -> dict of stage outputs).
         num_classes: classes of the primary task.
-        generator: the label-generation network, images -> sum(psi) logits (`build_label_generator`).
+        generator: the label-generation network, raw images -> float32 `[B, sum(psi)]` logits
+            (`build_label_generator`).
         psi: auxiliary classes per primary class: one value for all, or one per class.
         aux_weight: weight of the auxiliary loss in the multi-task loss.
         entropy_weight: weight of the entropy regulariser in the generator's objective.
@@ -79,7 +90,11 @@ class MAXLModel(SSKTModel):
         base_lr: the target's peak learning rate (the generator's follows the same schedule).
         first_order: finite-difference meta-gradient instead of the exact second-order one.
         fd_epsilon: step of the finite difference, relative to the norm of the look-ahead gradient.
-        **kwargs: `SSKTModel` arguments (target_loss, weight_decay, feature_key, name, ...).
+        **kwargs: `TargetModel` arguments (target_loss, weight_decay, feature_key, class_names, name, ...).
+
+    Raises:
+        ValueError: `psi` with a non-positive value or neither one value nor one per class, no
+            generator, or a generator whose output width is not sum(psi).
 
     Example:
     >>> generator = build_label_generator(CifarResNet(20), 50, "stage3")
@@ -136,12 +151,10 @@ class MAXLModel(SSKTModel):
         self.fd_epsilon = float(fd_epsilon)
 
         # === Metrics ===
-        # Training-only terms: SSKTModel leaves aux_loss_trackers out of evaluation.
-        self.aux_loss_trackers = [
-            keras.metrics.Mean(name="aux_loss"),
-            keras.metrics.Mean(name="meta_loss"),
-            keras.metrics.Mean(name="label_entropy"),
-        ]
+        # Training-only terms, left out of evaluation.
+        self.aux_loss_tracker = self.target_metrics.add_term("aux_loss")
+        self.meta_loss_tracker = self.target_metrics.add_term("meta_loss")
+        self.label_entropy_tracker = self.target_metrics.add_term("label_entropy")
 
     # --- Forward -----------------------------------------------------------------------------
 
@@ -170,7 +183,7 @@ class MAXLModel(SSKTModel):
 
     def _multitask_loss(self, images, labels, aux_labels):
         logits, aux_logits = self._multitask_forward(images, training=True)
-        target = tf.reduce_mean(self._target_loss_fn(labels, logits))
+        target = tf.reduce_mean(self.target_losses(labels, logits))
         aux = tf.reduce_mean(losses.soft_label_loss(aux_labels, aux_logits, self.target_loss))
         return target + self.aux_weight * aux, target, aux, logits
 
@@ -182,7 +195,7 @@ class MAXLModel(SSKTModel):
     def _lookahead_loss(self, images, labels, theta, fast):
         # The reference evaluates the look-ahead network in training mode (batch statistics).
         logits = self._loss_at(theta, fast, lambda: self(images, training=True))
-        return tf.reduce_mean(self._target_loss_fn(labels, logits))
+        return tf.reduce_mean(self.target_losses(labels, logits))
 
     # --- Steps -------------------------------------------------------------------------------
 
@@ -235,30 +248,23 @@ class MAXLModel(SSKTModel):
         images, labels = data[0], data[1]
         theta = self.target_variables
         phi = self.generator.trainable_variables
-        replicas = common.replicas()
         # The learning rate of this step (the optimizer's schedule at its current iteration).
         lr = tf.cast(self.optimizer.learning_rate, tf.float32)
         step = self._finite_difference if self.first_order else self._second_order
         grads, gen_grads, (total, target, aux, meta, entropy, logits) = step(images, labels, theta, phi, lr)
-        # Both gradients are of this replica's batch-mean losses and the optimizers sum over replicas:
-        # this is the one division by the replica count. (With several replicas, each look-ahead uses
-        # its local batch's gradient.) The coupled L2 is added to the gradients here because the
-        # look-ahead step, as the paper's, leaves it out.
-        grads = [g / replicas for g in common.add_coupled_l2(grads, theta, self.weight_decay)]
-        gen_grads = common.add_coupled_l2(gen_grads, phi, self.weight_decay)
-        # The generator's learning rate follows the target's schedule.
-        gen_grads = [g * (lr / (self.base_lr * replicas)) for g in gen_grads]
-        # A loss-scaling optimizer (mixed float16) divides what it applies by its scale.
-        grads = [g * self.optimizer.scale_loss(tf.constant(1.0)) for g in grads]
-        if not self.optimizer.built:
-            # As every other path builds it (Keras under a strategy, resumption): on all trainable
-            # variables, so that its saved state always has the same layout. The generator's slots
-            # stay unused; the generator has its own optimizer.
-            self.optimizer.build(self.trainable_variables)
-        self.optimizer.apply(grads, theta)
+        # Both gradients are of this replica's batch-mean losses and the optimizers sum over replicas.
+        # (With several replicas, each look-ahead uses its local batch's gradient.) The coupled L2 is
+        # added to the gradients, not the losses, because the look-ahead step, as the paper's,
+        # leaves it out. The generator's learning rate follows the target's schedule; its plain SGD
+        # is not loss-scaled.
+        gen_grads = add_coupled_l2(gen_grads, phi, self.weight_decay)
+        gen_grads = [g * (lr / (self.base_lr * replicas())) for g in gen_grads]
+        # The target's optimizer is built, if it is not yet, on all trainable variables: the
+        # generator's slots stay unused; the generator has its own optimizer.
+        self.apply_gradients(grads, theta)
         self.generator_optimizer.apply(gen_grads, phi)
-        self._update_metrics(labels, logits, total, target, [aux, meta, entropy])
-        return _step_logs({m.name: m.result() for m in self.metrics})
+        self.target_metrics.update(labels, logits, total, target, [aux, meta, entropy])
+        return self._step_logs(self.metrics)
 
     # --- Config ------------------------------------------------------------------------------
 

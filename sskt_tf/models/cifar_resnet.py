@@ -2,6 +2,7 @@
 
 import keras
 
+from sskt_tf.models.backbone import Backbone
 from sskt_tf.models.layers import ImageNormalization
 
 STAGE_WIDTHS = (16, 32, 64)
@@ -17,6 +18,13 @@ class OptionAShortcut(keras.layers.Layer):
     Args:
         stride: spatial subsampling of the identity.
         out_channels: channels after zero padding (split evenly on both sides).
+        **kwargs: `keras.layers.Layer` arguments (`name`, ...).
+
+    Call arguments:
+        x: float `[B, H, W, C]` with C <= out_channels.
+
+    Returns:
+        `[B, ceil(H / stride), ceil(W / stride), out_channels]`, the input's dtype.
     """
 
     def __init__(self, stride, out_channels, **kwargs):
@@ -62,20 +70,24 @@ def _conv_bn(x, filters, stride, name, relu=True, sync_bn=False):
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class CifarResNet(keras.Model):
+class CifarResNet(Backbone):
     """CIFAR ResNet backbone (He et al. 2016, sec. 4.2) with basic blocks and option-A shortcuts.
 
-    Takes raw [0, 255] RGB images and returns a dict with the three stage
-    outputs, `{"stage1": [B,H,W,16], "stage2": [B,H/2,W/2,32], "stage3":
+    Takes raw [0, 255] RGB images, float `[B, H, W, 3]`, and returns a dict with the three
+    stage outputs, `{"stage1": [B,H,W,16], "stage2": [B,H/2,W/2,32], "stage3":
     [B,H/4,W/4,64]}` (the transfer module reads all three; the classifier
     pools `stage3`). Depth must be 6n + 2: 20, 32, 44, 56, 110, ...
 
     Args:
         depth: network depth, 6n + 2.
-        input_shape: image shape (H, W, 3); H and W may be None.
+        input_shape: image shape (H, W, 3) in pixels; H and W may be None.
         normalize: prepend the ImageNet mean/std normalisation of raw images.
         sync_bn: BatchNorm statistics over all replicas of a tf.distribute strategy
             (otherwise each replica normalises with its local batch).
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Raises:
+        ValueError: a depth that is not 6n + 2 (n >= 1).
 
     Example:
     >>> backbone = CifarResNet(depth=20)
@@ -111,25 +123,17 @@ class CifarResNet(keras.Model):
                 x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
                 x = keras.layers.ReLU(name=f"{name}_out")(x)
             outputs[f"stage{s}"] = x
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs, outputs, **kwargs)
 
         # === Config ===
         self.depth = depth
         self.image_shape = tuple(input_shape)
         self.normalize = normalize
         self.sync_bn = sync_bn
-        self.stage_channels = {f"stage{s}": w for s, w in enumerate(STAGE_WIDTHS, start=1)}
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "depth": self.depth,
-            "input_shape": self.image_shape,
-            "normalize": self.normalize,
-            "sync_bn": self.sync_bn,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        config = super().get_config()
+        config.update(
+            {"depth": self.depth, "input_shape": self.image_shape, "normalize": self.normalize, "sync_bn": self.sync_bn}
+        )
+        return config

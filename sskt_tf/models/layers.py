@@ -17,6 +17,13 @@ class ImageNormalization(keras.layers.Layer):
     Args:
         mean: per-channel mean of [0, 1] images.
         std: per-channel standard deviation of [0, 1] images.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        images: `[B, H, W, 3]` of any real dtype, raw values in 0..255.
+
+    Returns:
+        The normalised images, same shape, in the layer's compute dtype.
     """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
@@ -47,6 +54,13 @@ def adaptive_pool_bins(in_size, out_size):
 
     Works on Python ints and on scalar integer tensors (a size known only when the graph runs).
     Bins overlap when `in_size` does not divide evenly, and repeat inputs when `in_size < out_size`.
+
+    Args:
+        in_size: input length along one axis (an int or a scalar integer tensor).
+        out_size: output length along that axis, a Python int >= 1.
+
+    Returns:
+        A list of `out_size` pairs `(start, end)`, the half-open input window of each output cell.
     """
     # -((-a) // b) is ceil(a / b) in integer arithmetic, exact where float division is not.
     return [((i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)) for i in range(out_size)]
@@ -64,9 +78,16 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
 
     Args:
         output_size: (height, width) of the output, or one int for both.
+        **kwargs: `keras.layers.Layer` arguments (`name`, ...).
 
     Call arguments:
         inputs: [batch, H, W, channels] (channels last); H and W may be unknown until the call.
+
+    Returns:
+        `[batch, height, width, channels]`, the input's dtype.
+
+    Raises:
+        ValueError: an `output_size` that is not one or two positive ints.
 
     Example:
     >>> pool = AdaptiveAveragePooling2D((7, 7))
@@ -114,7 +135,7 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
 class Classifier(keras.layers.Dense):
     """A Dense layer that also carries the names of its output classes in its config.
 
-    The targets' classifier (`SSKTModel.classifier`): the names then travel inside every
+    The targets' classifier (`TargetModel.classifier`): the names then travel inside every
     `.keras` file of a target (target.keras, checkpoints), so a target used later as a
     `--teacher`, or exported without its run directory, still says which class each output
     is. It computes exactly what `Dense` computes, with the same weights and weight paths;

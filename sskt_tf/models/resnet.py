@@ -6,6 +6,7 @@ so that `sskt_tf.convert_torch` maps a PyTorch state dict onto these networks na
 
 import keras
 
+from sskt_tf.models.backbone import Backbone
 from sskt_tf.models.layers import ImageNormalization
 
 # depth -> (block kind, blocks per stage), as torchvision's resnet18 ... resnet152.
@@ -18,12 +19,6 @@ CONFIGS = {
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
 _EXPANSION = {"basic": 1, "bottleneck": 4}
-
-
-def stage_channels(depth):
-    """Output channels of each stage: `{"stage1": 64, ...}` (x4 for bottleneck networks)."""
-    expansion = _EXPANSION[CONFIGS[depth][0]]
-    return {f"stage{s}": w * expansion for s, w in enumerate(STAGE_WIDTHS, start=1)}
 
 
 def _check_depth(depth):
@@ -91,7 +86,11 @@ def resnet_stages(images, depth, normalize=True, sync_bn=False):
         sync_bn: BatchNorm statistics over all replicas.
 
     Returns:
-        `{"stage1": layer1 output, ..., "stage4": layer4 output}`.
+        `{"stage1": layer1 output, ..., "stage4": layer4 output}`, Keras tensors
+        `[B, H/4, W/4, C1]` ... `[B, H/32, W/32, C4]` (C = 64/128/256/512, x4 for bottlenecks).
+
+    Raises:
+        ValueError: a depth not in `CONFIGS`.
     """
     _check_depth(depth)
     kind, blocks = CONFIGS[depth]
@@ -111,7 +110,7 @@ def resnet_stages(images, depth, normalize=True, sync_bn=False):
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class ResNet(keras.Model):
+class ResNet(Backbone):
     """torchvision's ImageNet ResNet (v1.5) backbone, for 96-224 px targets.
 
     7x7/2 stem conv + BN + ReLU + 3x3/2 max-pool, then four stages of basic
@@ -126,9 +125,13 @@ class ResNet(keras.Model):
 
     Args:
         depth: 18, 34, 50, 101 or 152.
-        input_shape: image shape (H, W, 3); H and W may be None.
+        input_shape: image shape (H, W, 3) in pixels; H and W may be None.
         normalize: prepend the ImageNet mean/std normalisation of raw images.
         sync_bn: BatchNorm statistics over all replicas of a tf.distribute strategy.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Raises:
+        ValueError: a depth not in `CONFIGS`.
 
     Example:
     >>> backbone = ResNet(depth=18, input_shape=(96, 96, 3))
@@ -146,31 +149,23 @@ class ResNet(keras.Model):
         # === Functional Model ===
         inputs = keras.Input(shape=tuple(input_shape), name="images")
         outputs = resnet_stages(inputs, depth, normalize=normalize, sync_bn=sync_bn)
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs, outputs, **kwargs)
 
         # === Config ===
         self.depth = depth
         self.image_shape = tuple(input_shape)
         self.normalize = normalize
         self.sync_bn = sync_bn
-        self.stage_channels = stage_channels(depth)
         # The reference's transfer module for these targets has 1000-wide branches
         # (2D_SSKT/models/resnet.py, aggregation_feature), not the last stage's width.
         self.transfer_width = 1000
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "depth": self.depth,
-            "input_shape": self.image_shape,
-            "normalize": self.normalize,
-            "sync_bn": self.sync_bn,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        config = super().get_config()
+        config.update(
+            {"depth": self.depth, "input_shape": self.image_shape, "normalize": self.normalize, "sync_bn": self.sync_bn}
+        )
+        return config
 
 
 def resnet_classifier(depth, num_classes=1000, input_shape=(None, None, 3), name=None):
@@ -186,6 +181,12 @@ def resnet_classifier(depth, num_classes=1000, input_shape=(None, None, 3), name
         num_classes: classifier width (1000 for ImageNet, 365 for Places365).
         input_shape: image shape; free H and W let the source follow `--source_scale`.
         name: model name; default `resnet{depth}`.
+
+    Returns:
+        A `keras.Model`, float raw RGB `[B, H, W, 3]` in 0..255 -> logits `[B, num_classes]`.
+
+    Raises:
+        ValueError: a depth not in `CONFIGS`.
 
     Example:
     >>> model = resnet_classifier(50, num_classes=365)

@@ -3,6 +3,7 @@ and torchvision's ImageNet VGGs (the paper's VGG-16 source, ported by `sskt_tf.c
 
 import keras
 
+from sskt_tf.models.backbone import Backbone
 from sskt_tf.models.layers import AdaptiveAveragePooling2D, ImageNormalization
 
 # Conv widths per block; every block ends with a 2x2 max-pool. The common CIFAR variant
@@ -12,7 +13,7 @@ BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class VGG16BN(keras.Model):
+class VGG16BN(Backbone):
     """CIFAR VGG-16 with BatchNorm: 13 conv3x3 + BN + ReLU layers in five max-pooled blocks.
 
     Takes raw [0, 255] RGB images and returns a dict with the output of each
@@ -28,9 +29,10 @@ class VGG16BN(keras.Model):
     adds a Linear(512, 512) hidden layer: 14,990,922, its "15.0M".
 
     Args:
-        input_shape: image shape (H, W, 3); H and W may be None.
+        input_shape: image shape (H, W, 3) in pixels; H and W may be None.
         normalize: prepend the ImageNet mean/std normalisation of raw images.
         sync_bn: BatchNorm statistics over all replicas of a tf.distribute strategy.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Example:
     >>> backbone = VGG16BN()
@@ -61,26 +63,17 @@ class VGG16BN(keras.Model):
                 x = keras.layers.ReLU(name=f"{name}_relu")(x)
             x = keras.layers.MaxPooling2D(2, name=f"block{s}_pool")(x)
             outputs[f"stage{s}"] = x
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs, outputs, **kwargs)
 
         # === Config ===
         self.image_shape = tuple(input_shape)
         self.normalize = normalize
         self.sync_bn = sync_bn
-        self.stage_channels = {f"stage{s}": widths[-1] for s, widths in enumerate(BLOCKS, start=1)}
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "input_shape": self.image_shape,
-            "normalize": self.normalize,
-            "sync_bn": self.sync_bn,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        config = super().get_config()
+        config.update({"input_shape": self.image_shape, "normalize": self.normalize, "sync_bn": self.sync_bn})
+        return config
 
 
 # torchvision's VGG configurations (Simonyan & Zisserman's A, B, D, E): conv widths, "M" a 2x2 max-pool.
@@ -99,6 +92,17 @@ def features_layout(depth, batch_norm=False):
 
     `kind` is "conv", "bn", "relu" or "pool"; the index is the module's position in
     `features`, i.e. the N of the state-dict keys `features.N.weight`.
+
+    Args:
+        depth: 11, 13, 16 or 19.
+        batch_norm: the `_bn` variants (BatchNorm after every conv).
+
+    Returns:
+        A list of `(index, kind, width)`: width the conv's (and its BatchNorm's) output channels,
+        None for pools.
+
+    Raises:
+        ValueError: a depth not in `TORCHVISION_CONFIGS`.
     """
     if depth not in TORCHVISION_CONFIGS:
         raise ValueError(f"VGG depth must be one of {sorted(TORCHVISION_CONFIGS)}. Received: depth={depth}")
@@ -143,6 +147,13 @@ def vgg_classifier(
         random_init: torchvision's random initialisation; False starts from zeros, for callers
             that set every weight (drawing VGG-16's 138M random numbers takes seconds).
         name: model name; default `vgg{depth}` (+ `_bn`).
+
+    Returns:
+        A `keras.Model`, float raw RGB `[B, H, W, 3]` in 0..255 (H, W >= 32) -> logits
+        `[B, num_classes]`.
+
+    Raises:
+        ValueError: a depth not in `TORCHVISION_CONFIGS`, or not one width per convolution.
 
     Example:
     >>> model = vgg_classifier(16)
