@@ -8,7 +8,7 @@
 | `dml`     | `DMLModel`, `--dml_peers` peers         | Zhang et al., CVPR 2018        |
 | `maxl`    | `MAXLModel`, a label-generation network | Liu et al., NeurIPS 2019       |
 
-Every model is a `sskt_tf.models.TrainedModel`: `call()` = the target's logits, `target_model()` =
+Every model is a `sskt_tf.models.TrainingModel`: `call()` = the target's logits, `target_model()` =
 the target alone for export, Mean trackers per loss term, evaluation of the target alone, and what
 train_lib asks of a run (`sources`, `extra_targets`, `split_results`) answered by each model itself.
 """
@@ -191,7 +191,7 @@ def build_model(config, image_size, num_classes, class_names=None):
             stores its own.
 
     Returns:
-        A built `sskt_tf.models.TrainedModel`: `SSKTModel` (sskt, scratch), `KDModel`,
+        A built `sskt_tf.models.TrainingModel`: `SSKTModel` (sskt, scratch), `KDModel`,
         `DMLModel` or `MAXLModel`.
 
     Raises:

@@ -36,5 +36,5 @@ def learning_rate(config, steps_per_epoch):
 
 
 def build_optimizer(config, steps_per_epoch):
-    """SGD with momentum. Weight decay is not here: TrainedModel adds the coupled L2 to the gradients."""
+    """SGD with momentum. Weight decay is not here: TrainingModel adds the coupled L2 to the gradients."""
     return keras.optimizers.SGD(learning_rate(config, steps_per_epoch), momentum=config.momentum)

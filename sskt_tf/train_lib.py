@@ -188,7 +188,7 @@ def _build_model(config, data, strategy, steps_per_epoch):
         model = methods.build_model(config, data.image_size, data.num_classes, class_names=data.class_names)
         model.compile(optimizer=optim.build_optimizer(config, steps_per_epoch), jit_compile=_jit(config.jit_compile))
         # Built before fit: resumption loads its state, and Keras' own symbolic build of a
-        # distributed batch fails under MultiWorkerMirroredStrategy (see TrainedModel).
+        # distributed batch fails under MultiWorkerMirroredStrategy (see TrainingModel).
         model.optimizer.build(model.trainable_variables)
     return model
 

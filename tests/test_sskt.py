@@ -197,8 +197,11 @@ def test_jit_compile_matches_eager_graph(tmp_path):
     # The step that ran is XLA's: its traced function is marked for XLA compilation.
     assert jitted.jit_compile is True and len(xla_compiled_functions(jitted.train_function)) == 1
     assert not plain.jit_compile and not xla_compiled_functions(plain.train_function)
+    # XLA fuses and reorders the float32 sums: over the epoch's SGD steps at lr 0.1 the two runs drift
+    # apart by up to about 1e-4 relative (1.1e-4 seen under load); a missing or doubled loss term moves
+    # the epoch's losses by far more than 1e-3.
     for key in h1:
-        assert h2[key][0] == pytest.approx(h1[key][0], rel=1e-4, abs=1e-5)
+        assert h2[key][0] == pytest.approx(h1[key][0], rel=1e-3, abs=1e-5)
 
 
 def test_save_load_round_trip_and_target_extraction(tmp_path):

@@ -1,4 +1,4 @@
-"""The baselines SSKT is compared against, as Keras models on `sskt_tf.models.TrainedModel`.
+"""The baselines SSKT is compared against, as Keras models on `sskt_tf.models.TrainingModel`.
 
 - `KDModel`: a `TargetModel` distilled from a frozen teacher (Hinton et al., 2015).
 - `DMLModel`: deep mutual learning of K `TargetModel` peers (Zhang et al., CVPR 2018).

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from sskt_tf import losses
 from sskt_tf.models.target_model import TargetMetrics, TargetModel
-from sskt_tf.models.trained_model import TrainedModel
+from sskt_tf.models.training_model import TrainingModel
 
 
 def peer_prefix(index):
@@ -25,7 +25,7 @@ def peer_prefix(index):
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
-class DMLModel(TrainedModel):
+class DMLModel(TrainingModel):
     """K >= 2 peer targets trained by deep mutual learning (Zhang et al., CVPR 2018).
 
     Each peer is a `TargetModel` without frozen networks (`sskt_tf.methods` builds

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from sskt_tf import losses
 from sskt_tf.models.target_model import TargetModel
-from sskt_tf.models.trained_model import add_coupled_l2, replicas
+from sskt_tf.models.training_model import add_coupled_l2, replicas
 
 
 def build_label_generator(backbone, num_outputs, feature_key, name="label_generator"):

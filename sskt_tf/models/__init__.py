@@ -1,7 +1,7 @@
 """Target networks and the models that train them.
 
 - `Backbone` and the backbones by name (`get_backbone`): raw [0, 255] images -> named stage outputs.
-- `TrainedModel`: the base of every model `fit` trains (the shared end of each training step).
+- `TrainingModel`: the base of every model `fit` trains (the shared end of each training step).
 - `TargetModel`: backbone -> pooling -> classifier; the base of SSKT, KD and MAXL, DML's peers.
 """
 
@@ -11,7 +11,7 @@ from sskt_tf.models.cifar_resnet import CifarResNet
 from sskt_tf.models.layers import Classifier, ImageNormalization, class_names_of
 from sskt_tf.models.resnet import ResNet, resnet_classifier
 from sskt_tf.models.target_model import TargetMetrics, TargetModel
-from sskt_tf.models.trained_model import TrainedModel
+from sskt_tf.models.training_model import TrainingModel
 from sskt_tf.models.vgg import VGG16BN
 from sskt_tf.names import MODEL_NAMES
 
@@ -72,7 +72,7 @@ __all__ = [
     "ResNet",
     "TargetMetrics",
     "TargetModel",
-    "TrainedModel",
+    "TrainingModel",
     "VGG16BN",
     "get_backbone",
     "resnet_classifier",

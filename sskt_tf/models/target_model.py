@@ -4,7 +4,7 @@ import keras
 
 from sskt_tf import losses
 from sskt_tf.models.layers import Classifier
-from sskt_tf.models.trained_model import TrainedModel
+from sskt_tf.models.training_model import TrainingModel
 
 
 class TargetMetrics:
@@ -74,7 +74,7 @@ class TargetMetrics:
             self.top5.update_state(labels, logits)
 
 
-class TargetModel(TrainedModel):
+class TargetModel(TrainingModel):
     """A target network: backbone -> global average pooling of one stage -> classifier (logits).
 
     The base of the methods that train one target (`SSKTModel`, `KDModel`, `MAXLModel`); each

@@ -1,7 +1,7 @@
 """The base of every model that `fit` trains here: the end of each training step, written once.
 
-Every method's `train_step` computes its losses and then hands them to `TrainedModel.minimize`
-(or its gradients to `TrainedModel.apply_gradients`), which scales them across replicas, adds the
+Every method's `train_step` computes its losses and then hands them to `TrainingModel.minimize`
+(or its gradients to `TrainingModel.apply_gradients`), which scales them across replicas, adds the
 coupled L2 of the recipe, applies loss scaling under mixed precision and steps the optimizer. What
 train.py asks of a model (its sources, its targets to save, how its results split) are methods
 here that each method answers for itself.
@@ -59,7 +59,7 @@ def add_coupled_l2(grads, variables, weight_decay):
     return [g + weight_decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
 
 
-class TrainedModel(keras.Model):
+class TrainingModel(keras.Model):
     """A `keras.Model` that `fit` trains with a method's own `train_step`.
 
     Subclasses write `train_step` (computing their losses) and `target_model`; this class owns
