@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 # --- Global state -----------------------------------------------------------------------------------
 #
 # TensorFlow, Keras and absl keep process-wide settings that a test (or the training command it runs
-# in-process: train.main turns on op determinism under --deterministic and sets the dtype policy)
+# in-process: train_lib.run turns on op determinism under --deterministic and sets the dtype policy)
 # would otherwise leave to every later test. Op determinism, for one, makes Keras compile without
 # XLA with a mere warning, and makes unseeded random ops raise. Every test starts from, and leaves,
 # the state the session started with (`_reset_global_state`, autouse; also after module fixtures,

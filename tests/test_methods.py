@@ -217,7 +217,7 @@ NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"
 
 
 def saved_target(tmp_path, class_names, method="scratch", file="target.keras"):
-    """`(model, path)`: a model of `method` on 10 classes, its target saved as train.py saves target.keras."""
+    """`(model, path)`: a model of `method` on 10 classes, its target saved as train_lib saves target.keras."""
     model = methods.build_model(make_config(tmp_path, method=method), SIZE, 10, class_names=class_names)
     path = str(tmp_path / file)
     model.target_model(name="resnet20_target").save(path)
@@ -486,7 +486,7 @@ def test_save_load_round_trip_and_the_exported_target_alone(method, tmp_path):
     settings = {"dml": ("weight_decay",), "maxl": ("psi", "first_order", "base_lr")}
     assert all(getattr(loaded, a) == getattr(model, a) for a in settings[method])
     assert len(loaded.weights) == len(model.weights)
-    # The full training state (as train.py's resumption saves it), optimizers included.
+    # The full training state (as train_lib's resumption saves it), optimizers included.
     model.save_weights(str(tmp_path / "state.weights.h5"))
     fresh = compiled(make_config(tmp_path, method=method, **extra), momentum=0.9)
     fresh.optimizer.build(fresh.trainable_variables)

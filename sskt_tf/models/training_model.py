@@ -3,7 +3,7 @@
 Every method's `train_step` computes its losses and then hands them to `TrainingModel.minimize`
 (or its gradients to `TrainingModel.apply_gradients`), which scales them across replicas, adds the
 coupled L2 of the recipe, applies loss scaling under mixed precision and steps the optimizer. What
-train.py asks of a model (its sources, its targets to save, how its results split) are methods
+train_lib asks of a model (its sources, its targets to save, how its results split) are methods
 here that each method answers for itself.
 """
 
