@@ -35,10 +35,18 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _xdist_group(item):
+    marker = item.get_closest_marker("xdist_group")
+    return marker.args[0] if marker is not None and marker.args else None
+
+
 def pytest_collection_modifyitems(config, items):
-    # The slow tests first, each in collection order: xdist hands tests out in this order, and a
-    # minute-long test that starts last keeps one worker busy after the other has finished.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # The slow tests first, in collection order: xdist hands tests out in this order, and a
+    # minute-long test that starts last keeps one worker busy after the other has finished. An
+    # xdist_group moves with its slow tests, in one piece, so that its module fixtures (a training
+    # run) are built once.
+    early_groups = {_xdist_group(item) for item in items if item.get_closest_marker("slow")} - {None}
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or _xdist_group(item) in early_groups))
 
 
 # --- Global state -----------------------------------------------------------------------------------

@@ -173,18 +173,23 @@ def test_the_default_output_dir_is_said_in_the_help_and_at_start(parsed, tmp_pat
 
 def _real_command(workdir, stand_ins):
     out = workdir / "compare"
-    command = [sys.executable, "-m", "sskt_tf.compare", *SMOKE, "--methods=kd", "--seeds=1", "--steps_per_epoch=1", f"--output_dir={out}"]
-    return (out, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600))
+    # A tiny teacher of the 10 classes: the application teachers are built in test_sources.py.
+    teacher = stand_ins("teacher_net", 10)
+    command = [
+        sys.executable, "-m", "sskt_tf.compare", SMOKE[0], f"--teacher={teacher}", "--methods=kd", "--seeds=1",
+        "--steps_per_epoch=1", f"--output_dir={out}",
+    ]
+    return (out, teacher, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600))
 
 
 @pytest.mark.slow
 def test_the_command_trains_for_real_on_smoke_settings(tmp_path, stand_ins):
-    out, proc = _real_command(tmp_path, stand_ins)
+    out, teacher, proc = _real_command(tmp_path, stand_ins)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     # KD: the routed --teacher reached the subprocess (the other methods run from the command in test_methods).
     results = json.loads((out / "kd" / "seed0" / "results.json").read_text())
     assert results["method"] == "kd" and results["epochs_completed"] == 2
-    assert results["teacher"]["spec"] == "mobilenet_v2:random:10"
+    assert results["teacher"]["spec"] == teacher
     assert (out / "kd" / "seed0" / "train.log").exists() and (out / "kd" / "seed0" / "target.keras").exists()
     table = (out / "comparison.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]

@@ -375,16 +375,12 @@ def test_wrong_vgg_variant_names_the_tensor(narrow_vgg16_bn):
 @pytest.mark.slow
 def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tmp_path):
     ckpt = checkpoints("resnet18")
-    (tmp_path / "a_file").write_text("x")
-    (tmp_path / "dir.keras").mkdir()
     out, unused = tmp_path / "resnet18_places365.keras", str(tmp_path / "x.keras")
     command = [sys.executable, "-m", "sskt_tf.convert_torch"]
     cases = {
         # Values after a space, as argparse took them, and the flags before the two arguments.
         "converts": [*command, "--arch", "resnet18", "--num_classes", "10", ckpt.tar, str(out)],
         "missing checkpoint": [*command, "--arch", "resnet50", str(tmp_path / "missing.pth"), unused],
-        "output is a directory": [*command, "--arch", "resnet18", ckpt.pth, str(tmp_path / "dir.keras")],
-        "a file in the way": [*command, "--arch", "resnet18", ckpt.pth, str(tmp_path / "a_file" / "x.keras")],
         "no --arch": [*command, ckpt.pth, unused],
         "unknown --arch": [*command, "--arch", "resnet7", ckpt.pth, unused],
         "no output": [*command, "--arch=resnet18", ckpt.pth],
@@ -396,8 +392,6 @@ def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tm
     np.testing.assert_allclose(reloaded(ckpt.x).numpy(), ckpt.logits, atol=1e-4, rtol=0)
     expected = {
         "missing checkpoint": ["error: checkpoint ", "missing.pth' does not exist"],
-        "output is a directory": [f"error: {tmp_path / 'dir.keras'} is a directory, not a file"],
-        "a file in the way": [f"cannot write the output .keras file there, {tmp_path / 'a_file'} is a file"],
         "no --arch": ["error: --arch is required and was not given", "the checkpoint's architecture", "pass --arch=<value>"],
         "unknown --arch": ["error: flag --arch=resnet7: value should be one of <resnet18|resnet34|"],
         "no output": ["error: the following arguments are required: output; see python -m sskt_tf.convert_torch --help."],
@@ -405,4 +399,15 @@ def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tm
     for name, needles in expected.items():
         assert_one_error_line(results[name], *needles)
         assert results[name][1] == "", name
-    assert (tmp_path / "a_file").read_text() == "x" and not os.path.exists(unused)
+    assert not os.path.exists(unused)
+
+
+def test_an_output_path_that_cannot_be_a_file_is_refused_before_the_checkpoint_is_read(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "dir.keras").mkdir()
+    missing = str(tmp_path / "missing.pth")  # Never read: the output is checked first.
+    with pytest.raises(UserError, match=f"^{tmp_path / 'dir.keras'} is a directory, not a file"):
+        convert_torch.convert_checkpoint(missing, str(tmp_path / "dir.keras"), "resnet18")
+    with pytest.raises(UserError, match=f"cannot write the output .keras file there, {tmp_path / 'a_file'} is a file"):
+        convert_torch.convert_checkpoint(missing, str(tmp_path / "a_file" / "x.keras"), "resnet18")
+    assert (tmp_path / "a_file").read_text() == "x"

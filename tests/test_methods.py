@@ -612,7 +612,7 @@ METHOD_ARGS = {"scratch": [], "kd": ["--teacher=TEACHER", "--kd_alpha=0.5"], "dm
 @pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHOD_ARGS))
 def test_every_method_trains_from_the_command(method, tmp_path, stand_ins):
-    # KD's teacher: a tiny network of the 10 classes (an application teacher runs in test_compare.py).
+    # KD's teacher: a tiny network of the 10 classes (the application networks are built in test_sources.py).
     teacher = stand_ins("teacher_net", 10)
     out = tmp_path / "run"
     written = run_training(

@@ -296,12 +296,18 @@ def test_bce_is_refused_for_the_baselines(tmp_path, stand_ins):
 # the `Config`: each distinct run trains once (in this process), and each of its flagfiles checks its
 # outputs. The tests share one xdist group, so one worker holds the runs.
 
+
+def _flagfile_args(flagfile, output_dir, stand_ins):
+    # One epoch: no resumption state to write (test_resilience.py tests resumption).
+    return [*smoke_overrides(flagfile, output_dir, stand_ins), "--noresume"]
+
+
 _FLAGFILE_RUNS = {}  # The Config (output directory aside) -> (its output directory, its outcome).
 
 
 def _flagfile_run(flagfile, stand_ins, root):
     """The output directory and the outcome (`{"results": ...}` or `{"error": ...}`) of the flagfile's run."""
-    args = smoke_overrides(flagfile, "OUTPUT_DIR", stand_ins)
+    args = _flagfile_args(flagfile, "OUTPUT_DIR", stand_ins)
     args.remove("--output_dir=OUTPUT_DIR")
     key = dataclasses.replace(resolved_config(args), output_dir="").to_json()
     if key not in _FLAGFILE_RUNS:
@@ -324,7 +330,7 @@ def flagfile_runs_dir(tmp_path_factory):
 @pytest.mark.parametrize("flagfile", FLAGFILES)
 def test_every_flagfile_runs_two_smoke_steps(flagfile, stand_ins, flagfile_runs_dir):
     out, outcome = _flagfile_run(flagfile, stand_ins, flagfile_runs_dir)
-    config = resolved_config(smoke_overrides(flagfile, out, stand_ins))
+    config = resolved_config(_flagfile_args(flagfile, out, stand_ins))
     assert "error" not in outcome, f"{flagfile}:\n{outcome.get('error')}"
     results = outcome["results"]
     assert results["epochs_completed"] == 1

@@ -11,19 +11,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
+from conftest import run_training
 from fake_run import fake_run, linear_model
 
-from sskt_tf import config as config_lib
 from sskt_tf import data as data_lib
-from sskt_tf import train
 from sskt_tf.errors import UserError
 from sskt_tf.serving.saved_model import check_top_k, export_saved_model
 from sskt_tf.serving.trained import load_trained
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-config_lib.define_flags()
-FLAGS = flags.FLAGS
 # The tests that read the module's training run share one worker under pytest-xdist (one training).
 pytestmark = pytest.mark.xdist_group("saved_model_run")
 
@@ -32,33 +27,11 @@ pytestmark = pytest.mark.xdist_group("saved_model_run")
 def run(tmp_path_factory):
     """One short training run on synthetic data with --export (no source: export sees the target only)."""
     out = tmp_path_factory.mktemp("export") / "run"
-    args = [
+    run_training([
         "--flagfile=flags/smoke.cfg", "--sources=", "--epochs=1", "--steps_per_epoch=3", "--lr=0.01",
         "--export", f"--output_dir={out}", "--verbose=0",
-    ]
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(["sskt_tf.train", *args])
-        train.main(["sskt_tf.train"])
-    finally:
-        FLAGS.unparse_flags()
-        os.chdir(cwd)
+    ])
     return out
-
-
-@pytest.fixture(scope="module")
-def keras_model(run):
-    return keras.saving.load_model(run / "target.keras")
-
-
-def keras_probabilities(model, images):
-    return tf.nn.softmax(model(tf.cast(images, tf.float32), training=False)).numpy()
-
-
-def random_images(shape, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +162,7 @@ def test_training_with_overwrite_replaces_its_own_export(run, tmp_path):
         "--flagfile=flags/smoke.cfg", "--sources=", "--epochs=1", "--steps_per_epoch=1", "--lr=0.02",
         "--export", "--overwrite", f"--output_dir={run}", "--verbose=0",
     ]
-    os.chdir(ROOT)  # Put back by conftest.
-    FLAGS.unparse_flags()
-    FLAGS(["sskt_tf.train", *args])
-    train.main(["sskt_tf.train"])
+    run_training(args)
     assert os.path.getmtime(run / "saved_model" / "saved_model.pb") > before
     assert not any((run / name).exists() for name in ("model.tflite", "model.labels.txt", "evaluation"))
     # The export is the new target: equal outputs on the same images.
