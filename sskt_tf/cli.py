@@ -153,6 +153,14 @@ def run_cli(main, define_flags, argv=None):
             exit_with_error(e)  # Before main: absl has nothing to read yet.
         except flags.Error as e:
             exit_with_error(_flag_error_message(e, flag_values))
+        except UnicodeDecodeError as e:  # absl reads flagfiles as text and lets this through.
+            given = [a.partition("=")[2] for a in args if a.startswith("--flagfile=")]
+            exit_with_error(
+                UserError(
+                    f"--flagfile={','.join(given) or '?'}: a flagfile (or one it includes) is not UTF-8 text "
+                    f"({e.reason} at byte {e.start}); a flagfile holds one --flag=value per line."
+                )
+            )
 
     def main_or_error(args):
         try:

@@ -186,6 +186,8 @@ def _teacher_classes(spec):
     if spec.endswith(".keras") and os.path.isfile(os.path.expanduser(spec)):
         import keras
 
+        from sskt_tf import models  # noqa: F401  (registers the classes of a target.keras teacher)
+
         try:
             model = keras.saving.load_model(os.path.expanduser(spec), compile=False)
             shape = model.output_shape

@@ -76,6 +76,7 @@ def test_run_cli_turns_every_kind_of_bad_input_into_one_line(tmp_path):
     script.write_text(COMMAND)
     nested = tmp_path / "outer.cfg"
     nested.write_text(f"--flagfile={tmp_path / 'inner.cfg'}\n")
+    (tmp_path / "binary.cfg").write_bytes(b"--model=m\n\xff\xfe\n")
     cases = {
         "ok": (["--model=m"], None),
         "user error in main": (["--model=m", "--mode=user"], ["error: --model=x: no such file or directory; pass a run directory."]),
@@ -88,6 +89,7 @@ def test_run_cli_turns_every_kind_of_bad_input_into_one_line(tmp_path):
         "value of the wrong type": (["--model=m", "--steps=abc"], ["--steps=abc", "--steps takes an integer"]),
         "value outside an enum": (["--model=m", "--mode=zzz"], ["--mode=zzz", "one of <ok|user"]),
         "missing flagfile": ([f"--flagfile={tmp_path / 'none.cfg'}"], [f"--flagfile={tmp_path / 'none.cfg'}: no such file"]),
+        "flagfile that is not text": ([f"--flagfile={tmp_path / 'binary.cfg'}"], [f"--flagfile={tmp_path / 'binary.cfg'}: a flagfile", "is not UTF-8 text"]),
         "missing flagfile inside a flagfile": ([f"--flagfile={nested}"], [f"--flagfile={tmp_path / 'inner.cfg'}: no such file"]),
         # A relative path is read from the current directory: the line says so (run from the repository root).
         "relative flagfile": (["--flagfile=flags/none.cfg"], ["--flagfile=flags/none.cfg: no such file", "read from the current directory", "repository root"]),

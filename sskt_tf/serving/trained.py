@@ -5,11 +5,15 @@
 
 import dataclasses
 import os
+import re
 
 import keras
 import tensorflow as tf
 
-import sskt_tf  # noqa: F401  (registers the custom layers that .keras files refer to)
+# The modules whose Keras classes a saved target refers to, imported here rather than through the
+# package's __init__: that one may not run (a directory named sskt_tf in the working directory, such
+# as the repository's clone, shadows the installed package as a namespace package).
+from sskt_tf import models  # noqa: F401  (registers CifarResNet, ResNet, VGG16BN, Classifier, ...)
 from sskt_tf import run_dir as run_dir_lib
 from sskt_tf.errors import UserError
 from sskt_tf.serving.saved_model import is_saved_model
@@ -106,9 +110,13 @@ def load_trained(path, *, multi_label=None, flag="--model"):
     try:
         model = keras.saving.load_model(keras_path, compile=False)
     except Exception as e:  # Keras raises many types for a broken or foreign file.
+        detail = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e).strip() else type(e).__name__
+        # Keras' first line about an unknown class is generic; the class it could not find is further down.
+        unknown = re.search(r"Could not locate class '([^']+)'", str(e))
+        if unknown:
+            detail = f"it uses the class {unknown.group(1)!r}, which no imported module registers"
         raise UserError(
-            f"{flag}: could not load {keras_path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "it must be a .keras file saved by Keras 3."
+            f"{flag}: could not load {keras_path} ({detail}); it must be a .keras file saved by Keras 3."
         ) from None
     shape = model.input_shape
     if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3 or len(model.outputs) != 1 or len(model.output_shape) != 2:

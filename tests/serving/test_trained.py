@@ -75,3 +75,23 @@ def test_a_classifier_that_ends_in_a_softmax_is_scored_by_its_own_probabilities(
     trained = load_trained(str(tmp_path / "sigmoid.keras"))
     assert trained.multi_label
     np.testing.assert_allclose(trained.probabilities(trained.model(images)).numpy(), sig(images).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_directory_named_sskt_tf_in_the_working_directory_does_not_hide_the_saved_classes(tmp_path):
+    """From the parent of a clone (a directory `sskt_tf` without `__init__.py`), `import sskt_tf` is a
+    namespace package whose `__init__` never runs; a target's classes must load all the same."""
+    import subprocess
+    import sys
+
+    from sskt_tf import methods
+    from sskt_tf.config import Config
+
+    model = methods.build_model(Config(method="scratch", epochs=1), (32, 32), 10)
+    model.target_model().save(tmp_path / "target.keras")
+    (tmp_path / "sskt_tf").mkdir()
+    script = "import sys; from sskt_tf.serving.trained import load_trained; print(len(load_trained(sys.argv[1]).class_names))"
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "target.keras")], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "10", proc.stderr[-2000:]
