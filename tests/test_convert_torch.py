@@ -380,7 +380,6 @@ def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tm
     cases = {
         # Values after a space, as argparse took them, and the flags before the two arguments.
         "converts": [*command, "--arch", "resnet18", "--num_classes", "10", ckpt.tar, str(out)],
-        "missing checkpoint": [*command, "--arch", "resnet50", str(tmp_path / "missing.pth"), unused],
         "no --arch": [*command, ckpt.pth, unused],
         "unknown --arch": [*command, "--arch", "resnet7", ckpt.pth, unused],
         "no output": [*command, "--arch=resnet18", ckpt.pth],
@@ -391,7 +390,6 @@ def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tm
     reloaded = keras.saving.load_model(str(out), compile=False)
     np.testing.assert_allclose(reloaded(ckpt.x).numpy(), ckpt.logits, atol=1e-4, rtol=0)
     expected = {
-        "missing checkpoint": ["error: checkpoint ", "missing.pth' does not exist"],
         "no --arch": ["error: --arch is required and was not given", "the checkpoint's architecture", "pass --arch=<value>"],
         "unknown --arch": ["error: flag --arch=resnet7: value should be one of <resnet18|resnet34|"],
         "no output": ["error: the following arguments are required: output; see python -m sskt_tf.convert_torch --help."],

@@ -25,7 +25,6 @@ def _cli_errors(workdir, stand_ins):
         "earlier export": [*command, f"--model={run_dir}", f"--output={saved}"],
         "output is a file": [*command, f"--model={run_dir}", f"--output={workdir / 'a_file'}", "--overwrite"],
         "unknown flag": [*command, f"--model={run_dir}", "--outptu=x"],
-        "missing flagfile": [*command, f"--flagfile={workdir / 'none.cfg'}"],
     }
     return (workdir, dict(zip(commands, run_commands(list(commands.values())))))
 
@@ -37,5 +36,4 @@ def test_cli_errors_are_one_line_with_exit_status_2(tmp_path, stand_ins):
     assert_one_error_line(results["earlier export"], f"--output={workdir / 'saved'} holds an earlier export", "--overwrite")
     assert_one_error_line(results["output is a file"], f"--output={workdir / 'a_file'} is a file")
     assert_one_error_line(results["unknown flag"], "unknown flag --outptu", "did you mean --output?")
-    assert_one_error_line(results["missing flagfile"], f"--flagfile={workdir / 'none.cfg'}: no such file or directory")
     assert (workdir / "a_file").read_text() == "x" and not (workdir / "x").exists()

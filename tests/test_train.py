@@ -290,11 +290,28 @@ def test_bce_is_refused_for_the_baselines(tmp_path, stand_ins):
 # --- Every flagfile -----------------------------------------------------------------------------------
 #
 # Each flagfile runs two smoke steps through the training command (train.main), with offline stand-ins
-# for its data and sources (smoke_overrides). Flagfiles that resolve to the same `Config`, output
-# directory aside, are the same run (cifar.cfg and cifar10_resnet20_imagenet.cfg, or a CIFAR-10 and an
-# STL-10 row once both stand in as synthetic:10), because train.main depends on its flags only through
-# the `Config`: each distinct run trains once (in this process), and each of its flagfiles checks its
-# outputs. The tests share one xdist group, so one worker holds the runs.
+# for its data and sources (smoke_overrides). Flagfiles whose `Config`s differ only in values that
+# select no other code (learning-rate numbers, seeds, sizes, class counts, the weights of the
+# auxiliary losses: `_VALUES`) run the same steps: each such group trains once (in this process), and
+# every flagfile of it checks that it resolves, that it differs from the trained one in those values
+# only, and the run's outputs. The tests share one xdist group, so one worker holds the runs.
+
+# Config fields whose values, not presence, differ between flagfiles of the same code path.
+_VALUES = (
+    "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma", "seed", "source_scale", "image_size", "epochs",
+    "batch_size", "eval_every", "kd_alpha", "maxl_psi", "output_dir",
+)
+
+
+def _code_path(config):
+    """The config as a dict without `_VALUES`; the dataset by kind and the sources by number."""
+    d = json.loads(config.to_json())
+    for name in _VALUES:
+        d.pop(name)
+    d["dataset"] = config.dataset.partition(":")[0]
+    d["sources"], d["alpha"], d["temperature"] = len(config.sources), len(config.alpha), len(config.temperature)
+    d["teacher"] = bool(config.teacher)
+    return json.dumps(d, sort_keys=True)
 
 
 def _flagfile_args(flagfile, output_dir, stand_ins):
@@ -302,21 +319,23 @@ def _flagfile_args(flagfile, output_dir, stand_ins):
     return [*smoke_overrides(flagfile, output_dir, stand_ins), "--noresume"]
 
 
-_FLAGFILE_RUNS = {}  # The Config (output directory aside) -> (its output directory, its outcome).
+_FLAGFILE_RUNS = {}  # The code path -> (the trained Config, its output directory, its outcome).
 
 
 def _flagfile_run(flagfile, stand_ins, root):
-    """The output directory and the outcome (`{"results": ...}` or `{"error": ...}`) of the flagfile's run."""
+    """The run of the flagfile's code path: its Config, output directory and outcome (`{"results": ...}`
+    or `{"error": ...}`), trained here by the first flagfile of that path."""
     args = _flagfile_args(flagfile, "OUTPUT_DIR", stand_ins)
     args.remove("--output_dir=OUTPUT_DIR")
-    key = dataclasses.replace(resolved_config(args), output_dir="").to_json()
+    key = _code_path(resolved_config(args))
     if key not in _FLAGFILE_RUNS:
         out = root / f"run_{len(_FLAGFILE_RUNS):02d}"
+        config = resolved_config([*args, f"--output_dir={out}"])
         try:
             outcome = {"results": run_training([*args, f"--output_dir={out}"])}
         except Exception:  # noqa: BLE001  (every flagfile of the run reports it)
             outcome = {"error": traceback.format_exc()}
-        _FLAGFILE_RUNS[key] = out, outcome
+        _FLAGFILE_RUNS[key] = config, out, outcome
     return _FLAGFILE_RUNS[key]
 
 
@@ -329,12 +348,16 @@ def flagfile_runs_dir(tmp_path_factory):
 @pytest.mark.xdist_group("flagfile_runs")
 @pytest.mark.parametrize("flagfile", FLAGFILES)
 def test_every_flagfile_runs_two_smoke_steps(flagfile, stand_ins, flagfile_runs_dir):
-    out, outcome = _flagfile_run(flagfile, stand_ins, flagfile_runs_dir)
+    trained, out, outcome = _flagfile_run(flagfile, stand_ins, flagfile_runs_dir)
     config = resolved_config(_flagfile_args(flagfile, out, stand_ins))
     assert "error" not in outcome, f"{flagfile}:\n{outcome.get('error')}"
     results = outcome["results"]
     assert results["epochs_completed"] == 1
     assert np.isfinite(results["test"]["loss"])
     assert (out / "target.keras").exists()
-    # The run is this flagfile's: the configuration it wrote is the one this flagfile resolves to.
-    assert json.loads((out / "config.json").read_text()) == json.loads(config.to_json())
+    # This flagfile's Config differs from the trained one in values only (identical for the flagfile that trained it).
+    assert _code_path(config) == _code_path(trained)
+    differ = {k for k, v in json.loads(config.to_json()).items() if json.loads(trained.to_json())[k] != v}
+    assert differ <= {*_VALUES, "dataset", "sources", "alpha", "temperature", "teacher"}, differ
+    # The run is the trained Config's: the configuration it wrote.
+    assert json.loads((out / "config.json").read_text()) == json.loads(trained.to_json())
