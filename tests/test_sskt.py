@@ -233,7 +233,7 @@ def test_two_replicas_equal_one_replica(tmp_path, two_replicas):
     """MirroredStrategy over 2 logical CPUs == 1 replica on the same global batch (synchronised BN).
 
     A small learning rate: at 0.1 on random labels, float32 rounding (the synchronised variance is
-    E[x^2] - E[x]^2) is amplified step after step; at 0.01 the runs agree to about 1e-5, while a
+    E[x^2] - E[x]^2) is amplified step after step; at 0.01 the runs agree to about 1e-4, while a
     replica-scaling mistake (gradients doubled or halved) moves the second epoch by more than 1e-2.
     """
     config = make_config(tmp_path, sync_bn=True, weight_decay=5e-4)
@@ -252,8 +252,10 @@ def test_two_replicas_equal_one_replica(tmp_path, two_replicas):
         history = model.fit(ds, epochs=2, verbose=0).history
         results.append((history, snapshot(model.classifier.weights + model.aux_heads[0].dense.weights)))
     (h1, w1), (h2, w2) = results
+    # The second epoch's losses agree to about 1e-4 (1.6e-4 seen under load: the cross-replica sums of
+    # the synchronised statistics are reordered); a replica-scaling mistake moves them by more than 1e-2.
     for key in h1:
-        np.testing.assert_allclose(h2[key], h1[key], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(h2[key], h1[key], rtol=1e-3, atol=1e-5)
     # The layers after the last BatchNorm agree as tightly. (Convolutions before a synchronised
     # BatchNorm agree to about 3e-4 only: Keras' gradient through the cross-replica statistics.)
     for a, b in zip(w1, w2):
