@@ -143,7 +143,7 @@ class SSKTModel(TargetModel):
             losses.aux_loss(self.aux_loss, s, a, t, self.kd_reduction)
             for s, a, t in zip(source_logits, aux_logits, self.temperatures)
         ]
-        total = target + sum((alpha * term for alpha, term in zip(self.alphas, aux)), 0.0)
+        total = losses.total_loss([target, *(alpha * term for alpha, term in zip(self.alphas, aux))])
         return total, target, aux
 
     def train_step(self, data):

@@ -17,6 +17,21 @@ def np_log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def test_total_loss_is_the_terms_sum_with_unit_gradients_and_is_not_folded_into_an_add():
+    import tensorflow as tf
+
+    terms = [tf.Variable(v) for v in (1.5, 0.25, -0.125)]
+    with tf.GradientTape() as tape:
+        total = losses.total_loss([terms[0], 2.0 * terms[1], terms[2]])
+    assert float(total) == 1.5 + 0.5 - 0.125
+    np.testing.assert_array_equal(tape.gradient(total, terms), [1.0, 2.0, 1.0])
+    # The graph holds one Sum over the stacked terms, not an Add chain that Grappler may fold.
+    graph = tf.function(lambda a, b: losses.total_loss([a, b])).get_concrete_function(
+        tf.TensorSpec([]), tf.TensorSpec([])).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert "Sum" in ops and not ops & {"Add", "AddV2", "AddN"}
+
+
 def test_cross_entropy_matches_numpy():
     labels = np.array([2, 0, 3])
     expected = -np_log_softmax(A.astype(np.float64))[np.arange(3), labels]

@@ -128,11 +128,7 @@ class DMLModel(TrainingModel):
             all_logits = [peer(images, training=True) for peer in self.peers]
             targets = [tf.reduce_mean(peer.target_losses(labels, z)) for peer, z in zip(self.peers, all_logits)]
             kls = losses.mutual_learning_kl(all_logits)
-            # Each total as a Sum, not an Add: TensorFlow's graph optimizer folds a logged
-            # `tracker + (target + kl)` into one three-input AddN, which adds its inputs in an order
-            # set at run time by the input buffer it can reuse, so the logged `loss` differed in the
-            # 7th digit between identical runs. A Sum is not folded: tracker + total, always.
-            totals = [tf.reduce_sum(tf.stack([t, kl])) for t, kl in zip(targets, kls)]
+            totals = [losses.total_loss([t, kl]) for t, kl in zip(targets, kls)]
             # The others' predictions are constants inside each KL, so the sum gives every peer exactly
             # the gradient of its own loss.
             return tf.add_n(totals), all_logits, targets, kls, totals

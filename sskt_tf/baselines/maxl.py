@@ -185,7 +185,7 @@ class MAXLModel(TargetModel):
         logits, aux_logits = self._multitask_forward(images, training=True)
         target = tf.reduce_mean(self.target_losses(labels, logits))
         aux = tf.reduce_mean(losses.soft_label_loss(aux_labels, aux_logits, self.target_loss))
-        return target + self.aux_weight * aux, target, aux, logits
+        return losses.total_loss([target, self.aux_weight * aux]), target, aux, logits
 
     def _loss_at(self, theta, values, fn):
         """`fn()` with the variables `theta` replaced by `values` (BatchNorm statistics left unchanged)."""
