@@ -6,6 +6,7 @@
 
 The two arguments after the flags: the checkpoint, a PyTorch `.pth` (state dict) or `.pth.tar`
 (a dict with `state_dict`), and the `.keras` file to write (replaced only with `--overwrite`).
+`sskt-convert-torch` is the same command.
 
 The paper's sources are torchvision's ImageNet ResNet-50 (v1.5) and VGG-16 and the CSAIL
 Places365 ResNet-50, all PyTorch checkpoints; Keras Applications' ResNet50 and VGG16 carry other
@@ -23,7 +24,7 @@ import numpy as np
 from absl import flags
 
 from sskt_tf.cli import flag_definitions, run_cli
-from sskt_tf.errors import UserError, writable_file
+from sskt_tf.errors import UserError, one_line, writable_file
 
 # --arch -> (family, depth, batch norm), as torchvision's constructors of the same names.
 ARCHS = {f"resnet{depth}": ("resnet", depth, True) for depth in (18, 34, 50, 101, 152)}
@@ -74,15 +75,22 @@ def load_state_dict(path, allow_pickle=False):
             # Checkpoints pickled by Python 2 (older Places365 releases) need latin1 strings.
             checkpoint = load(encoding="latin1")
     except pickle.UnpicklingError as e:
-        # torch's message is a paragraph; the line naming the refused object is the useful part.
-        lines = [l.split("WeightsUnpickler error:")[-1] for l in str(e).splitlines() if "WeightsUnpickler" in l]
-        reason = (lines or str(e).splitlines() or [""])[0].strip().split(". ")[0][:160]
+        # torch's message is a paragraph; what follows "WeightsUnpickler error:" names the refused part.
+        after = str(e).partition("WeightsUnpickler error:")[2]
+        reason = next((l.strip() for l in after.splitlines() if l.strip()), "").split(". ")[0][:160]
+        if not reason or reason.startswith("Unsupported operand"):
+            # Not pickle opcodes at all: another format, a truncated download, or not a checkpoint.
+            raise UserError(
+                f"could not read checkpoint {path!r} with torch.load (not a PyTorch checkpoint: "
+                f"{reason or one_line(e)[:160]}). It must be a PyTorch .pth/.pth.tar file; a truncated download "
+                "reads the same, so download it again."
+            ) from None
         raise UserError(
             f"checkpoint {path!r} holds Python objects besides tensors, which are not loaded by default "
             f"({reason}). If you trust the file, pass --allow_pickle."
         ) from None
     except Exception as e:
-        reason = (str(e).splitlines() or [""])[0][:160]
+        reason = (str(e).splitlines() or [""])[0][:160] or "the file is empty or truncated"
         raise UserError(
             f"could not read checkpoint {path!r} with torch.load ({type(e).__name__}: {reason}). "
             "It must be a PyTorch .pth/.pth.tar file."

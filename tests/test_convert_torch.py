@@ -240,6 +240,16 @@ def test_file_errors(checkpoints, tmp_path, monkeypatch):
     not_torch.write_text("hello")
     with pytest.raises(UserError, match="could not read checkpoint .*notes\\.pth.* with torch.load"):
         convert_torch.load_state_dict(str(not_torch))
+    # Bytes that are no pickle at all are "not a checkpoint", never a hint to --allow_pickle.
+    json_file = tmp_path / "config.pth"
+    json_file.write_text('{"a": 1}')
+    with pytest.raises(UserError, match=r"not a PyTorch checkpoint: Unsupported operand 123\)") as raised:
+        convert_torch.load_state_dict(str(json_file))
+    assert "--allow_pickle" not in str(raised.value)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=r"EOFError: the file is empty or truncated"):
+        convert_torch.load_state_dict(str(empty))
     no_tensors = tmp_path / "no_tensors.pth"
     torch.save({"epoch": 3}, no_tensors)
     with pytest.raises(UserError, match=r"holds no state dict \(found \['epoch'\]\)"):

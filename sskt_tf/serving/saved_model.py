@@ -127,6 +127,11 @@ def export_saved_model(trained, output_dir, *, top_k=DEFAULT_TOP_K, overwrite=Fa
 
     parent = os.path.dirname(output_dir)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", dir=parent)
+    # mkdtemp makes the directory private (0700); the export gets the mode of any new directory,
+    # so that a model server running as another user can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
     try:
         with quiet_tensorflow_logs():
             archive.write_out(staging, verbose=False)

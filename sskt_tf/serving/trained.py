@@ -6,6 +6,7 @@
 import dataclasses
 import os
 import re
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -59,7 +60,7 @@ class TrainedModel:
         return tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits, axis=-1)
 
 
-def load_trained(path, *, multi_label=None, flag="--model"):
+def load_trained(path, *, multi_label=None, flag="--model", allowed="a run directory (with target.keras) or a .keras file"):
     """Loads a run directory or a `.keras` file as a `TrainedModel`.
 
     A run directory gives its `target.keras` with the class names and image size of its
@@ -74,6 +75,7 @@ def load_trained(path, *, multi_label=None, flag="--model"):
         multi_label: True/False, or None for the run's choice (`target_loss == "bce"` in its
             config.json; without one, whether the model ended in a sigmoid).
         flag: the flag named in error messages.
+        allowed: what the command accepts, as its error messages say it (predict adds SavedModels).
 
     Returns:
         A `TrainedModel`.
@@ -87,7 +89,6 @@ def load_trained(path, *, multi_label=None, flag="--model"):
             results.json or config.json is not valid JSON.
     """
     path = os.path.expanduser(str(path))
-    allowed = "a run directory (with target.keras) or a .keras file"
     if not os.path.exists(path):
         raise UserError(f"{flag}={path}: no such file or directory; pass {allowed}.")
     if os.path.isdir(path):
@@ -104,8 +105,19 @@ def load_trained(path, *, multi_label=None, flag="--model"):
         run_dir = path
     elif path.endswith(".keras"):
         keras_path, run_dir = path, run_dir_lib.run_dir_of(path)
+    elif path.endswith(".tflite"):
+        raise UserError(
+            f"{flag}={path} is a TFLite model, which this command does not read (run it with "
+            f"tf.lite.Interpreter, see sskt_tf.serving.tflite); pass {allowed}."
+        )
     else:
         raise UserError(f"{flag}={path} is not a .keras file; pass {allowed}.")
+    # Keras says "File not found" of a file that is there but is no .keras archive.
+    if not zipfile.is_zipfile(keras_path):
+        raise UserError(
+            f"{flag}: {keras_path} is not a .keras file (a .keras file is a zip archive written by Keras 3's "
+            "model.save; this one is truncated or of another format); pass a model saved that way."
+        )
 
     try:
         model = keras.saving.load_model(keras_path, compile=False)

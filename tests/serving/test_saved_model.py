@@ -4,6 +4,7 @@ its resizing against the data pipeline's, multi-label scores, and the export of 
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -112,8 +113,14 @@ def test_multi_label_model_exports_per_label_sigmoids(tmp_path):
     run_dir = fake_run(tmp_path / "ml", model, ["cat", "dog", "grass", "sky"], target_loss="bce")
     trained = load_trained(run_dir)
     assert trained.multi_label  # From config.json's target_loss.
-    path = export_saved_model(trained, run_dir / "saved_model", top_k=2)
+    umask = os.umask(0o022)
+    try:
+        path = export_saved_model(trained, run_dir / "saved_model", top_k=2)
+    finally:
+        os.umask(umask)
     assert path == str(run_dir / "saved_model")
+    # Readable by a model server running as another user, as any new directory (not mkdtemp's 0700).
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
     images = random_images((3, 16, 16, 3), seed=5)  # Any size: the mean colour survives the resize closely.
     out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
     resized = tf.clip_by_value(tf.round(tf.image.resize(tf.cast(images, tf.float32), (8, 8))), 0, 255).numpy()

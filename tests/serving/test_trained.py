@@ -1,6 +1,7 @@
 """Tests of sskt_tf.serving.trained: what `load_trained` reads from a run or a `.keras` file, and what it refuses."""
 
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -36,6 +37,9 @@ def test_refusals_name_the_flag_and_the_fix(tmp_path):
     model.save(tmp_path / "unfinished" / "checkpoints" / "last.keras")
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "broken.keras").write_text("not a zip")
+    (tmp_path / "model.tflite").write_bytes(b"TFL3")
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as archive:
+        archive.writestr("notes.txt", "a zip, but not written by Keras")
     any_size = keras.Model(inputs := keras.Input((None, None, 3)), keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
     any_size.save(tmp_path / "any_size.keras")
     wrong = fake_run(tmp_path / "wrong", model, ["a", "b"])
@@ -44,7 +48,10 @@ def test_refusals_name_the_flag_and_the_fix(tmp_path):
         saved: "is an exported SavedModel; this command needs the Keras model",
         str(tmp_path / "unfinished"): r"has no target.keras \(the run has not finished: checkpoints/last.keras",
         str(tmp_path / "notes.txt"): "notes.txt is not a .keras file",
-        str(tmp_path / "broken.keras"): "could not load .*broken.keras .*saved by Keras 3",
+        # Keras' own words for a file that is no zip are "File not found".
+        str(tmp_path / "broken.keras"): r"broken.keras is not a .keras file \(a .keras file is a zip archive",
+        str(tmp_path / "other.keras"): "could not load .*other.keras .*saved by Keras 3",
+        str(tmp_path / "model.tflite"): r"model.tflite is a TFLite model, which this command does not read",
         str(tmp_path / "any_size.keras"): "accepts any image size and has no results.json beside it",
         str(wrong): "has 3 outputs but .*results.json names 2 classes",
     }
