@@ -6,7 +6,12 @@ A spec is one of
   `<application>:/path/w.h5`      the same network with weights from a local file (offline),
   `<application>:random[:N]`      random weights, N classes (default 1000): smoke runs and tests,
   `/path/to/model.keras`          any Keras model that takes raw [0, 255] RGB images and returns logits
-                                  (or probabilities: see `build_source`, `--source_outputs`).
+                                  (or probabilities: see `build_source`, `--source_outputs`),
+  `keras_hub:<preset>`            a KerasHub image classifier (`keras_hub.models.ImageClassifier`) with
+                                  its preset's preprocessing: a preset name (`keras_hub:resnet_50_imagenet`,
+                                  downloaded once from Kaggle and cached in ~/.cache/kagglehub), a
+                                  `kaggle://` or `hf://` handle, or a local preset directory
+                                  (`keras_hub:/path/to/preset`, written by `classifier.save_to_preset`).
 
 The same specs serve as KD's `--teacher`. Everything a network assumes is checked when it is
 built, before training starts (`build_source`): one input of RGB images, one output of rank 2,
@@ -15,9 +20,16 @@ network would otherwise see), and what its outputs are: a final softmax or sigmo
 in a copy of the network so that its logits are used, with a printed line.
 """
 
+import contextlib
 import dataclasses
+import difflib
+import json
 import math
 import os
+import re
+import socket
+import urllib.parse
+import warnings
 import zipfile
 
 import keras
@@ -76,6 +88,9 @@ APPLICATIONS = {
     "vgg19": _Application("VGG19", "caffe", adaptive_pool=7),
     "nasnet_mobile": _Application("NASNetMobile", "tf", fixed_size=224),
 }
+
+# `keras_hub:<preset>`: a KerasHub image classifier (`keras_hub.models.ImageClassifier.from_preset`).
+KERAS_HUB_PREFIX = "keras_hub:"
 
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -257,8 +272,12 @@ class Source(keras.layers.Layer):
         batch_statistics = source_bn == "batch" and any(
             type(layer) is keras.layers.BatchNormalization for layer in _all_layers(network)
         )
+        # The layers that compute: a nested model's own policy (a KerasHub task keeps its saved one
+        # while its layers take the requested one) computes nothing.
         if network_dtype is not None and {
-            layer.dtype_policy.name for layer in _all_layers(network) if layer.weights
+            layer.dtype_policy.name
+            for layer in _all_layers(network)
+            if layer.weights and not isinstance(layer, keras.Model)
         } == {network_dtype}:
             network_dtype = None
         if batch_statistics or network_dtype is not None:
@@ -322,18 +341,54 @@ def scaled_size(image_size, scale):
     return tuple(int(math.floor(side * scale + 1e-6)) for side in image_size)
 
 
+# The files a training run writes: `<run>/target.keras`, `<run>/checkpoints/{best,last}.keras`, and
+# DML's other peers `<run>/peer_<k>.keras`. Their stems say nothing; the run directory's name does.
+_RUN_FILE_STEMS = re.compile(r"target|best|last|peer_\d+")
+
+
+def _keras_file_name(path):
+    """The name of a `.keras` spec: the run directory's for a file a run wrote, else the file's stem."""
+    path = os.path.abspath(os.path.expanduser(path))
+    directory, stem = os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
+    if not _RUN_FILE_STEMS.fullmatch(stem):
+        return stem
+    run = os.path.dirname(directory) if os.path.basename(directory) == "checkpoints" else directory
+    run_name = os.path.basename(run)
+    if not run_name:  # A file at the file system's root.
+        return stem
+    # target.keras is the run's result; another file of the run is named after both.
+    return run_name if stem == "target" else f"{run_name}_{stem}"
+
+
+def _preset_name(preset):
+    """The name of a KerasHub preset: its own (`resnet_50_imagenet`), a directory's basename, or the
+    last part of a handle that is not a version (`kaggle://keras/resnetv1/keras/resnet_50_imagenet/3`)."""
+    parts = [p for p in preset.split("://")[-1].replace(os.sep, "/").split("/") if p]
+    while len(parts) > 1 and parts[-1].isdigit():
+        parts.pop()
+    return parts[-1] if parts else ""
+
+
 def source_name(spec):
-    """A short metric-friendly name for a spec: `resnet50:imagenet` -> `resnet50_imagenet`.
+    """A short metric-friendly name for a spec, after what the user gave.
+
+    `resnet50:imagenet` -> `resnet50_imagenet`; `/data/places365.keras` -> `places365`;
+    `runs/c10_r32/target.keras` -> `c10_r32` (a run's `target.keras` is named after its run
+    directory, as are `runs/c10_r32/checkpoints/best.keras` -> `c10_r32_best` and DML's
+    `runs/d/peer_1.keras` -> `d_peer_1`); `keras_hub:resnet_50_imagenet` -> `resnet_50_imagenet`
+    and `keras_hub:/presets/my_r50/` -> `my_r50`. Two specs may share a name (two files of one
+    stem): `sskt_tf.methods` numbers the later ones.
 
     Args:
         spec: a source spec (see the module docstring).
 
     Returns:
-        str of lowercase letters, digits and `_` (the file's stem for `.keras` files); "source"
-        when nothing of the spec is left.
+        str of lowercase letters, digits and `_`; "source" when nothing of the spec is left.
     """
     if spec.endswith(".keras"):
-        stem = os.path.splitext(os.path.basename(spec))[0]
+        stem = _keras_file_name(spec)
+    elif spec.startswith(KERAS_HUB_PREFIX):
+        stem = _preset_name(spec.removeprefix(KERAS_HUB_PREFIX))
     else:
         app, _, weights = spec.partition(":")
         if weights in ("imagenet",) or weights.startswith("random"):
@@ -376,7 +431,8 @@ def _application_network(spec, image_size, flag="--sources"):
     if app_name not in APPLICATIONS:
         raise UserError(
             f"{flag}: {spec!r} names no known source. Use <application>:imagenet, "
-            f"<application>:/path/weights.h5, <application>:random or /path/model.keras; "
+            f"<application>:/path/weights.h5, <application>:random, /path/model.keras or "
+            f"{KERAS_HUB_PREFIX}<preset> (a KerasHub image classifier); "
             f"applications: {', '.join(APPLICATIONS)}."
         )
     app = APPLICATIONS[app_name]
@@ -460,6 +516,260 @@ def _fixed_size(flag, spec, fixed, size):
             f"images resized to {used[0]}x{used[1]} instead of {size[0]}x{size[1]} ({why})."
         )
     return used
+
+
+@keras.saving.register_keras_serializable(package="sskt_tf")
+class ImageRescaling(keras.layers.Layer):
+    """`images * scale + offset` on raw [0, 255] RGB: a KerasHub `ImageConverter` without its resizing.
+
+    The arithmetic of `keras_hub.layers.ImageConverter` (scale, then offset, each one number or one
+    per channel), inside the source's network; the `Source` resizes (to the `--source_scale`d size,
+    as every source), so the converter's own resizing to the preset's training size is left out.
+    It computes in float32; the classifier casts to its own compute dtype.
+
+    Args:
+        scale: None (no scaling), a float, or 3 floats (R, G, B).
+        offset: None (no offset), a float, or 3 floats (R, G, B).
+
+    Call arguments:
+        images: `[N, H, W, 3]` RGB in 0..255, any dtype.
+
+    Returns:
+        float32 `[N, H, W, 3]`.
+    """
+
+    def __init__(self, scale=None, offset=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.scale = _floats(scale)
+        self.offset = _floats(offset)
+
+    def call(self, images):
+        x = keras.ops.cast(images, "float32")
+        if self.scale is not None:
+            x = x * keras.ops.convert_to_tensor(self.scale, "float32")
+        if self.offset is not None:
+            x = x + keras.ops.convert_to_tensor(self.offset, "float32")
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+def _floats(value):
+    """None, a float, or a list of floats (a converter's per-channel values), as plain Python."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [float(v) for v in np.ravel(value)]
+    return float(value)
+
+
+def _is_network_failure(error):
+    """Whether `error`, or an error behind it, is a failed connection (no internet, DNS, a timeout)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        # requests', urllib3's and huggingface_hub's own kinds (requests.ConnectionError is no builtin one).
+        kind = type(error).__name__
+        if type(error).__module__.split(".")[0] in ("requests", "urllib3", "huggingface_hub", "kagglehub") and any(
+            word in kind for word in ("Connection", "Timeout", "NameResolution", "MaxRetry", "Offline", "LocalEntryNotFound")
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _preset_directory_problem(directory):
+    """What keeps `directory` from being a KerasHub image-classifier preset, or None.
+
+    Checks the files `classifier.save_to_preset(directory)` writes (config.json of the backbone,
+    task.json of the classifier, task.weights.h5 of its head). A directory in another format
+    that KerasHub reads (a Hugging Face / timm snapshot: no `registered_name` in config.json) is
+    left to KerasHub.
+    """
+    import keras_hub
+
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        return "the directory is no KerasHub preset (it has no config.json)"
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"its config.json cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    if not isinstance(config, dict) or "registered_name" not in config:
+        return None
+    backbone = str(config["registered_name"]).split(">")[-1]
+    task_path = os.path.join(directory, "task.json")
+    if not os.path.isfile(task_path):
+        return f"the preset holds a {backbone} alone, no classifier (no task.json)"
+    try:
+        with open(task_path, encoding="utf-8") as f:
+            task = str(json.load(f).get("registered_name", ""))
+    except (OSError, ValueError, AttributeError) as e:
+        return f"its task.json cannot be read ({type(e).__name__})"
+    cls = keras.saving.get_registered_object(task)
+    if not (isinstance(cls, type) and issubclass(cls, keras_hub.models.ImageClassifier)):
+        return f"the preset holds a {task.split('>')[-1] or 'model'}, not an image classifier"
+    if not os.path.isfile(os.path.join(directory, "task.weights.h5")):
+        return "the preset has no classifier weights (no task.weights.h5)"
+    return None
+
+
+def _reachable(url, timeout=3.0):
+    """Whether a TCP connection to `url`'s host (port 443) opens within `timeout` seconds."""
+    host = urllib.parse.urlparse(url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except (OSError, TypeError):
+        return False
+
+
+@contextlib.contextmanager
+def _huggingface_offline():
+    """huggingface_hub's offline mode (`HF_HUB_OFFLINE`, read at each request): its cache, no requests."""
+    import huggingface_hub.constants
+
+    before = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = before
+
+
+def _keras_hub_classifier(flag, spec, dtype_policy):
+    """The KerasHub image classifier a `keras_hub:<preset>` spec names, and its image converter.
+
+    A preset is a built-in name (`keras_hub.models.ImageClassifier.presets`; downloaded from
+    Kaggle by kagglehub, which fails within seconds offline), a `kaggle://` or `hf://` handle, or
+    a local directory; an existing directory is always taken as one. Offline, a `hf://` handle
+    is loaded in huggingface_hub's offline mode (its cache only) rather than through its retries.
+
+    Returns:
+        `(classifier, converter)`: the graph of the preset's `keras_hub.models.ImageClassifier`
+        as a functional model (images after the converter's scaling -> `[N, classes]`), and the
+        preset's `keras_hub.layers.ImageConverter`.
+
+    Raises:
+        UserError: in one line each: KerasHub missing; an empty preset; a preset name that KerasHub
+            does not know, or knows for another kind of model; a path that is no preset directory;
+            a preset without a classifier or of another task; a download that failed (offline);
+            a classifier without an image converter, or one whose preprocessing is its own code.
+    """
+    preset = spec.removeprefix(KERAS_HUB_PREFIX)
+    local_dir = f"a local preset directory, {flag}={KERAS_HUB_PREFIX}/path/to/preset (written by classifier.save_to_preset(path))"
+    try:
+        import keras_hub
+    except ImportError:
+        raise _refuse(flag, spec, "KerasHub is not installed", "pip install 'keras-hub>=0.32'") from None
+    if not preset:
+        raise _refuse(flag, spec, "no preset given", f"name one, e.g. {KERAS_HUB_PREFIX}resnet_50_imagenet, or pass {local_dir}")
+    local = os.path.expanduser(preset)
+    if os.path.isdir(local):
+        problem = _preset_directory_problem(local)
+        if problem:
+            raise _refuse(flag, spec, problem, f"pass {local_dir}")
+        preset = local
+    elif os.path.exists(local):
+        raise _refuse(flag, spec, f"{preset!r} is a file, not a preset directory", f"pass {local_dir}")
+    elif "://" not in preset:
+        classifiers = keras_hub.models.ImageClassifier.presets
+        if "/" in preset or preset.startswith(("~", ".")):
+            raise _refuse(flag, spec, f"the preset directory {preset!r} does not exist", f"pass {local_dir}")
+        if preset in keras_hub.models.Backbone.presets and preset not in classifiers:
+            raise _refuse(
+                flag, spec, f"{preset!r} is a KerasHub preset of another kind of model, not an image classifier",
+                "pass an image classifier preset (keras_hub.models.ImageClassifier.presets lists them)",
+            )
+        if preset not in classifiers:
+            close = difflib.get_close_matches(preset, list(classifiers), n=3)
+            raise _refuse(
+                flag, spec, f"{preset!r} names no KerasHub preset" + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                f"pass one of keras_hub.models.ImageClassifier.presets, a kaggle:// or hf:// handle, or {local_dir}",
+            )
+    unreachable = False
+    if preset.lower().startswith("hf://"):
+        import huggingface_hub.constants
+
+        # huggingface_hub retries a failed connection 5 times over about 25 s before it gives up.
+        unreachable = not _reachable(huggingface_hub.constants.ENDPOINT)
+    offline = _huggingface_offline() if unreachable else contextlib.nullcontext()
+    try:
+        with warnings.catch_warnings(), offline:
+            # The task's saved optimizer state, which a source never uses, does not fit a mixed policy's optimizer.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            classifier = keras_hub.models.ImageClassifier.from_preset(preset, dtype=dtype_policy)
+    except Exception as e:
+        if unreachable or _is_network_failure(e):
+            host = re.search(r"host='([^']+)'", str(e))
+            host = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname if unreachable else (host and host.group(1))
+            raise _refuse(
+                flag, spec, "cannot download the preset (no internet?" + (f" cannot reach {host})" if host else ")"),
+                f"pass a local preset directory, {flag}={KERAS_HUB_PREFIX}/path/to/preset, saved where there is network "
+                f"by keras_hub.models.ImageClassifier.from_preset({preset!r}).save_to_preset('/path/to/preset') (a "
+                "download is also cached, in ~/.cache/kagglehub or ~/.cache/huggingface, and then found offline)",
+            ) from None
+        if isinstance(e, TypeError) and "num_classes" in str(e):
+            problem = "the preset holds a backbone alone, no classifier"
+        elif "Unable to find a subclass of ImageClassifier" in str(e):
+            problem = "the preset is not of an image classifier"
+        else:
+            problem = f"KerasHub cannot load the preset ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+        raise _refuse(flag, spec, problem, f"pass an image classifier preset, e.g. {KERAS_HUB_PREFIX}resnet_50_imagenet") from None
+    if not isinstance(classifier, keras_hub.models.ImageClassifier):  # What a future loader might return.
+        raise _refuse(flag, spec, f"the preset holds a {type(classifier).__name__}, not an image classifier", f"pass {local_dir}")
+    preprocessor = classifier.preprocessor
+    converter = getattr(preprocessor, "image_converter", None)
+    if converter is None:
+        raise _refuse(
+            flag, spec, "the preset has no image converter, so the pixel range its network expects is unknown",
+            "save the classifier with its preprocessor (an ImageClassifierPreprocessor with an ImageConverter)",
+        )
+    # The source computes the converter's arithmetic itself (ImageRescaling); a subclass with code of
+    # its own would be computed wrongly, without a word.
+    if type(converter).call is not keras_hub.layers.ImageConverter.call or (
+        type(preprocessor).call is not keras_hub.models.ImageClassifierPreprocessor.call
+    ):
+        raise _refuse(
+            flag, spec, f"the preset's preprocessing ({type(preprocessor).__name__}, {type(converter).__name__}) "
+            "is code of its own, not the ImageConverter's scale and offset that a source reproduces",
+            "save it as a .keras model of raw [0, 255] images to logits and pass that file",
+        )
+    if converter.data_format != "channels_last":
+        raise _refuse(flag, spec, "the preset takes channels-first images", "load it with keras.config.image_data_format() 'channels_last'")
+    # The classifier's graph alone, as a plain functional model: the task's preprocessor (its
+    # arithmetic is ImageRescaling's) and its compiled optimizer are no part of a frozen source.
+    return keras.Model(classifier.inputs, classifier.outputs, name=classifier.name), converter
+
+
+def _keras_hub_network(flag, spec, image_size, dtype_policy):
+    """A `keras_hub:<preset>` spec -> `(network, image_size)`: raw RGB `[N, H, W, 3]` -> `[N, classes]`.
+
+    The network is the preset's `ImageClassifier` after its converter's scale and offset
+    (`ImageRescaling`); it sees `image_size` (the `--source_scale`d size, as every source, not
+    the preset's training size) unless its input size is fixed (ViTs), then that size with one
+    printed line (`_fixed_size`). `dtype_policy` (None: the global policy) is passed to
+    `from_preset`, which casts the weights.
+
+    Raises:
+        UserError: see `_keras_hub_classifier`; an input that is not RGB images.
+    """
+    classifier, converter = _keras_hub_classifier(flag, spec, dtype_policy)
+    in_shape = tuple(classifier.input_shape)
+    if len(in_shape) != 4 or in_shape[-1] not in (3, None):
+        raise _refuse(flag, spec, f"the classifier takes inputs of shape {in_shape}", "pass an RGB image classifier")
+    image_size = _fixed_size(flag, spec, in_shape[1:3], image_size)
+    inputs = keras.Input((*image_size, 3), name="images")
+    x = ImageRescaling(converter.scale, converter.offset, name="preprocess")(inputs)
+    return keras.Model(inputs, classifier(x), name=source_name(spec)), image_size
 
 
 def _refuse(flag, spec, problem, fix):
@@ -853,13 +1163,15 @@ def build_source(
     channels last); one output of rank 2, logits `[N, classes]`; at least 2 classes (a softmax
     over one class is constant: nothing to transfer); a network that runs at the size it will
     see and returns finite values. A fixed input size that differs from the size the network
-    would receive is used, with one printed line (`_fixed_size`). What a `.keras` file's outputs
-    are is decided by `outputs` (`_adapted_keras_file`): a final softmax or sigmoid is removed in
-    a copy of the network, with one printed line. Keras Applications named by a spec are built
-    without their softmax and always return logits.
+    would receive is used, with one printed line (`_fixed_size`). What the outputs of a `.keras`
+    file or a KerasHub classifier are is decided by `outputs` (`_adapted_keras_file`): a final
+    softmax or sigmoid is removed in a copy of the network, with one printed line. Keras
+    Applications named by a spec are built without their softmax and always return logits.
 
-    The networks are Keras Applications (`keras.applications`, `APPLICATIONS`) or Keras 3
-    `.keras` files; the paper's sources are ImageNet and Places365 ResNets (Hong et al., WACV 2022).
+    The networks are Keras Applications (`keras.applications`, `APPLICATIONS`), Keras 3 `.keras`
+    files, or KerasHub image classifiers (`keras_hub.models.ImageClassifier.from_preset`, with
+    the preset's scale and offset in the network: `_keras_hub_network`); the paper's sources are
+    ImageNet and Places365 ResNets (Hong et al., WACV 2022).
 
     Args:
         spec: the source spec (see the module docstring).
@@ -870,7 +1182,7 @@ def build_source(
         source_bn: "inference" or "batch" (see `Source`).
         name: layer name; default `source_<source_name(spec)>`.
         dtype_policy: precision of the source's network (see `Source`); None: the global policy
-            for applications, the file's own for `.keras` sources.
+            for applications and KerasHub presets, the file's own for `.keras` sources.
         outputs: `--source_outputs`: "auto", "logits" or "probabilities".
         flag: the flag named in messages, "--sources" or "--teacher".
 
@@ -881,8 +1193,9 @@ def build_source(
     Raises:
         UserError: a spec or network that cannot serve (see above), in one line naming `flag`:
             an unknown `outputs` or `source_bn`, an unknown application or a bad `random:<N>`, a
-            missing or unreadable weights file or `.keras` file, ImageNet weights that cannot be
-            downloaded (offline), an input that is not `[N, H, W, 3]` or smaller than the
+            missing or unreadable weights file or `.keras` file, ImageNet weights or a KerasHub
+            preset that cannot be downloaded (offline), a KerasHub preset that is unknown, no
+            preset directory or no image classifier (`_keras_hub_classifier`), an input that is not `[N, H, W, 3]` or smaller than the
             application's minimum, an output that is not `[N, classes]` with classes >= 2, a
             network that does not run at its size or returns values that are not finite, or an
             `outputs` that contradicts the network's final activation or its outputs.
@@ -891,7 +1204,10 @@ def build_source(
         raise UserError(f"--source_outputs={outputs} is not known. Allowed: {', '.join(SOURCE_OUTPUTS)}.")
     size = scaled_size(image_size, source_scale)
     network_outputs, stripped = "logits", None
-    if spec.endswith(".keras"):
+    if spec.startswith(KERAS_HUB_PREFIX):
+        network, size = _keras_hub_network(flag, spec, size, dtype_policy)
+        network, network_outputs, stripped = _adapted_keras_file(flag, spec, network, size, outputs)
+    elif spec.endswith(".keras"):
         network = _loaded_keras_file(flag, spec)
         size = _fixed_size(flag, spec, network.input_shape[1:3], size)
         network, network_outputs, stripped = _adapted_keras_file(flag, spec, network, size, outputs)

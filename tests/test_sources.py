@@ -185,6 +185,29 @@ def test_source_names():
     assert sources.source_name("resnet50:imagenet") == "resnet50_imagenet"
     assert sources.source_name("resnet50:random:365") == "resnet50_random365"
     assert sources.source_name("/data/places365 r50.keras") == "places365_r50"
+    # What a run wrote is named after its run directory: never aux_loss_target next to target_loss.
+    assert sources.source_name("/runs/c10_r32/target.keras") == "c10_r32"
+    assert sources.source_name("/runs/c10_r32/checkpoints/best.keras") == "c10_r32_best"
+    assert sources.source_name("/runs/c10_r32/checkpoints/last.keras") == "c10_r32_last"
+    assert sources.source_name("/runs/dml/peer_1.keras") == "dml_peer_1"
+    # Any other file keeps its stem, wherever it is.
+    assert sources.source_name("/runs/c10_r32/checkpoints/places365.keras") == "places365"
+    assert sources.source_name("/runs/targets.keras") == "targets"
+    assert sources.source_name("/target.keras") == "target"
+
+
+def test_runs_sources_get_their_run_names_and_two_runs_of_one_name_are_numbered(stand_ins, tmp_path):
+    import shutil
+
+    from sskt_tf import methods
+    from sskt_tf.config import Config
+
+    a, b = stand_ins("target", 4, index=0), stand_ins("target", 3, index=1)  # <root>/0.4/target.keras, <root>/1.3/...
+    (tmp_path / "0.4").mkdir()
+    c = shutil.copy(a, tmp_path / "0.4" / "target.keras")  # Another run directory of the same name.
+    model = methods.build_model(Config(dataset="synthetic", sources=(a, b, str(c)), aux_head="linear"), (16, 16), 10)
+    assert [s.name for s in model.sources] == ["source_0_4", "source_1_3", "source_0_4_2"]
+    assert [t.name for t in model.aux_loss_trackers] == ["aux_loss_0_4", "aux_loss_1_3", "aux_loss_0_4_2"]
 
 
 @pytest.mark.parametrize(
