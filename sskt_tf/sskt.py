@@ -11,7 +11,7 @@ With no sources it is the scratch baseline with the identical recipe.
 import keras
 import tensorflow as tf
 
-from sskt_tf import losses
+from sskt_tf import diagnostics, losses
 from sskt_tf.models.target_model import TargetModel
 
 
@@ -28,6 +28,10 @@ class SSKTModel(TargetModel):
 
     Metrics: `loss` (the weighted total), `target_loss`, `aux_loss_<source>` per source
     (unweighted, training only), `accuracy` (and `top5_accuracy` for more than 10 classes).
+    Per source, also training only: `aux_agreement_<source>` (the fraction of examples where the
+    auxiliary head's top-1 is the source's) and `source_entropy_<source>` (the mean entropy of the
+    soft labels relative to log K, 1 = uniform); see `sskt_tf.diagnostics`. They are computed
+    after the optimizer step from the step's own logits, outside the gradient tape.
 
     Args:
         backbone: a `sskt_tf.models.Backbone` (raw images -> dict of stage outputs).
@@ -106,6 +110,10 @@ class SSKTModel(TargetModel):
         self.aux_loss_trackers = [
             self.target_metrics.add_term(f"aux_loss_{s.name.removeprefix('source_')}") for s in sources
         ]
+        # What each source teaches (sskt_tf.diagnostics): after the loss terms, per source.
+        self.diagnostic_trackers = [
+            [self.target_metrics.add_term(name) for name in diagnostics.metric_names(s)] for s in sources
+        ]
 
     @property
     def sources(self):
@@ -159,10 +167,16 @@ class SSKTModel(TargetModel):
         def loss_fn():
             logits, aux_logits = self._forward_with_heads(images, training=True)
             total, target, aux = self._sskt_losses(labels, logits, aux_logits, source_logits)
-            return total, target, aux, logits
+            return total, target, aux, logits, aux_logits
 
-        total, target, aux, logits = self.minimize(loss_fn, self.target_variables)
-        self.target_metrics.update(labels, logits, total, target, aux)
+        total, target, aux, logits, aux_logits = self.minimize(loss_fn, self.target_variables)
+        # Outside the tape, per example (the Mean trackers weigh every example alike, across replicas too).
+        per_source = [
+            value
+            for a, s, t in zip(aux_logits, source_logits, self.temperatures)
+            for value in (diagnostics.agreement(a, s), diagnostics.relative_entropy(s, t))
+        ]
+        self.target_metrics.update(labels, logits, total, target, [*aux, *per_source])
         return self._step_logs(self.metrics)
 
     # --- Config --------------------------------------------------------------------------------

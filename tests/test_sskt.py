@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
-from sskt_tf import losses
+from sskt_tf import diagnostics, losses
 from sskt_tf.config import Config
 from sskt_tf.methods import build_model
 from sskt_tf.sskt import SSKTModel
@@ -107,7 +107,7 @@ def test_one_step_moves_the_target_and_never_the_sources(tmp_path):
     assert any("moving" in v.path for v in model.sources[0].weights)
     assert all(not np.array_equal(a, v.numpy()) for a, v in zip(target_before, model.target_variables))
     assert all(not np.array_equal(a, v.numpy()) for a, v in zip(stats_before, target_stats))
-    assert set(history) == {"loss", "target_loss", "aux_loss_tiny", "accuracy"}
+    assert set(history) == {"loss", "target_loss", "aux_loss_tiny", "aux_agreement_tiny", "source_entropy_tiny", "accuracy"}
     assert all(np.isfinite(v[0]) for v in history.values())
     results = model.evaluate(X, Y, verbose=0, return_dict=True)
     assert set(results) == {"loss", "target_loss", "accuracy"} and results["loss"] == results["target_loss"] > 0
@@ -138,12 +138,21 @@ def test_logged_losses_equal_an_independent_computation(tmp_path):
         t * t * np.mean(np.sum(-np.exp(log_softmax(s / t)) * log_softmax(a / t), -1))
         for s, a, t in zip(src, aux, (3.0, 2.0))
     ]
+    # What each source teaches (sskt_tf.diagnostics): top-1 agreement, soft-label entropy over log K.
+    agreements = [np.mean(np.argmax(a, -1) == np.argmax(s, -1)) for s, a in zip(src, aux)]
+    entropies = [
+        np.mean(np.sum(-np.exp(log_softmax(s / t)) * log_softmax(s / t), -1)) / np.log(s.shape[-1])
+        for s, t in zip(src, (3.0, 2.0))
+    ]
     # Reset the BN statistics the manual forward pass moved, so the step sees the same state.
     history = compiled_same_weights_history(model, config)
     assert history["target_loss"][0] == pytest.approx(target, rel=1e-4)
     assert history["aux_loss_s1"][0] == pytest.approx(terms[0], rel=1e-4)
     assert history["aux_loss_s2"][0] == pytest.approx(terms[1], rel=1e-4)
     assert history["loss"][0] == pytest.approx(target + 0.1 * terms[0] + 0.3 * terms[1], rel=1e-4)
+    for name, agreement, entropy in zip(("s1", "s2"), agreements, entropies):
+        assert history[f"aux_agreement_{name}"][0] == pytest.approx(agreement, abs=1e-6)
+        assert history[f"source_entropy_{name}"][0] == pytest.approx(entropy, rel=1e-5)
 
 
 def compiled_same_weights_history(model, config):
@@ -152,6 +161,37 @@ def compiled_same_weights_history(model, config):
     fresh = compiled(config)
     fresh.set_weights(model.get_weights())
     return fresh.fit(X[:8], Y[:8], batch_size=8, epochs=1, verbose=0, shuffle=False).history
+
+
+def dense_source_file(tmp_path, name, classes, init):
+    """A source of raw images -> mean colour -> Dense(classes) with kernel and bias from `init`, saved as .keras."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+    dense = keras.layers.Dense(classes, kernel_initializer=init, bias_initializer=init)
+    path = str(tmp_path / f"{name}.keras")
+    keras.Model(inputs, dense(x), name=name).save(path)
+    return path
+
+
+def test_a_constant_source_is_flagged_once_after_epoch_one_and_a_sharp_one_is_not(tmp_path, capsys):
+    # Constant logits (5.0 for every class and image): uniform soft labels, what random applications give.
+    constant = dense_source_file(tmp_path, "constant", 100, keras.initializers.Constant(5.0))
+    sharp = dense_source_file(tmp_path, "sharp", 100, keras.initializers.RandomNormal(stddev=20.0, seed=1))
+    config = make_config(tmp_path, sources=(constant, sharp), aux_head="linear")
+    model = compiled(config)
+    capsys.readouterr()
+    callback = diagnostics.SourceDiagnostics(model.sources, config.source_temperatures)
+    history = model.fit(X, Y, batch_size=8, epochs=2, verbose=0, callbacks=[callback]).history
+    np.testing.assert_allclose(history["source_entropy_constant"], [1.0, 1.0], atol=1e-6)
+    assert max(history["source_entropy_sharp"]) < 0.5
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"--sources={constant}: warning: ")
+    assert "source_entropy_constant=1.0000 in epoch 1" in lines[0]
+    # The last epoch's values, for results.json.
+    assert callback.last == {
+        s.name: {"agreement": history[f"aux_agreement_{n}"][-1], "relative_entropy": history[f"source_entropy_{n}"][-1]}
+        for s, n in zip(model.sources, ("constant", "sharp"))
+    }
 
 
 def test_coupled_weight_decay_is_added_to_the_gradient(tmp_path):
@@ -332,4 +372,4 @@ def test_multi_label_step_uses_bce_and_skips_accuracy(tmp_path):
     assert set(results) == {"loss", "target_loss"}
     assert results["target_loss"] == pytest.approx(expected, rel=1e-5)
     history = model.fit(X, hot, batch_size=8, epochs=1, steps_per_epoch=1, verbose=0).history
-    assert set(history) == {"loss", "target_loss", "aux_loss_tiny"}
+    assert set(history) == {"loss", "target_loss", "aux_loss_tiny", "aux_agreement_tiny", "source_entropy_tiny"}

@@ -36,7 +36,8 @@ class TargetMetrics:
         )
 
     def add_term(self, name):
-        """Adds a training-only loss term `<prefix><name>` (a `keras.metrics.Mean`) and returns it."""
+        """Adds a training-only term `<prefix><name>` (a `keras.metrics.Mean`: a loss term or a
+        per-example diagnostic, `[B]`) and returns it."""
         tracker = keras.metrics.Mean(name=f"{self.prefix}{name}")
         self.terms.append(tracker)
         return tracker
