@@ -4,10 +4,15 @@ Importing the package registers its Keras layers and models, so `.keras`
 files that contain them load with `keras.saving.load_model`.
 """
 
-from sskt_tf import heads, losses, sources
-from sskt_tf.errors import UserError
-from sskt_tf.models import CifarResNet, ImageNormalization
-from sskt_tf.sskt import SSKTModel
+# First: TensorFlow's import, without its start-up noise on stderr (see there).
+from sskt_tf.tf_import import import_tensorflow
+
+import_tensorflow()
+
+from sskt_tf import heads, losses, sources  # noqa: E402
+from sskt_tf.errors import UserError  # noqa: E402
+from sskt_tf.models import CifarResNet, ImageNormalization  # noqa: E402
+from sskt_tf.sskt import SSKTModel  # noqa: E402
 
 __version__ = "0.1.0"
 

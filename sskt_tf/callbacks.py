@@ -1,4 +1,9 @@
-"""Callbacks of a training run: outputs on disk, resumption, throughput."""
+"""Callbacks of a training run: outputs on disk (metrics.csv, TensorBoard), resumption, throughput, the
+learning rate.
+
+Epochs are numbered from 1 everywhere a run shows or writes them (Keras' "Epoch 1/N", metrics.csv's
+`epoch`, TensorBoard's step of the `epoch_*` scalars, results.json), although Keras hands callbacks
+the 0-based index."""
 
 import csv
 import glob
@@ -152,10 +157,12 @@ class TargetCheckpoint(keras.callbacks.Callback):
 
 
 class MetricsLog(keras.callbacks.Callback):
-    """`metrics.csv`: one row per finished epoch (`epoch` counted from 0, as Keras' CSVLogger).
+    """`metrics.csv`: one row per finished epoch, `epoch` counted from 1 (as the console's "Epoch 1/N").
 
-    The file is rewritten atomically after every epoch with the union of the columns seen so far:
-    epochs without evaluation (`--eval_every`) leave their `val_*` cells empty instead of fixing the
+    The columns are the epoch's logs: the training metrics (running means over the epoch), `lr` and
+    `images_per_second` (`LearningRateLog`, `Throughput`), and the `val_*` metrics. The file is
+    rewritten atomically after every epoch with the union of the columns seen so far: epochs
+    without evaluation (`--eval_every`) leave their `val_*` cells empty instead of fixing the
     columns without them, as CSVLogger would. A resumed run keeps only the rows of the epochs its
     state holds: a crash after an epoch's row but before its commit redoes that epoch.
     """
@@ -166,10 +173,10 @@ class MetricsLog(keras.callbacks.Callback):
         self.rows = []
         if initial_epoch and os.path.exists(path):
             with open(path, newline="") as f:
-                self.rows = [row for row in csv.DictReader(f) if int(row["epoch"]) < initial_epoch]
+                self.rows = [row for row in csv.DictReader(f) if int(row["epoch"]) <= initial_epoch]
 
     def on_epoch_end(self, epoch, logs=None):
-        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+        self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
         columns = sorted({k for row in self.rows for k in row} - {"epoch"})
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", newline="") as f:
@@ -211,8 +218,15 @@ class MultiLabelEvaluation(keras.callbacks.Callback):
 class Throughput(keras.callbacks.Callback):
     """Training images per second, from the training part of each epoch (validation and writes excluded).
 
-    Put it first among the callbacks: its `on_epoch_end` then stops the clock before the others write.
-    `history` (from a resumed run's state) holds the epochs measured before the resume.
+    Logged as `images_per_second`: after each step, the images of the epoch so far over its time so far
+    (the progress bar's value; the first epoch's includes tracing and compilation); at the epoch's
+    end, the epoch's training part (metrics.csv, TensorBoard). Images are counted in global batches
+    (`--batch_size`, over all replicas and workers), so the figure is the whole run's, not one
+    replica's. It is wall-clock time: two identical runs log different values.
+
+    Put it first among the callbacks: its `on_epoch_end` then stops the clock before the others write,
+    and the others see its value in the logs. `history` (from a resumed run's state) holds the epochs
+    measured before the resume.
     """
 
     def __init__(self, global_batch_size, history=None):
@@ -232,6 +246,9 @@ class Throughput(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1
+        if logs is not None and self._start is not None:
+            seconds = time.perf_counter() - self._start
+            logs["images_per_second"] = self._steps * self.global_batch_size / seconds if seconds > 0 else 0.0
 
     def _close(self):
         if self._start is not None:
@@ -244,6 +261,8 @@ class Throughput(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._close()
+        if logs is not None and self.epoch_seconds and self.epoch_seconds[-1] > 0:
+            logs["images_per_second"] = self.epoch_steps[-1] * self.global_batch_size / self.epoch_seconds[-1]
 
     def images_per_second(self, skip_first=False):
         """Mean throughput; `skip_first` drops the first epoch (tracing and compilation)."""
@@ -259,7 +278,8 @@ class EpochTracker(keras.callbacks.Callback):
 
     `epoch`: the epoch in progress (0-based; None before the first). `ended`: whether that epoch's
     end has run (an interrupt can land between two epochs). `finished`: set by the run once `fit`
-    has returned (the results are being written).
+    has returned (the results are being written). `progress_line_open`: whether Keras' progress bar
+    (verbose=1) may be in the middle of its line, which it redraws in place.
     """
 
     def __init__(self):
@@ -267,12 +287,87 @@ class EpochTracker(keras.callbacks.Callback):
         self.epoch = None
         self.ended = False
         self.finished = False
+        self._steps = 0
+
+    @property
+    def progress_line_open(self):
+        # The bar draws its line from the epoch's first step on and ends it after every other
+        # callback's `on_epoch_end` (Keras appends its ProgbarLogger last): open until the next epoch.
+        return self.epoch is not None and self._steps > 0 and not self.finished
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.ended = epoch, False
+        self.epoch, self.ended, self._steps = epoch, False, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
 
     def on_epoch_end(self, epoch, logs=None):
         self.ended = True
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Logs `lr`, the learning rate of the step just taken (the optimizer's schedule at that step).
+
+    After each step when the progress bar shows it (verbose=1), and at the epoch's end (the rate
+    of its last step) for metrics.csv and TensorBoard. Keras' own TensorBoard callback logged
+    `optimizer.learning_rate` instead: the rate of the next step, the next epoch's after a milestone.
+    """
+
+    def _rate(self):
+        optimizer = self.model.optimizer
+        step = int(keras.ops.convert_to_numpy(optimizer.iterations)) - 1
+        # The float32 rate as its shortest decimal (0.02, not 0.019999999552965164) for metrics.csv.
+        return float(str(np.float32(learning_rate_at(optimizer, max(step, 0)))))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None and self.params.get("verbose") == 1:
+            logs["lr"] = self._rate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self._rate()
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """TensorBoard scalars of every epoch, at step = the epoch's number counted from 1.
+
+    The layout of Keras' TensorBoard callback (`train/` and `validation/` under `log_dir`, tags
+    `epoch_<name>`, the `val_` prefix dropped in `validation/`), but at the step the console and
+    metrics.csv name the epoch by (Keras' callback uses the 0-based index). A resumed run appends
+    its epochs in new event files of the same directories.
+
+    Args:
+        log_dir: the run's `tensorboard/` directory.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = None
+
+    def _writer(self, split):
+        if self._writers is None:
+            self._writers = {
+                name: tf.summary.create_file_writer(os.path.join(self.log_dir, name)) for name in ("train", "validation")
+            }
+        return self._writers[split]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        for split, items in (
+            ("train", [(k, v) for k, v in logs.items() if not k.startswith("val_")]),
+            ("validation", [(k.removeprefix("val_"), v) for k, v in logs.items() if k.startswith("val_")]),
+        ):
+            if items:
+                with self._writer(split).as_default():
+                    for name, value in items:
+                        tf.summary.scalar(f"epoch_{name}", float(value), step=epoch + 1)
+                self._writer(split).flush()
+
+    def on_train_end(self, logs=None):
+        for writer in (self._writers or {}).values():
+            writer.close()
+        self._writers = None
 
 
 def learning_rate_at(optimizer, step):

@@ -1,12 +1,15 @@
 """Runs SSKT and its baselines with the same data, target, recipe and seeds, and writes the comparison.
 
-    python -m sskt_tf.compare --flagfile=flags/compare_cifar10.cfg --seeds=3 --output_dir=runs/compare_cifar10 \\
+    python -m sskt_tf.compare --config=compare_cifar10 --seeds=3 --output_dir=runs/compare_cifar10 \\
         --teacher=runs/teacher/target.keras [--methods=sskt,scratch,kd,dml,maxl] [--flag=value ...]
 
-Every training flag (from the flagfile or the command line) goes to every run, except the ones that
-belong to one method: `--sources` goes to sskt only, `--teacher` and `--kd_*` to kd, `--dml_*` to dml,
-`--maxl_*` to maxl. `--methods` and `--seeds` choose the runs: each method with seeds `--seed`,
-`--seed`+1, ...; each run is `python -m sskt_tf.train ... --method=<m> --seed=<k>
+`--config=<name>` is a flagfile shipped with sskt_tf (flags/<name>.cfg), `--flagfile=<path>` any
+flagfile, as for `python -m sskt_tf.train`; `sskt-compare` is the same command.
+
+Every training flag (from --config, a flagfile or the command line) goes to every run, except the
+ones that belong to one method: `--sources` goes to sskt only, `--teacher` and `--kd_*` to kd,
+`--dml_*` to dml, `--maxl_*` to maxl. `--methods` and `--seeds` choose the runs: each method with
+seeds `--seed`, `--seed`+1, ...; each run is `python -m sskt_tf.train ... --method=<m> --seed=<k>
 --output_dir=<output_dir>/<m>/seed<k>` in a subprocess, its output in `train.log` there.
 Without --output_dir, <output_dir> is runs/compare under the current directory (printed at the start).
 A kd --teacher whose class count is not the dataset's is refused before the first run where both are
@@ -16,8 +19,7 @@ A finished run (results.json) is kept, not redone; an interrupted one resumes. A
 other settings stops the runner (use another --output_dir, or delete that run). At the end it writes to
 --output_dir: `comparison.md` (test accuracy, mean +- std over seeds per method, the paper's numbers
 beside them where the dataset and target match), `comparison.json` (the same numbers), and
-`comparison.png` (test accuracy per epoch, mean over seeds with a +-std band, one line per method;
-needs matplotlib: `pip install ".[plots]"`).
+`comparison.png` (test accuracy per epoch, mean over seeds with a +-std band, one line per method).
 """
 
 import json
@@ -25,8 +27,6 @@ import os
 import subprocess
 import sys
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
@@ -216,6 +216,48 @@ def check_teacher(config):
         )
 
 
+# --- Progress ---------------------------------------------------------------------------------
+
+
+def _count(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def format_duration(seconds):
+    """`seconds` as "45 s", "12 min 05 s" or "3 h 20 min"."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def time_left(methods_left, seconds, now=None):
+    """The end of a run's "done" line: how many runs are left and about how long they take.
+
+    Each run left is estimated by the mean wall time of the runs of its method trained so far,
+    or of all runs trained so far for a method not trained yet (methods differ: DML trains two
+    networks, MAXL runs a second-order meta step).
+
+    Args:
+        methods_left: the method of each run still to train, in order.
+        seconds: `{method: [wall seconds of each run trained so far]}`, not empty.
+        now: the time (`time.time()`) the estimate starts from; None: now.
+
+    Returns:
+        "" when no run is left, else e.g. "; 4 runs left, about 12 min 30 s (until about 14:35)".
+    """
+    if not methods_left:
+        return ""
+    every = [s for values in seconds.values() for s in values]
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    estimate = sum(mean(seconds.get(m) or every) for m in methods_left)
+    end = (time.time() if now is None else now) + estimate
+    clock = time.strftime("%H:%M" if estimate < 20 * 3600 else "%Y-%m-%d %H:%M", time.localtime(end))
+    return f"; {_count(len(methods_left), 'run')} left, about {format_duration(estimate)} (until about {clock})"
+
+
 # --- Command ---------------------------------------------------------------------------------
 
 
@@ -257,13 +299,18 @@ def main(argv, run_training=launch, command=None):
     states = [run_state(c) for c in configs]
     default = "" if FLAGS["output_dir"].present else " (the default --output_dir; pass --output_dir=<dir> to choose)"
     print(f"runs under {root}{default}", flush=True)
+    # --verbose=0 (also passed to every run): no progress lines, only the comparison at the end.
+    progress = (lambda line: print(line, flush=True)) if FLAGS.verbose != 0 else (lambda line: None)
+    kept = states.count("finished")
+    progress(f"{_count(len(runs), 'run')}: {kept} finished before (kept), {len(runs) - kept} to train")
     runs_by_method = {m: [] for m in methods}
+    seconds = {}  # method -> wall seconds of each run trained here, for the time left.
     for i, ((method, seed, run_dir, args), state) in enumerate(zip(runs, states), 1):
         label = f"[{i}/{len(runs)}] {method} seed {seed}"
         if state == "finished":
-            print(f"{label}: finished before, kept ({run_dir})", flush=True)
+            progress(f"{label}: finished before, kept ({run_dir})")
         else:
-            print(f"{label}: training ({run_dir}/train.log)", flush=True)
+            progress(f"{label}: training ({run_dir}/train.log)")
             start = time.perf_counter()
             log_path = os.path.join(run_dir, "train.log")
             rc = run_training(args, log_path)
@@ -271,7 +318,12 @@ def main(argv, run_training=launch, command=None):
             if rc != 0 or not os.path.exists(results_path):
                 raise _failure(method, seed, rc, log_path)
             accuracy = run_dir_lib.read_json(results_path)["test"]["accuracy"]
-            print(f"{label}: done in {time.perf_counter() - start:.0f} s, test accuracy {100 * accuracy:.2f}%", flush=True)
+            seconds.setdefault(method, []).append(time.perf_counter() - start)
+            left = [m for (m, *_), st in zip(runs[i:], states[i:]) if st != "finished"]
+            progress(
+                f"{label}: done in {format_duration(seconds[method][-1])}, test accuracy {100 * accuracy:.2f}%"
+                f"{time_left(left, seconds)}"
+            )
         runs_by_method[method].append(report.read_run(run_dir))
     summary = report.write_comparison(root, methods, runs_by_method, command)
     for line in report.summary_lines(summary):
@@ -282,7 +334,7 @@ def main(argv, run_training=launch, command=None):
 
 def run():
     """The `python -m sskt_tf.compare` (and `sskt-compare`) command."""
-    run_cli(main, define_command_flags)
+    run_cli(main, define_command_flags, groups=[("Comparison", ["seeds", "methods"]), *config_lib.help_groups()], configs=True)
 
 
 if __name__ == "__main__":

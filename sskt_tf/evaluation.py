@@ -24,6 +24,7 @@ import json
 import os
 import re
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -55,7 +56,7 @@ def plot_confusion_matrix(matrix, class_names, path, title=""):
         `path`.
 
     Raises:
-        ImportError: matplotlib is not installed (`pip install ".[plots]"`).
+        ImportError: matplotlib (a dependency of sskt_tf) is not installed.
         OSError: `path` cannot be written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -94,13 +95,16 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "dataset"
 
 
-def predict_logits(model, dataset):
+def predict_logits(model, dataset, count=None, verbose=0):
     """Logits and labels of one pass over a `(images, labels)` dataset, as numpy arrays.
 
     Args:
         model: a Keras model of float32 images `[B, H, W, 3]` -> float32 logits `[B, C]`, called
             with `training=False` inside one `tf.function`.
         dataset: a finite `tf.data.Dataset` of `(images, labels)` batches, e.g. `Datasets.test`.
+        count: the images in `dataset`, for the progress bar's total and time left; None: unknown.
+        verbose: 1: a progress bar over the images (`keras.utils.Progbar`, on stdout); 2: one line
+            at the end; 0: none.
 
     Returns:
         `(logits, labels)`: float32 `[N, C]`, and the labels concatenated as they come (int32
@@ -108,9 +112,13 @@ def predict_logits(model, dataset):
     """
     logits, labels = [], []
     predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    progress, seen = keras.utils.Progbar(count, verbose=verbose, unit_name="image"), 0
     for images, batch_labels in dataset:
         logits.append(predict(images).numpy())
         labels.append(batch_labels.numpy())
+        seen += len(labels[-1])
+        progress.update(seen, finalize=False)
+    progress.update(seen, finalize=True)  # Also where `count` was unknown or wrong.
     return np.concatenate(logits), np.concatenate(labels)
 
 
@@ -188,7 +196,8 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
         data_dir: the TFDS data directory, or None for TFDS's default.
         output_dir: the directory for the outputs (created with its parents).
         batch_size: images per evaluation batch.
-        verbose: print the metrics and the per-class table (`format_report`).
+        verbose: show a progress bar with the time left while the test set is predicted, then
+            print the metrics and the per-class table (`format_report`); all on stdout.
         skip_bad_images: folder datasets: leave out image files that cannot be decoded (listed in
             `skipped_images`) instead of refusing.
 
@@ -218,7 +227,7 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
             f"{list(trained.class_names)[:5]}...; pass the dataset the model was trained on."
         )
     class_names = list(data.class_names)
-    logits, labels = predict_logits(trained.model, data.test)
+    logits, labels = predict_logits(trained.model, data.test, count=data.num_test, verbose=1 if verbose else 0)
     writable_dir(output_dir, "--output_dir")  # Everything passed: now the directory is created.
     results = {
         "model": trained.model_path,

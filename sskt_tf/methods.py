@@ -174,6 +174,21 @@ def _maxl(config, image_size, num_classes, class_names=None):
     )
 
 
+def method_of(config):
+    """The method a run trains: `config.method`, except `--method=sskt` without `--sources`, which is scratch.
+
+    The same model either way (an `SSKTModel` without sources); results.json and the run's summary
+    name it by what it is.
+
+    Args:
+        config: the run's `Config`.
+
+    Returns:
+        One of `sskt_tf.names.METHODS`.
+    """
+    return "scratch" if config.method == "sskt" and not config.sources else config.method
+
+
 def build_model(config, image_size, num_classes, class_names=None):
     """The built model of `config.method`; call it inside the strategy's scope.
 

@@ -9,7 +9,7 @@ output directory:
   target match one of its tables;
 - `comparison.json`: the same numbers (`summarize`);
 - `comparison.png`: test accuracy per epoch, mean over seeds with a +-std band, one line per method
-  (needs matplotlib: `pip install ".[plots]"`; without it the table says so).
+  (with matplotlib, a dependency of sskt_tf; where it is missing, the table says so).
 
 It reads what a run of `python -m sskt_tf.train` writes: `config.json`, `results.json` and
 `metrics.csv`. No TensorFlow is imported here.
@@ -214,24 +214,37 @@ def write_markdown(path, summary, first_config, command, picture_note):
         f.write("\n".join(lines))
 
 
-def write_plot(path, summary, title):
-    """Writes comparison.png: test accuracy (%) per epoch, mean over seeds with a +-std band, one line per method.
+# One line style and one hollow marker per method (in table order): methods with equal curves (e.g.
+# SSKT without sources and scratch) stay visible, drawn over each other.
+_LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
-    Epochs are cut to the shortest curve of a method; 120 dpi.
+
+def plot_comparison(summary, title):
+    """The figure of comparison.png: test accuracy (%) per epoch, mean over seeds with a +-std band, one line per method.
+
+    Each method has its own colour, line style and hollow marker, so that curves that coincide
+    stay distinguishable; markers are thinned to about 20 per curve. The legend sits outside the
+    axes, on the right, so it hides no curve. Epochs are cut to the shortest curve of a method.
+
+    Args:
+        summary: what `summarize` returns (reads each method's `curves`).
+        title: the axes' title.
 
     Returns:
-        True, or False (nothing written) when matplotlib is not installed.
-    """
-    try:
-        import matplotlib
+        A `matplotlib.figure.Figure` on an Agg canvas (no display needed), one axes.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, s in summary.items():
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for index, (method, s) in enumerate(summary.items()):
         curves = [c for c in s["curves"] if c]
         if not curves:
             continue
@@ -239,18 +252,42 @@ def write_plot(path, summary, title):
         epochs = list(range(1, length + 1))
         stats = [mean_std([c[e] for c in curves]) for e in range(length)]
         mean = [m for m, _ in stats]
-        ax.plot(epochs, mean, marker="o" if length < 20 else None, label=f"{METHOD_TITLES.get(method, method)} ({len(curves)} seeds)")
+        seeds = f"{len(curves)} seed{'' if len(curves) == 1 else 's'}"
+        (line,) = ax.plot(
+            epochs,
+            mean,
+            linestyle=_LINE_STYLES[index % len(_LINE_STYLES)],
+            marker=_MARKERS[index % len(_MARKERS)],
+            markevery=max(1, length // 20),
+            markerfacecolor="none",
+            markersize=7 + 1.5 * (index % 3),  # Equal points of several methods: rings of different sizes.
+            linewidth=2.6 - 0.35 * (index % 5),  # Later (thinner) lines over earlier ones: both show.
+            label=f"{METHOD_TITLES.get(method, method)} ({seeds})",
+        )
         if len(curves) > 1:
-            ax.fill_between(epochs, [m - sd for m, sd in stats], [m + sd for m, sd in stats], alpha=0.2)
+            ax.fill_between(
+                epochs, [m - sd for m, sd in stats], [m + sd for m, sd in stats], color=line.get_color(), alpha=0.15
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    return fig
+
+
+def write_plot(path, summary, title):
+    """Writes comparison.png (`plot_comparison`), 120 dpi, cropped to the axes and the legend.
+
+    Returns:
+        True, or False (nothing written) when matplotlib is not installed.
+    """
+    try:
+        fig = plot_comparison(summary, title)
+    except ImportError:
+        return False
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return True
 
 
@@ -278,7 +315,7 @@ def write_comparison(output_dir, methods, runs_by_method, command):
     if write_plot(picture, summary, title):
         note = "![test accuracy per epoch](comparison.png)"
     else:
-        note = 'comparison.png (test accuracy per epoch) needs matplotlib: pip install ".[plots]"'
+        note = "comparison.png (test accuracy per epoch) needs matplotlib, a dependency of sskt_tf missing here: pip install matplotlib"
     write_markdown(os.path.join(output_dir, "comparison.md"), summary, first_config, command, note)
     with open(os.path.join(output_dir, "comparison.json"), "w") as f:
         json.dump(summary, f, indent=2)

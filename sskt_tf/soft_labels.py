@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 
+import keras
 import numpy as np
 
 
@@ -71,7 +72,18 @@ def data_key(config, data):
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
-def load_or_compute(sources, data, config, directory, batch_size=256, log=print):
+def _compute(source, batches, count, verbose):
+    """`source`'s logits over `batches` of `(images, labels)`, concatenated, with a progress bar over `count` images."""
+    progress = keras.utils.Progbar(count, verbose=verbose, unit_name="image")
+    logits, seen = [], 0
+    for images, _ in batches:
+        logits.append(source(images).numpy())
+        seen += len(logits[-1])
+        progress.update(seen)
+    return np.concatenate(logits)
+
+
+def load_or_compute(sources, data, config, directory, batch_size=256, log=print, verbose=1):
     """The logits of every source on every training image, in `data.train_ordered` order.
 
     Each source's logits are read from `<directory>/<data key>_<source name>_<fingerprint>.npy`
@@ -88,6 +100,8 @@ def load_or_compute(sources, data, config, directory, batch_size=256, log=print)
             default `<output_dir>/soft_label_cache`.
         batch_size: images per source call while computing (bounds the memory it takes).
         log: called with one line per source (read or computed).
+        verbose: 1: a progress bar with the time left while a source's logits are computed
+            (`keras.utils.Progbar`, on stdout); 2: one line when each is done; 0: none.
 
     Returns:
         list with one float32 array `[num_train, source classes]` per source (about
@@ -108,7 +122,7 @@ def load_or_compute(sources, data, config, directory, batch_size=256, log=print)
                 results.append(logits)
                 continue
         log(f"soft-label cache: computing {source.name} logits on {data.num_train} training images")
-        logits = np.concatenate([source(images).numpy() for images, _ in data.train_ordered(batch_size)])
+        logits = _compute(source, data.train_ordered(batch_size), data.num_train, verbose)
         tmp = f"{path}.tmp.npy"
         np.save(tmp, logits.astype(np.float32))
         os.replace(tmp, path)

@@ -6,7 +6,8 @@ The steps, in order (the files are listed in `sskt_tf.train`'s docstring):
    before any other call), op determinism, the seeds, the dtype policy, the worker's --output_dir.
 2. The checks, all before the first write (`sskt_tf.run_dir.inspect_output_dir`, the data, the
    target loss, the model and its sources, the saved state: `sskt_tf.resumption`).
-3. config.json (`run_dir.prepare_output_dir`), then `fit` with the callbacks of `build_callbacks`,
+3. config.json (`run_dir.prepare_output_dir`), the run's summary (printed, and in summary.txt:
+   `sskt_tf.run_summary`), then `fit` with the callbacks of `build_callbacks`,
    resuming at the last finished epoch of backup/ when there is one.
 4. The test metrics of the last and the best weights, target.keras and results.json
    (`write_results`); with --export, saved_model/.
@@ -28,8 +29,9 @@ import tensorflow as tf
 from sskt_tf import callbacks as callbacks_lib
 from sskt_tf import config as config_lib
 from sskt_tf import data as data_lib
-from sskt_tf import distribute, losses, methods, optim, soft_labels
+from sskt_tf import diagnostics, distribute, losses, methods, optim, soft_labels
 from sskt_tf import run_dir as run_dir_lib
+from sskt_tf import run_summary
 from sskt_tf.errors import UserError
 from sskt_tf.resumption import restore_state, run_inputs
 from sskt_tf.serving.saved_model import export_saved_model
@@ -97,6 +99,9 @@ def _train(config, strategy, start, tracker):
     _note_unreached_milestones(config)
     # Every check is done: the first write to --output_dir.
     run_dir_lib.prepare_output_dir(config, fresh=not initial_epoch)
+    summary = run_summary.summary_lines(config, data, model, steps_per_epoch, strategy.num_replicas_in_sync)
+    run_summary.write_summary(out, summary)
+    print("\n".join(summary), flush=True)
     if data.bad_files:
         run_dir_lib.write_skipped_images(out, data.bad_files)
         print(f"skipped {len(data.bad_files)} images that cannot be decoded (--skip_bad_images): {out}/skipped_images.txt")
@@ -105,7 +110,7 @@ def _train(config, strategy, start, tracker):
     extras = ()
     if config.soft_label_cache == "clean" and getattr(model, "sources", ()):
         cache_dir = config.soft_label_cache_dir or os.path.join(out, "soft_label_cache")
-        extras = soft_labels.load_or_compute(model.sources, data, config, cache_dir)
+        extras = soft_labels.load_or_compute(model.sources, data, config, cache_dir, verbose=config.verbose)
 
     # Without a validation set (the paper's protocol) the test set is evaluated after each epoch and
     # picks best.keras, as the reference code does; results.json says which split chose it.
@@ -113,6 +118,9 @@ def _train(config, strategy, start, tracker):
     restored = restored or {}
     earlier_seconds = float(restored.get("wall_seconds", 0.0))
     throughput = callbacks_lib.Throughput(config.batch_size, history=restored.get("throughput"))
+    source_diagnostics = diagnostics.SourceDiagnostics(
+        model.sources, config.source_temperatures, last=restored.get("source_diagnostics")
+    )
     checkpoint = callbacks_lib.TargetCheckpoint(
         os.path.join(out, "checkpoints"),
         monitor="val_map" if data.multi_label else "val_accuracy",
@@ -121,6 +129,7 @@ def _train(config, strategy, start, tracker):
         extra_state=lambda: {
             "inputs": inputs,
             "throughput": throughput.history(),
+            "source_diagnostics": source_diagnostics.last,
             "wall_seconds": earlier_seconds + time.perf_counter() - start,
         },
     )
@@ -140,6 +149,7 @@ def _train(config, strategy, start, tracker):
                 initial_epoch,
                 tracker,
                 multi_label_validation=validation if data.multi_label else None,
+                source_diagnostics=source_diagnostics,
             ),
             verbose=config.verbose,
             shuffle=False,  # The pipeline shuffles, seeded.
@@ -149,7 +159,9 @@ def _train(config, strategy, start, tracker):
     tracker.finished = True
     epochs_completed = initial_epoch + len(history.history.get("loss", []))
     wall_seconds = earlier_seconds + time.perf_counter() - start
-    results = write_results(config, model, data, epochs_completed, throughput, wall_seconds, checkpoint, split)
+    results = write_results(
+        config, model, data, epochs_completed, throughput, wall_seconds, checkpoint, split, source_diagnostics.last
+    )
     if resume is not None:
         resume.delete()  # Only now: a crash before results.json leaves a state to resume from.
     if config.export:
@@ -234,7 +246,9 @@ def validation_epochs(epochs, eval_every):
     return [e for e in range(1, epochs + 1) if e % eval_every == 0 or e == epochs]
 
 
-def build_callbacks(config, throughput, checkpoint, steps_per_epoch, initial_epoch, tracker, multi_label_validation=None):
+def build_callbacks(
+    config, throughput, checkpoint, steps_per_epoch, initial_epoch, tracker, multi_label_validation=None, source_diagnostics=None
+):
     """The callbacks of `fit`, in the order their epoch-end writes must happen (see `callbacks.TargetCheckpoint`).
 
     Args:
@@ -245,19 +259,24 @@ def build_callbacks(config, throughput, checkpoint, steps_per_epoch, initial_epo
         initial_epoch: epochs already done (a resumed run keeps their metrics.csv rows).
         tracker: the run's `callbacks.EpochTracker`.
         multi_label_validation: the validation set of a multi-label run (its exact mAP is logged), or None.
+        source_diagnostics: the run's `diagnostics.SourceDiagnostics` (a warning after epoch 1, the last
+            per-source values), or None.
 
     Returns:
         The list of Keras callbacks.
     """
     out = config.output_dir
     return [
-        throughput,  # First: stops its clock before the others write.
+        throughput,  # First: stops its clock before the others write; logs images_per_second.
         tracker,
+        callbacks_lib.LearningRateLog(),  # Logs lr: before the callbacks that write the logs.
         # Multi-label: exact mAP of the validation set, before the callbacks that log it or pick the best.
         *([callbacks_lib.MultiLabelEvaluation(multi_label_validation)] if multi_label_validation is not None else []),
         callbacks_lib.StopOnNonFiniteLoss(steps_per_epoch),
         callbacks_lib.MetricsLog(os.path.join(out, "metrics.csv"), initial_epoch),
-        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
+        callbacks_lib.EpochSummaries(os.path.join(out, "tensorboard")),
+        # Before the checkpoint, whose resumption state carries its last values.
+        *([source_diagnostics] if source_diagnostics is not None else []),
         checkpoint,  # Last: commits the epoch (the resumption state), then writes the targets.
     ]
 
@@ -267,13 +286,13 @@ def _evaluate(config, model, data):
     test = model.evaluate(data.test, verbose=0, return_dict=True)
     # DML: `test` is peer 0's, every peer's is in `peers`, and peer k >= 1 is also saved as peer_<k>.keras.
     test, method_results = model.split_results({k: float(v) for k, v in test.items()})
-    method_results = {"method": config.method, **method_results}
+    method_results = {"method": methods.method_of(config), **method_results}
     if getattr(model, "multi_label", False):
         test.update(callbacks_lib.multi_label_metrics(model, data.test))
     return test, method_results
 
 
-def write_results(config, model, data, epochs_completed, throughput, wall_seconds, checkpoint, split):
+def write_results(config, model, data, epochs_completed, throughput, wall_seconds, checkpoint, split, source_diagnostics=None):
     """Scores the last and the best weights on the test set, saves the target alone, writes results.json.
 
     `test` (the headline) is the last epoch's; `test_best` is `best.keras`'s, chosen on `split`.
@@ -287,6 +306,8 @@ def write_results(config, model, data, epochs_completed, throughput, wall_second
         wall_seconds: the run's wall time in seconds, those before a resume included.
         checkpoint: the run's `callbacks.TargetCheckpoint` (the best epoch and its file).
         split: the split that chose `best.keras`: "validation" or "test".
+        source_diagnostics: `diagnostics.SourceDiagnostics.last` (source layer name -> its last epoch's
+            `agreement` and `relative_entropy`, added to its `sources` entry), or None.
 
     Returns:
         The results as written to results.json.
@@ -323,7 +344,10 @@ def write_results(config, model, data, epochs_completed, throughput, wall_second
         "class_names": list(data.class_names),
         "image_size": list(data.image_size),
         "target_parameters": int(target.count_params()),
-        "sources": [{"spec": s.spec, "classes": s.num_classes, "input_size": list(s.image_size)} for s in model.sources],
+        "sources": [
+            {"spec": s.spec, "classes": s.num_classes, "input_size": list(s.image_size), **(source_diagnostics or {}).get(s.name, {})}
+            for s in model.sources
+        ],
         **method_results,
     }
     run_dir_lib.write_json(os.path.join(config.output_dir, "results.json"), results)
@@ -409,6 +433,8 @@ def _exit_interrupted(config, tracker):
         then = "no epoch had finished, so the same command starts from the beginning"
     else:
         then = "--noresume keeps no state, so the same command starts from the beginning"
+    if config.verbose == 1 and tracker.progress_line_open:
+        print()  # Keras' progress bar redraws its line in place: end it, so that the message starts a line.
     sys.stdout.flush()
     print(f"interrupted {where}; {then}", file=sys.stderr, flush=True)
     sys.exit(INTERRUPTED_EXIT_STATUS)

@@ -5,12 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from absl import flags
 from conftest import assert_one_error_line, run_commands
 
-from sskt_tf import compare
+from sskt_tf import cli, compare
 from sskt_tf.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ def parsed(monkeypatch):
 
     def parse(*args):
         FLAGS.unparse_flags()
-        FLAGS(["sskt_tf.compare", *args])
+        FLAGS(["sskt_tf.compare", *cli.expand_flagfiles(args, configs=True)])  # As the command reads them.
 
     yield parse
     FLAGS.unparse_flags()
@@ -79,8 +80,8 @@ def fake_training(calls, epochs=2):
         with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["epoch", "accuracy", "val_accuracy"])
-            for e in range(epochs):
-                writer.writerow([e, 0.5, final * (e + 1) / epochs])
+            for e in range(1, epochs + 1):  # Epochs counted from 1, as train writes them.
+                writer.writerow([e, 0.5, final * e / epochs])
         results = {"status": "finished", "test": {"accuracy": final, "loss": 1.0}, "epochs_completed": epochs, "wall_time_seconds": 90.0}
         if config.method == "dml":
             results["peers"] = [{"accuracy": final}, {"accuracy": final - 0.04}]
@@ -169,6 +170,32 @@ def test_the_default_output_dir_is_said_in_the_help_and_at_start(parsed, tmp_pat
     assert printed[0] == "runs under runs/compare (the default --output_dir; pass --output_dir=<dir> to choose)"
     assert any(line.startswith("scratch: ") and line.endswith("% (1 seed)") for line in printed), printed
     assert (tmp_path / "runs" / "compare" / "comparison.md").exists()
+
+
+def test_progress_says_what_is_kept_and_the_time_left_and_verbose_0_silences_it(parsed, tmp_path, capsys):
+    parsed(*SMOKE, "--methods=scratch,dml", "--seeds=2", f"--output_dir={tmp_path}")
+    compare.main(["compare"], run_training=fake_training([]))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == "4 runs: 0 finished before (kept), 4 to train"
+    done = [line for line in printed if ": done in " in line]
+    assert [line.split(":")[0] for line in done] == ["[1/4] scratch seed 0", "[2/4] scratch seed 1", "[3/4] dml seed 0", "[4/4] dml seed 1"]
+    assert [line.split("; ")[-1].split(",")[0] for line in done[:3]] == ["3 runs left", "2 runs left", "1 run left"]
+    assert done[3].endswith("%")  # The last run: nothing left.
+    # --verbose=0 (passed on to the runs): no progress lines, the comparison only.
+    calls = []
+    parsed(*SMOKE, "--methods=scratch,dml", "--seeds=2", "--verbose=0", f"--output_dir={tmp_path / 'quiet'}")
+    compare.main(["compare"], run_training=fake_training(calls))
+    printed = capsys.readouterr().out.splitlines()
+    assert len(calls) == 4 and [line.split(":")[0] for line in printed] == ["runs under " + str(tmp_path / "quiet"), "scratch", "DML", "comparison"]
+
+
+def test_the_time_left_follows_each_methods_runs_so_far():
+    assert [compare.format_duration(s) for s in (45, 725, 12000)] == ["45 s", "12 min 05 s", "3 h 20 min"]
+    noon = time.mktime((2024, 1, 1, 12, 0, 0, 0, 0, -1))
+    # sskt: its mean (90 s); dml: its own (300 s); kd, not trained yet: the mean of every run (160 s).
+    left = compare.time_left(["sskt", "dml", "kd"], {"sskt": [60.0, 120.0], "dml": [300.0]}, now=noon)
+    assert left == "; 3 runs left, about 9 min 10 s (until about 12:09)"
+    assert compare.time_left([], {"sskt": [60.0]}) == ""
 
 
 def _real_command(workdir, stand_ins):

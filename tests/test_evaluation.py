@@ -69,6 +69,8 @@ def test_metrics_table_and_confusion_matrix_of_a_known_model(run_dir, capsys):
     printed = capsys.readouterr().out
     assert "accuracy=0.8500" in printed and "top5_accuracy=0.9500" in printed
     assert "truck" in printed and "0.6667" in printed  # The table: truck's recall.
+    # Before it, the progress bar over the test images (Keras' Progbar: ends at 20/20, time per image).
+    assert printed.index("20/20") < printed.index("accuracy=0.8500") and "s/image" in printed
 
 
 def brute_force_average_precision(targets, scores):

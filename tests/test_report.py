@@ -33,7 +33,7 @@ def write_run(run_dir, method, seed, accuracy, curve=(0.1, 0.2), peers=(), **set
     with open(os.path.join(run_dir, "metrics.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["epoch", "accuracy", "val_accuracy"])
-        writer.writerows([e, 0.5, v] for e, v in enumerate(curve))
+        writer.writerows([e, 0.5, v] for e, v in enumerate(curve, 1))  # Epochs counted from 1, as train writes them.
     return report.read_run(run_dir)
 
 
@@ -79,6 +79,23 @@ def test_comparison_files_and_printed_lines(tmp_path):
     assert report.summary_lines(summary) == ["SSKT: 31.00 +- 1.41% (2 seeds)", "KD: 25.00% (1 seed)", "DML: 27.00% (1 seed)"]
 
 
+def test_methods_with_equal_curves_stay_visible_and_the_legend_hides_no_curve(tmp_path):
+    curve = [20.0 + e / 2 for e in range(60)]
+    summary = {m: {"curves": [curve, curve]} for m in ("sskt", "scratch", "kd", "dml", "maxl")}
+    fig = report.plot_comparison(summary, "equal curves")
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["SSKT (2 seeds)", "scratch (2 seeds)", "KD (2 seeds)", "DML (2 seeds)", "MAXL (2 seeds)"]
+    # Each method its own hollow marker (thinned to every third of 60 epochs) and line style (dash patterns).
+    assert len({line.get_marker() for line in lines}) == len({str(line._dash_pattern) for line in lines}) == 5
+    assert {line.get_markerfacecolor() for line in lines} == {"none"} and {line.get_markevery() for line in lines} == {3}
+    assert all(list(line.get_ydata()) == curve for line in lines)
+    # The legend lies right of the axes.
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert ax.get_legend().get_window_extent(renderer).x0 > ax.get_window_extent(renderer).x1
+
+
 def test_paper_numbers_appear_where_dataset_and_target_match(tmp_path):
     report.write_comparison(str(tmp_path), ["kd", "dml"], runs(tmp_path, dataset="cifar10"), "compare")
     table = (tmp_path / "comparison.md").read_text()
@@ -91,7 +108,7 @@ def test_paper_numbers_appear_where_dataset_and_target_match(tmp_path):
 def test_without_matplotlib_the_table_says_how_to_get_the_picture(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     report.write_comparison(str(tmp_path), ["kd"], runs(tmp_path), "compare")
-    assert 'needs matplotlib: pip install ".[plots]"' in (tmp_path / "comparison.md").read_text()
+    assert "needs matplotlib, a dependency of sskt_tf missing here: pip install matplotlib" in (tmp_path / "comparison.md").read_text()
     assert not (tmp_path / "comparison.png").exists()
 
 

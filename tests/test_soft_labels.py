@@ -37,22 +37,24 @@ def _setup(tmp_path, **overrides):
     return config, data, model
 
 
-def test_cached_logits_are_the_sources_logits_and_are_reused(tmp_path):
+def test_cached_logits_are_the_sources_logits_and_are_reused(tmp_path, capsys):
     config, data, model = _setup(tmp_path)
     messages = []
     directory = str(tmp_path / "cache")
     (logits,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append)
+    assert "512/512" in capsys.readouterr().out  # The progress bar over the training images (verbose=1).
     images = np.concatenate([x.numpy() for x, _ in data.train_ordered(100)])
     np.testing.assert_allclose(logits, model.sources[0](images).numpy(), rtol=1e-5, atol=1e-5)
     assert logits.shape == (512, 7) and "computing" in messages[-1] and np.abs(logits).mean() > 0.05
-    (again,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append)
+    (again,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append, verbose=0)
     np.testing.assert_array_equal(again, logits)
     assert "logits from" in messages[-1]
     # Other source weights: another file, never the stale logits.
     weight = model.sources[0].network.weights[0]
     weight.assign(weight.numpy() + 0.1)
-    (changed,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append)
+    (changed,) = soft_labels.load_or_compute(model.sources, data, config, directory, log=messages.append, verbose=0)
     assert "computing" in messages[-1] and np.abs(changed - logits).max() > 1e-3
+    assert capsys.readouterr().out == ""  # verbose=0: no progress bar.
 
 
 def test_training_on_cached_logits_equals_training_on_the_sources_without_augmentation(tmp_path):

@@ -18,6 +18,7 @@ from absl import flags
 from sskt_tf import config as config_lib
 from sskt_tf import data as data_lib
 from sskt_tf import sources as sources_lib
+from sskt_tf.cli import expand_flagfiles
 from sskt_tf.errors import UserError
 from conftest import ROOT, run_training
 
@@ -69,7 +70,7 @@ def resolved_config(args):
     with _in_root():
         FLAGS.unparse_flags()
         try:
-            FLAGS(["sskt_tf.train", *args])
+            FLAGS(["sskt_tf.train", *expand_flagfiles(args, configs=True)])
             return config_lib.from_flags()
         finally:
             FLAGS.unparse_flags()
@@ -112,7 +113,7 @@ def test_flagfiles_open_with_command_runtime_and_expectation():
     for flagfile in FLAGFILES:
         with open(os.path.join(ROOT, flagfile)) as f:
             header = "".join(line for line in f if line.startswith("#"))
-        assert "python -m sskt_tf.train --flagfile=" + flagfile in header, flagfile
+        assert "python -m sskt_tf.train --config=" + os.path.basename(flagfile).removesuffix(".cfg") in header, flagfile
         assert "Runtime" in header and "xpected" in header, flagfile
 
 
@@ -131,11 +132,20 @@ def test_smoke_cli_writes_every_output(tmp_path, stand_ins):
     assert config["output_dir"] == str(out)
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].split(",") == [
-        "epoch", "accuracy", "aux_loss_mobilenet_v2_random", "loss", "target_loss",
-        "val_accuracy", "val_loss", "val_target_loss",
+        "epoch", "accuracy", "aux_agreement_mobilenet_v2_random", "aux_loss_mobilenet_v2_random", "images_per_second",
+        "loss", "lr", "source_entropy_mobilenet_v2_random", "target_loss", "val_accuracy", "val_loss", "val_target_loss",
     ]
     assert len(rows) == 3  # header + 2 epochs
     assert glob.glob(str(out / "tensorboard" / "train" / "events.out.tfevents.*"))
+    # The summary block, before the first epoch: the source sees 32 px images upscaled by 7/3 (floor).
+    printed = proc.stdout.splitlines()
+    assert printed.index("run summary") < printed.index("Epoch 1/2"), proc.stdout[:3000]
+    assert "  dataset     synthetic: 512 training images, 128 test images, 10 classes, 32x32 px" in printed
+    assert "  steps       2 epochs x 3 steps x 16 images (global batch; 1 replica); a full pass is 32 steps" in printed
+    assert f"  output_dir  {out}" in printed and "  method      sskt" in printed
+    assert any(line.split()[0] == "mobilenet_v2_random" and line.split()[2:3] == ["74x74"] and line.endswith(" mobilenet_v2:random") for line in printed), printed
+    assert "frozen (BatchNorm: inference); each with a transfer_module head on the target" in proc.stdout
+    assert (out / "summary.txt").read_text().splitlines() == printed[printed.index("run summary") : printed.index(f"  output_dir  {out}") + 1]
     results = json.loads((out / "results.json").read_text())
     assert results["epochs_completed"] == 2 and results["num_classes"] == 10
     assert results["train_images_per_second"] > 0 and results["wall_time_seconds"] > 0
@@ -155,6 +165,19 @@ def test_smoke_cli_writes_every_output(tmp_path, stand_ins):
     np.testing.assert_allclose(logits, last.predict(images, verbose=0), rtol=1e-6)
     assert np.mean(np.argmax(logits, -1) == labels.numpy()) == pytest.approx(results["test"]["accuracy"])
     assert {l.name for l in target.layers} == {"images", "resnet20", "pool", "classifier"}
+
+
+def _scalars(directory, tag):
+    """`{step: value}` of the scalar `tag` in the TensorBoard event files of `directory`."""
+    import tensorflow as tf
+
+    found = {}
+    for path in sorted(glob.glob(str(directory / "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    found[event.step] = float(tf.make_ndarray(value.tensor))
+    return found
 
 
 BAD_INPUT = [
@@ -194,7 +217,7 @@ def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path
     out = tmp_path / "run"
     # Without a source: the refusals are about the directory and the inputs, not the run's contents.
     args = [*smoke_overrides("flags/smoke.cfg", out, stand_ins), "--sources=", "--epochs=3", "--eval_every=2", "--validation_split=0.25"]
-    args[args.index("--overwrite")] = "--nooverwrite"  # smoke.cfg itself allows overwriting
+    args[args.index("--overwrite")] = "--nooverwrite"  # smoke_overrides allows overwriting
     # An --output_dir that cannot be a directory: one line, before anything else.
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=r"^--output_dir=\S*a_file exists and is not a directory"):
@@ -209,19 +232,42 @@ def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"dataset": "cifar10", "lr": 0.5}))
     (out / "metrics.csv").write_text("epoch,accuracy\n0,0.5\n")
+    capsys.readouterr()
     results = run_training(args)
     assert json.loads((out / "config.json").read_text())["lr"] == 0.1
+    # The summary block (printed and in summary.txt): --method=sskt without sources is scratch, there too.
+    summary = (out / "summary.txt").read_text()
+    assert summary in capsys.readouterr().out
+    assert summary.splitlines()[1:] == [
+        f"  dataset     synthetic: {results['num_train']} training images, {results['num_test']} test images, 10 classes, 32x32 px",
+        f"  validation  {results['num_validation']} images held out of the training set (--validation_split=0.25); picks "
+        "best.keras, evaluated every 2 epochs and after the last",
+        "  method      scratch (--method=sskt without --sources: the target alone)",
+        f"  target      resnet20: {results['target_parameters']:,} parameters",
+        f"  steps       3 epochs x 2 steps x 4 images (global batch; 1 replica); a full pass is {results['num_train'] // 4} steps",
+        f"  output_dir  {out}",
+    ]
+    assert results["method"] == "scratch"
 
     # Validation: a held-out share of the training set, evaluated after epochs 2 and 3 (the last).
     assert results["validation_from"] == "validation_split"
     assert results["num_validation"] > 0 and results["num_train"] + results["num_validation"] == 512
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["epoch"] for r in rows] == ["0", "1", "2"]  # The leftover row is gone.
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # Counted from 1, as the console; the leftover row is gone.
+    # The learning rate of each epoch's last step (milestone 1: epoch 1 at --lr, then times --lr_gamma).
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.02, 0.02], rel=1e-6)
+    assert all(float(r["images_per_second"]) > 0 for r in rows)
+    # TensorBoard: the same epoch numbers (validation: the evaluated epochs 2 and 3) and values.
+    assert _scalars(out / "tensorboard" / "train", "epoch_loss") == pytest.approx({i + 1: float(r["loss"]) for i, r in enumerate(rows)})
+    assert _scalars(out / "tensorboard" / "train", "epoch_lr") == pytest.approx({1: 0.1, 2: 0.02, 3: 0.02}, rel=1e-6)
+    assert _scalars(out / "tensorboard" / "validation", "epoch_accuracy") == pytest.approx(
+        {int(r["epoch"]): float(r["val_accuracy"]) for r in rows if r["val_accuracy"]}
+    )
     assert rows[0]["val_accuracy"] == "" and rows[1]["val_accuracy"] and rows[2]["val_accuracy"]
     best = results["best"]
     assert best["split"] == "validation" and best["monitor"] == "val_accuracy" and best["epoch"] in (2, 3)
-    evaluated = {int(r["epoch"]) + 1: float(r["val_accuracy"]) for r in rows if r["val_accuracy"]}
+    evaluated = {int(r["epoch"]): float(r["val_accuracy"]) for r in rows if r["val_accuracy"]}
     # The earliest epoch with the highest value (a tie keeps the earlier checkpoint).
     assert best["epoch"] == min(e for e, v in evaluated.items() if v == max(evaluated.values()))
     assert best["value"] == pytest.approx(evaluated[best["epoch"]])
@@ -247,9 +293,10 @@ def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, stand_ins):
+def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, stand_ins, capsys):
     out = tmp_path / "run"
     args = smoke_overrides("flags/smoke.cfg", out, stand_ins)
+    capsys.readouterr()
     results = run_training(
         [*args, "--dataset=synthetic_multilabel:6", "--target_loss=bce", "--epochs=2", "--aux_head=linear"]
     )
@@ -271,6 +318,27 @@ def test_multi_label_run_reports_exact_map_and_the_reference_variant(tmp_path, s
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val_map" in header and "val_map_per_image_reference" in header and "accuracy" not in header
     assert (out / "checkpoints" / "best.keras").exists() and results["best"]["monitor"] == "val_map"
+    # The summary's source row: the stand-in (mean colour -> Dense(1000): 3 * 1000 + 1000 parameters) sees
+    # the 32 px images at 74 px (7/3, floor); its linear head is Dense(1000) on resnet20's 64 channels.
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert summary[1].endswith(f"{results['num_test']} test images, 6 labels (multi-label), 32x32 px"), summary
+    (row,) = [line.split() for line in summary if line.strip().startswith("mobilenet_v2_random")]
+    assert row[1:4] == ["4,000", "74x74", "65,000"] and row[4].endswith("mobilenet_v2_random.keras"), summary
+    # What the source teaches (sskt_tf.diagnostics): the last epoch's values in results.json and TensorBoard;
+    # the stand-in's 1000 logits are nearly equal (a Dense of 3 mean colours), so one warning after epoch 1.
+    with open(out / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    (source,) = results["sources"]
+    assert source["agreement"] == float(last["aux_agreement_mobilenet_v2_random"])
+    assert source["relative_entropy"] == float(last["source_entropy_mobilenet_v2_random"]) > 0.99
+    assert 0.0 <= source["agreement"] <= 1.0 and json.loads((out / "results.json").read_text()) == results
+    import tensorflow as tf
+
+    tags = set()
+    for path in glob.glob(str(out / "tensorboard" / "train" / "events.out.tfevents.*")):
+        tags |= {v.tag for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value}
+    assert {"epoch_aux_agreement_mobilenet_v2_random", "epoch_source_entropy_mobilenet_v2_random"} <= tags
+    assert capsys.readouterr().out.count(": warning: its soft labels softmax(s/T) at --temperature=3 are near-uniform") == 1
 
 
 def test_target_loss_must_fit_the_labels(tmp_path, stand_ins):

@@ -4,6 +4,7 @@ epochs it evaluates, the order of its callbacks.
 The whole run (`train_lib.run`, through the training command) is tested in test_train.py; its
 resumption after SIGKILL and Ctrl-C, and a non-finite loss met in training, in test_resilience.py."""
 
+import dataclasses
 import json
 
 import keras
@@ -40,11 +41,14 @@ def test_callbacks_come_in_the_order_their_epoch_end_writes_need(tmp_path):
     kinds = lambda callbacks: [type(c) for c in callbacks]
     single = train_lib.build_callbacks(config, throughput, checkpoint, 10, 0, tracker)
     assert single[0] is throughput and single[1] is tracker and single[-1] is checkpoint
-    assert kinds(single[2:-1]) == [callbacks_lib.StopOnNonFiniteLoss, callbacks_lib.MetricsLog, keras.callbacks.TensorBoard]
+    # The learning rate is in the logs before the callbacks that write them.
+    assert kinds(single[2:-1]) == [
+        callbacks_lib.LearningRateLog, callbacks_lib.StopOnNonFiniteLoss, callbacks_lib.MetricsLog, callbacks_lib.EpochSummaries,
+    ]
     # Multi-label: the exact mAP is in the logs before anything logs them or picks the best epoch.
     multi = train_lib.build_callbacks(config, throughput, checkpoint, 10, 0, tracker, multi_label_validation=[])
-    assert kinds(multi[2:-1]) == [
-        callbacks_lib.MultiLabelEvaluation, callbacks_lib.StopOnNonFiniteLoss, callbacks_lib.MetricsLog, keras.callbacks.TensorBoard,
+    assert kinds(multi[3:-1]) == [
+        callbacks_lib.MultiLabelEvaluation, callbacks_lib.StopOnNonFiniteLoss, callbacks_lib.MetricsLog, callbacks_lib.EpochSummaries,
     ]
 
 
@@ -67,7 +71,35 @@ def test_stop_and_interrupt_messages_say_only_what_the_facts_show(tmp_path, caps
         train_lib._exit_interrupted(config, tracker)
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip() == "interrupted after epoch 3; the same command resumes after epoch 3"
+    assert capsys.readouterr().out == ""  # No progress bar was drawn in that epoch: no line to end.
     tracker.on_epoch_begin(3)
+    tracker.on_train_batch_end(0)
     with pytest.raises(SystemExit):
         train_lib._exit_interrupted(config, tracker)
-    assert capsys.readouterr().err.strip() == "interrupted in epoch 4; the same command resumes after epoch 3"
+    printed = capsys.readouterr()
+    assert printed.err.strip() == "interrupted in epoch 4; the same command resumes after epoch 3"
+    # The progress bar's line (stdout, redrawn in place) is ended first: the message starts its own line.
+    assert printed.out == "\n"
+    with pytest.raises(SystemExit):
+        train_lib._exit_interrupted(dataclasses.replace(config, verbose=2), tracker)  # No bar with --verbose=2.
+    assert capsys.readouterr().out == ""
+
+
+def test_the_logs_carry_each_steps_learning_rate_and_the_images_per_second(capsys):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    # Steps 0, 1, 2 at 0.1, step 3 at 0.01: epoch 2's first step still runs at 0.1.
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
+    steps = []
+    recorder = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(dict(logs)))
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
+    history = model.fit(
+        x, y, batch_size=4, epochs=2, callbacks=[callbacks_lib.Throughput(4), callbacks_lib.LearningRateLog(), recorder], verbose=1
+    )
+    assert [s["lr"] for s in steps] == [0.1, 0.1, 0.1, 0.01]  # Shortest decimals of the float32 rates.
+    assert history.history["lr"] == [0.1, 0.01]  # Each epoch's last step.
+    assert all(s["images_per_second"] > 0 for s in steps) and all(v > 0 for v in history.history["images_per_second"])
+    # The progress bar shows both (Keras' ProgbarLogger reads the same logs, after the callbacks above).
+    bar = capsys.readouterr().out
+    assert " - images_per_second: " in bar and " - lr: 0.0100" in bar

@@ -10,7 +10,9 @@ Scores are softmax probabilities, or one sigmoid per label for multi-label model
 
 import os
 import re
+import sys
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -20,6 +22,8 @@ from sskt_tf.serving.saved_model import BYTES_SIGNATURE, is_saved_model
 from sskt_tf.serving.trained import load_trained
 
 DEFAULT_TOP_K = 5
+# Images per model call: bounds the memory of many files (they are decoded and resized batch by batch).
+DEFAULT_BATCH_SIZE = 64
 
 
 def read_image(path):
@@ -125,11 +129,11 @@ def top_k(probabilities, class_names, k):
     return [[(class_names[i], float(row[i])) for i in idx] for row, idx in zip(probabilities, order)]
 
 
-def predict(model, paths, *, k=DEFAULT_TOP_K, multi_label=None):
-    """What `python -m sskt_tf.predict` does, without printing: the top classes of image files.
+def predict(model, paths, *, k=DEFAULT_TOP_K, multi_label=None, batch_size=DEFAULT_BATCH_SIZE, verbose=None):
+    """What `python -m sskt_tf.predict` does, without printing its result: the top classes of image files.
 
     Every file is read and checked to decode before the model loads, so a bad file costs no
-    model loading.
+    model loading. The model then scores `batch_size` files at a time.
 
     Args:
         model: a run directory, a `.keras` file or an exported SavedModel (see `Predictor`).
@@ -137,6 +141,10 @@ def predict(model, paths, *, k=DEFAULT_TOP_K, multi_label=None):
         k: classes per image; more than the model has gives all of them.
         multi_label: for a run or `.keras` file: sigmoid per label instead of softmax; None: the
             run's `--target_loss=bce`.
+        batch_size: files per model call.
+        verbose: 1: a progress bar over the files with the time left (`keras.utils.Progbar`, on
+            stdout); 0: none; None: the bar when stdout is a terminal and there is more than one
+            batch (the printed predictions, stdout's content, stay clean in a file or a pipe).
 
     Returns:
         `[(path, [(class name, score), ...]), ...]`, one entry per path in order, each with its
@@ -152,7 +160,14 @@ def predict(model, paths, *, k=DEFAULT_TOP_K, multi_label=None):
         raise UserError(f"--top_k must be a positive integer. Received: {k!r}.")
     encoded = [read_image(p) for p in paths]  # Every file is checked before the model loads.
     predictor = Predictor(model, multi_label=multi_label)
-    probs = predictor.probabilities(encoded)
+    if verbose is None:
+        verbose = int(len(encoded) > batch_size and getattr(sys.stdout, "isatty", lambda: False)())
+    progress = keras.utils.Progbar(len(encoded), verbose=verbose, unit_name="image")
+    probs = []
+    for start in range(0, len(encoded), batch_size):
+        probs.append(predictor.probabilities(encoded[start : start + batch_size]))
+        progress.update(start + len(probs[-1]))
+    probs = np.concatenate(probs)
     return list(zip(paths, top_k(probs, predictor.class_names, min(k, len(predictor.class_names)))))
 
 

@@ -41,6 +41,14 @@ def test_the_three_kinds_of_model_give_the_expected_top5(files, which):
     np.testing.assert_allclose(results[2][1][0][1], expected_probabilities(decoded).max(), rtol=1e-3)
 
 
+def test_files_are_scored_in_batches_with_a_progress_bar(files, capsys):
+    root = files["root"]
+    paths = [str(root / "red.png"), str(root / "grey.png"), str(root / "blue.jpg")]
+    assert predictor.predict(files["run"], paths, k=3, batch_size=2, verbose=1) == predictor.predict(files["run"], paths, k=3)
+    printed = capsys.readouterr().out
+    assert printed.count("3/3") == 1 and "s/image" in printed  # The second call shows none: 3 files are one batch.
+
+
 def test_output_format(files):
     text = predictor.format_predictions(predictor.predict(files["run"], [str(files["root"] / "red.png")], k=2))
     lines = text.splitlines()
