@@ -105,10 +105,13 @@ def _absolute_dataset(flag, dataset):
 
 
 def _absolute_spec(spec):
-    """A source spec with its file path made absolute: `x.keras`, `<application>:<weights file>`."""
+    """A source spec with its file path made absolute: `x.keras`, `<application>:<weights file>`, `keras_hub:<directory>`."""
     if not spec or spec.endswith(".keras"):
         return _absolute(spec)
     app, sep, weights = spec.partition(":")
+    if app == "keras_hub":  # A preset name or a kaggle:// or hf:// handle stays; a local directory becomes absolute.
+        local = "://" not in weights and ("/" in weights or weights.startswith(("~", ".")) or os.path.isdir(weights))
+        return f"{app}:{_absolute(weights)}" if local else spec
     if sep and weights != "imagenet" and not weights.startswith("random"):
         return f"{app}:{_absolute(weights)}"
     return spec
@@ -122,7 +125,7 @@ def _optional_spec(flag, spec):
     return _absolute_spec((spec or "").strip()) or None
 
 
-def _flag(default, about, *, choices=None, parse=None, flag=None, flag_default=None, kind=None):
+def _flag(default, about, *, choices=None, parse=None, flag=None, flag_default=None, kind=None, group=None):
     """A dataclass field that is also a flag.
 
     Args:
@@ -132,11 +135,13 @@ def _flag(default, about, *, choices=None, parse=None, flag=None, flag_default=N
         parse: `parse(flag_name, flag_value) -> field value`, for flags whose parsed value is not yet the
             field's (number lists, fractions, paths made absolute); default: the value as it is.
         flag: the flag's name, where it is not the field's.
-        flag_default: the flag's default where the field's would show otherwise in --helpfull, or is not
+        flag_default: the flag's default where the field's would show otherwise in --help, or is not
             a value of the flag's type (a fraction given as text).
         kind: the flag's absl type ("string", "list", ...) where the field's type does not say it.
+        group: the --help heading of this flag and of the ones declared after it, up to the next
+            `group` (see `help_groups`).
     """
-    metadata = {"help": about, "choices": choices, "parse": parse, "flag": flag, "flag_default": flag_default, "kind": kind}
+    metadata = {"help": about, "choices": choices, "parse": parse, "flag": flag, "flag_default": flag_default, "kind": kind, "group": group}
     return dataclasses.field(default=default, metadata={k: v for k, v in metadata.items() if v is not None})
 
 
@@ -224,7 +229,8 @@ class Config:
     """Everything a training run depends on. Written to `<output_dir>/config.json` (`to_json`).
 
     One field per training flag, of the same name (the augmentation flags are the fields of the nested
-    `augmentation`; `--augment` is its `kind`); each field's help text is its flag's (`--helpfull`).
+    `augmentation`; `--augment` is its `kind`); each field's help text is its flag's (`--help` shows
+    them under the headings of `help_groups`).
     Numbers are in the flags' units: images and sizes in pixels, `epochs` and `lr_milestones` in
     epochs, `batch_size` in examples (global, over all replicas). Paths (`dataset` folders, source
     specs, `data_dir`, `output_dir`, ...) are absolute when the config comes from `from_flags`.
@@ -239,7 +245,7 @@ class Config:
     """
 
     # Data.
-    dataset: str = _flag("cifar10", "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>.", parse=_absolute_dataset)
+    dataset: str = _flag("cifar10", "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>.", parse=_absolute_dataset, group="Data")
     data_dir: str | None = _flag(None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).", parse=_absolute_path)
     image_size: tuple[int, int] | None = _flag(None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).", parse=_image_size)
     train_subset: int | None = _flag(None, "Train on a fixed random subset of this many examples (quick experiments).")
@@ -248,12 +254,12 @@ class Config:
     cache: str = _flag("auto", "Decoded training images: memory (cached after the first epoch), disk (a tf.data cache file in <output_dir>/data_cache), none (decoded from the files every epoch), auto (memory if they fit in 25% of RAM, else none). The batches are identical whichever is used.", choices=CACHES)
     skip_bad_images: bool = _flag(False, "folder: datasets: train without images that cannot be decoded, listed in <output_dir>/skipped_images.txt (default: stop and name them).")
     # Augmentation of training batches (sskt_tf.augment).
-    augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
+    augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig, metadata={"group": "Augmentation"})
     # Target.
-    model: str = _flag("resnet20", "Target network.", choices=MODEL_NAMES)
+    model: str = _flag("resnet20", "Target network.", choices=MODEL_NAMES, group="Target")
     target_loss: str = _flag("ce", "Loss of the target task.", choices=TARGET_LOSSES)
     # Sources and auxiliary tasks.
-    sources: tuple[str, ...] = _flag((), "Comma-separated source specs (empty: scratch): <application>:imagenet, <application>:/path/weights.h5, <application>:random[:classes], /path/model.keras.", parse=_specs)
+    sources: tuple[str, ...] = _flag((), "Comma-separated source specs (empty: scratch): <application>:imagenet, <application>:/path/weights.h5, <application>:random[:classes], /path/model.keras, keras_hub:<preset name or directory> (a KerasHub image classifier).", parse=_specs, group="Sources and auxiliary tasks")
     aux_head: str = _flag("linear", "Auxiliary head on the target for each source.", choices=HEAD_NAMES)
     alpha: tuple[float, ...] = _flag((0.1,), "Weight of the auxiliary losses: one value, or one per source.", parse=_floats)
     temperature: tuple[float, ...] = _flag((3.0,), "Softmax temperature T of the auxiliary losses: one value, or one per source.", parse=_floats, flag_default=["3"])
@@ -263,7 +269,7 @@ class Config:
     source_bn: str = _flag("inference", "inference: sources use their moving BatchNorm statistics; batch: batch statistics, as the reference code (statistics never updated).", choices=SOURCE_BN_MODES)
     source_outputs: str = _flag("auto", "What the sources and the --teacher output: auto (a final softmax is detected and stripped, so its logits are used), logits, probabilities (their log is taken as logits).", choices=SOURCE_OUTPUTS)
     # Method: SSKT or a baseline (sskt_tf.methods).
-    method: str = _flag("sskt", "sskt (with --sources; none: scratch), or a baseline: scratch (the target alone), kd (distillation from --teacher), dml (deep mutual learning of --dml_peers peers), maxl (meta auxiliary learning).", choices=METHODS)
+    method: str = _flag("sskt", "sskt (with --sources; none: scratch), or a baseline: scratch (the target alone), kd (distillation from --teacher), dml (deep mutual learning of --dml_peers peers), maxl (meta auxiliary learning).", choices=METHODS, group="Method and baselines")
     teacher: str | None = _flag(None, "--method=kd: the frozen teacher, any source spec of the target's classes (e.g. /path/target.keras of a run on the same data); it sees the target's image size.", parse=_optional_spec)
     kd_alpha: float = _flag(0.9, "--method=kd: a in (1 - a) * CE + a * T^2 * KL(teacher/T || student/T); T is --temperature.")
     dml_peers: int = _flag(2, "--method=dml: number of peers K >= 2, each evaluated and exported on its own.")
@@ -274,7 +280,7 @@ class Config:
     maxl_generator_lr: float = _flag(1e-3, "--method=maxl: the label generator's SGD learning rate (MAXL: 1e-3), following the target's schedule.")
     maxl_first_order: bool = _flag(False, "--method=maxl: finite-difference meta-gradient (first derivatives only, as MAXL's first-order code) instead of the second-order one.")
     # Recipe.
-    epochs: int = _flag(200, "Training epochs.")
+    epochs: int = _flag(200, "Training epochs.", group="Recipe")
     batch_size: int = _flag(128, "Global training batch size (divided over replicas).")
     eval_batch_size: int | None = _flag(None, "Evaluation batch size (default: --batch_size).")
     steps_per_epoch: int | None = _flag(None, "Steps per epoch (default: training examples // batch size).")
@@ -287,7 +293,7 @@ class Config:
     seed: int = _flag(0, "Seed of weights, data order and augmentation.")
     eval_every: int = _flag(1, "Evaluate (and consider best.keras) every N epochs, and always after the last.")
     # Execution and outputs.
-    strategy: str = _flag("auto", "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy, see --tpu).", choices=STRATEGIES)
+    strategy: str = _flag("auto", "tf.distribute strategy: auto (mirrored over >1 GPUs, else default), one_device, mirrored, multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG), tpu (TPUStrategy, see --tpu).", choices=STRATEGIES, group="Execution and outputs")
     tpu: str = _flag("", "TPU address for --strategy=tpu ('' = the local or Colab TPU).")
     precision: str = _flag("float32", "Compute precision of the target (variables, logits and losses stay float32).", choices=PRECISIONS)
     source_precision: str = _flag("same", "Compute precision of the frozen sources (same: as --precision). Their logits are cast to float32.", choices=SOURCE_PRECISIONS)
@@ -470,6 +476,23 @@ def _flag_default(field):
     if isinstance(field.default, tuple):
         return [str(v) for v in field.default]
     return field.default
+
+
+def help_groups():
+    """The training flags under their --help headings: [(heading, [flag names])], in declaration order.
+
+    A field's metadata `group` starts a heading (`_flag(..., group=...)`); the fields declared after it
+    belong to it up to the next one, the nested augmentation fields to the heading of `augmentation`.
+    """
+    groups = []
+    for field in dataclasses.fields(Config):
+        if "group" in field.metadata:
+            groups.append((field.metadata["group"], []))
+        if _nested(field):
+            groups[-1][1].extend(_flag_name(f) for f in _flag_fields(_nested(field)))
+        elif "help" in field.metadata:
+            groups[-1][1].append(_flag_name(field))
+    return groups
 
 
 @flag_definitions

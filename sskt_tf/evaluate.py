@@ -2,6 +2,8 @@
 
     python -m sskt_tf.evaluate --model=runs/cifar [--dataset=cifar10] [--data_dir=...] [--output_dir=...]
 
+(`sskt-evaluate` is the same command.)
+
 `--model` is a run directory or a `.keras` file (see `sskt_tf.serving.trained.load_trained`). For a run
 directory, `--dataset` and `--data_dir` default to the run's own (config.json) and images are
 resized to the size it was trained at (results.json).
@@ -22,10 +24,6 @@ Writes to `--output_dir` (default: `<run dir>/evaluation/<dataset>`): `metrics.j
 `per_class.csv`, and for single-label models `confusion_matrix.csv` and `confusion_matrix.png`
 (rows: true class, columns: predicted class; colour: the row's fraction, numbers: counts).
 """
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import flags  # noqa: E402
 

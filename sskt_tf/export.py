@@ -3,6 +3,8 @@
     python -m sskt_tf.export --model=runs/cifar [--output=runs/cifar/saved_model]
     python -m sskt_tf.export --model=runs/cifar --format=tflite [--quantize=dynamic_int8]
 
+(`sskt-export` is the same command.)
+
 An existing export at the output (a SavedModel directory, a `.tflite` file or its labels file) is
 replaced only with `--overwrite`; a non-empty directory that holds no SavedModel never is.
 
@@ -30,10 +32,6 @@ input tensor for larger batches), outputs `logits` and `probabilities`. `--quant
 stores the weights as int8 (dynamic-range quantization; activations stay float). The class names
 are written beside it, `<name>.labels.txt`, one per line.
 """
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import flags  # noqa: E402
 

@@ -2,6 +2,8 @@
 
     python -m sskt_tf.predict --model=runs/cifar cat.jpg ship.png [--top_k=5]
 
+(`sskt-predict` is the same command.)
+
 `--model` is a run directory, a `.keras` file, or a SavedModel written by `sskt_tf.export` (then
 its `serve_image_bytes` signature does the decoding and resizing). Images are JPEG, PNG, BMP or GIF
 (the first frame), of any size: they are resized (bilinear) to the size the model was trained at.
@@ -10,10 +12,6 @@ Scores are softmax probabilities, or one sigmoid per label for multi-label model
 A missing or unreadable file stops the command before any prediction with `error: <path>: ...`
 and exit status 2.
 """
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import flags  # noqa: E402
 

@@ -1,6 +1,11 @@
 """Trains a target network with SSKT (or from scratch when --sources is empty).
 
-    python -m sskt_tf.train --flagfile=flags/cifar.cfg [--output_dir=runs/cifar] [--flag=value ...]
+    python -m sskt_tf.train --config=cifar [--output_dir=runs/cifar] [--flag=value ...]
+    python -m sskt_tf.train --flagfile=path/to/yours.cfg [--flag=value ...]
+
+`--config=<name>` is a flagfile shipped with sskt_tf (the repository's flags/<name>.cfg: smoke,
+cifar, one per paper row, ...), found from any directory; `--flagfile=<path>` is any flagfile. Flags
+after either override its flags. `sskt-train` is the same command.
 
 Writes to --output_dir: config.json (the resolved configuration), metrics.csv, tensorboard/,
 checkpoints/{last,best}.keras (the target alone, per epoch), backup/ (resumption state while
@@ -11,10 +16,6 @@ Every check (flags, output directory, data, sources, the resumption state) comes
 write to --output_dir, so a refused start leaves nothing there; a directory that holds no finished,
 resumable or saved run (e.g. only the config.json of a start that failed before) counts as empty.
 """
-
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from sskt_tf import config as config_lib  # noqa: E402
 from sskt_tf import train_lib  # noqa: E402
@@ -42,7 +43,7 @@ def main(argv):
 
 def run():
     """The console script `sskt-train`: `main` under `cli.run_cli` (bad input: one line, exit status 2)."""
-    run_cli(main, config_lib.define_flags)
+    run_cli(main, config_lib.define_flags, groups=config_lib.help_groups(), configs=True)
 
 
 if __name__ == "__main__":

@@ -158,8 +158,11 @@ def _reset_global_state():
 
 
 def tf_native_log_line(line):
-    """Whether a stderr line is TensorFlow's C++ start-up logging (printed at `import tensorflow`,
-    whatever TF_CPP_MIN_LOG_LEVEL says), which no command of this package writes or controls."""
+    """Whether a stderr line is TensorFlow's C++ logging, which no command of this package writes.
+
+    `sskt_tf.tf_import` leaves its start-up lines out (tests/test_tf_import.py checks that); the
+    commands' tests ignore any that TensorFlow prints later, so that they assert on the package's
+    own lines."""
     return bool(
         re.match(r"[IWEF]\d{4} [\d:.]+\s+\d+ [\w./-]+:\d+\] ", line)  # glog: I0000 00:00:1795.12  4512 port.cc:153] ...
         or line.startswith("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
@@ -233,13 +236,14 @@ def run_training(args):
 
     from sskt_tf import config as config_lib
     from sskt_tf import train
+    from sskt_tf.cli import expand_flagfiles
 
     config_lib.define_flags()
     cwd = os.getcwd()
     os.chdir(ROOT)  # Flagfiles and checkpoints/ paths are relative to the repository root.
     flags.FLAGS.unparse_flags()
     try:
-        flags.FLAGS(["sskt_tf.train", *args])
+        flags.FLAGS(["sskt_tf.train", *expand_flagfiles(args, configs=True)])  # As the command reads them.
         return train.main(["sskt_tf.train"])
     finally:
         flags.FLAGS.unparse_flags()

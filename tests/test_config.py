@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from sskt_tf import config as config_lib
+from sskt_tf.cli import expand_flagfiles
 from sskt_tf.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,10 +17,10 @@ config_lib.define_flags()
 FLAGS = flags.FLAGS
 
 
-def parse(args, monkeypatch):
-    monkeypatch.chdir(ROOT)  # Nested --flagfile paths are relative to the repository root.
+def parse(args, monkeypatch, cwd=ROOT):
+    monkeypatch.chdir(cwd)  # The tests name flagfiles relative to the repository root.
     FLAGS.unparse_flags()
-    FLAGS(["sskt_tf.train", *args])
+    FLAGS(["sskt_tf.train", *expand_flagfiles(args, configs=True)])  # As the training command reads them.
     try:
         return config_lib.from_flags()
     finally:
@@ -42,6 +43,25 @@ def test_cifar_flagfile_is_the_paper_recipe(monkeypatch):
 
 def test_scratch_flagfile_has_no_sources(monkeypatch):
     assert parse(["--flagfile=flags/cifar_scratch.cfg"], monkeypatch).sources == ()
+
+
+def test_flagfiles_and_configs_resolve_the_same_from_any_directory(monkeypatch, tmp_path):
+    # flags/cifar.cfg includes cifar10_resnet20_imagenet.cfg, which includes common.cfg, each by a path
+    # relative to its own directory: the recipe is the same from the repository root and from elsewhere.
+    at_root = parse(["--flagfile=flags/cifar.cfg", f"--output_dir={tmp_path}"], monkeypatch)
+    elsewhere = [
+        parse([f"--flagfile={ROOT}/flags/cifar.cfg", f"--output_dir={tmp_path}"], monkeypatch, cwd=tmp_path),
+        parse(["--config=cifar", f"--output_dir={tmp_path}"], monkeypatch, cwd=tmp_path),
+        parse(["--config=cifar10_resnet20_imagenet", f"--output_dir={tmp_path}"], monkeypatch, cwd=tmp_path),
+    ]
+    assert all(c == at_root for c in elsewhere)
+    assert (at_root.dataset, at_root.sources, at_root.epochs, at_root.lr_milestones) == ("cifar10", ("resnet50:imagenet",), 200, (60, 120, 160))
+    # The config's flags stand where --config is: flags after it override it, flags before it are overridden.
+    assert parse(["--config=smoke", "--epochs=7"], monkeypatch, cwd=tmp_path).epochs == 7
+    assert parse(["--epochs=7", "--config=smoke"], monkeypatch, cwd=tmp_path).epochs == 2
+    # smoke.cfg writes to runs/smoke under the current directory and never over a finished run.
+    smoke = parse(["--config=smoke"], monkeypatch, cwd=tmp_path)
+    assert smoke.output_dir == str(tmp_path / "runs" / "smoke") and not smoke.overwrite
 
 
 def test_per_source_alpha_and_temperature(monkeypatch):
@@ -180,6 +200,22 @@ def test_every_flag_is_a_field_and_every_field_a_flag():
     # The round trip above leaves no flag at its default in all of its configs.
     changed = {a.partition("=")[0].removeprefix("--").removeprefix("no") for c in _NON_DEFAULT for a in _args(c)}
     assert changed == flag_names
+
+
+def test_help_groups_hold_every_training_flag_once_under_the_config_sections():
+    groups = config_lib.help_groups()
+    assert [heading for heading, _ in groups] == [
+        "Data", "Augmentation", "Target", "Sources and auxiliary tasks", "Method and baselines", "Recipe", "Execution and outputs",
+    ]
+    names = [name for _, members in groups for name in members]
+    own = flags.FlagValues()
+    config_lib.define_flags(own)
+    assert sorted(names) == sorted(own) and len(names) == len(set(names))
+    by_name = {name: heading for heading, members in groups for name in members}
+    assert (by_name["dataset"], by_name["mixup"], by_name["model"], by_name["alpha"], by_name["teacher"]) == (
+        "Data", "Augmentation", "Target", "Sources and auxiliary tasks", "Method and baselines",
+    )
+    assert (by_name["lr"], by_name["output_dir"], by_name["augment"]) == ("Recipe", "Execution and outputs", "Augmentation")
 
 
 def test_flag_types_follow_the_fields():
