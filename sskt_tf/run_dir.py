@@ -7,7 +7,7 @@
   temporary file, so that a crash leaves the old file or the new one; `write_skipped_images`.
 - Reading: `read_json`, and for a trained target the run it belongs to (`run_dir_of`, `run_json`).
 
-The files themselves are listed in `sskt_tf.train`'s docstring and the README's outputs table.
+The files themselves are listed in `sskt_tf.train`'s docstring and docs/training.md's outputs table.
 """
 
 import json

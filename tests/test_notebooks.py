@@ -1,7 +1,8 @@
 """Executes each notebook top to bottom on smoke parameters, so that a broken notebook fails CI.
 
 The parameters are overridden by a cell injected after the cell tagged `parameters` (papermill's
-convention); the kernel is `python3` in the repository root, offline.
+convention); the kernel is `python3`, offline, working in the test's temporary directory (outside the
+repository, as a user's notebook would).
 """
 
 import os
@@ -24,14 +25,14 @@ def read(name):
     return nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
 
 
-def execute(name, parameters):
-    """Runs notebook `name` with `parameters` injected; returns the executed notebook."""
+def execute(name, parameters, workdir):
+    """Runs notebook `name` in `workdir` with `parameters` injected; returns the executed notebook."""
     nb = read(name)
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters'"
     source = "# Injected by tests/test_notebooks.py\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
     nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(source))
-    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
 
 
@@ -61,7 +62,7 @@ def _quickstart(workdir, stand_ins):
     run = workdir / "run"
     parameters = {
         **OFFLINE,
-        "FLAGFILE": "flags/cifar.cfg",
+        "CONFIG": "cifar",
         "DATASET": "synthetic",
         # A tiny source of ImageNet's 1000 classes in place of the ResNet-50 (a spec like any other).
         "SOURCES": stand_ins("resnet50_imagenet", 1000),
@@ -69,7 +70,7 @@ def _quickstart(workdir, stand_ins):
         "EXTRA_FLAGS": SMOKE_TRAINING,
         "RUN_DIR": str(run),
     }
-    return (run, execute("sskt_quickstart.ipynb", parameters))
+    return (run, execute("sskt_quickstart.ipynb", parameters, workdir))
 
 
 @pytest.mark.slow
@@ -106,7 +107,7 @@ def _bring_your_own(workdir, stand_ins):
         "EXTRA_FLAGS": SMOKE_TRAINING,
         "RUN_DIR": str(run),
     }
-    return (workdir, images, run, execute("bring_your_own.ipynb", parameters))
+    return (workdir, images, run, execute("bring_your_own.ipynb", parameters, workdir))
 
 
 @pytest.mark.slow

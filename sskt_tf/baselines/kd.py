@@ -5,8 +5,8 @@ For a batch x with labels y, a frozen teacher t of the same label space:
     z = target(x),   z_t = t(x)                      (no gradient, inference mode)
     L = (1 - a) * CE(z, y) + a * T^2 * KL(softmax(z_t / T) || softmax(z / T))
 
-Why not `keras.distillation.Distiller` (Keras 3.15): see the README, "Baselines and the comparison
-runner". In short: its default `LogitsDistillation()` resolves "kl_divergence" to the plain function,
+Why not `keras.distillation.Distiller` (Keras 3.15): see docs/baselines.md. In short: its default
+`LogitsDistillation()` resolves "kl_divergence" to the plain function,
 so the KL is taken of clipped logits instead of softmax probabilities and without T^2; it scales the
 two loss terms differently across replicas; and its `train_step` has no place for the recipe's coupled
 L2. This model is a `TargetModel` with a teacher and one training-only term.
