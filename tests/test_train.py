@@ -360,7 +360,8 @@ def test_bce_is_refused_for_the_baselines(tmp_path, stand_ins):
 # Each flagfile runs two smoke steps through the training command (train.main), with offline stand-ins
 # for its data and sources (smoke_overrides). Flagfiles whose `Config`s differ only in values that
 # select no other code (learning-rate numbers, seeds, sizes, class counts, the weights of the
-# auxiliary losses: `_VALUES`) run the same steps: each such group trains once (in this process), and
+# auxiliary losses: `_VALUES`; the depth of one architecture, `_ARCHITECTURES`) run the same steps: each
+# such group trains once (in this process), and
 # every flagfile of it checks that it resolves, that it differs from the trained one in those values
 # only, and the run's outputs. The tests share one xdist group, so one worker holds the runs.
 
@@ -371,12 +372,21 @@ _VALUES = (
 )
 
 
+_ARCHITECTURES = {
+    **{f"resnet{n}": "cifar_resnet" for n in (20, 32, 44, 56, 110)},
+    "resnet18": "resnet_basic_blocks",
+    "resnet34": "resnet_basic_blocks",
+}
+
+
 def _code_path(config):
     """The config as a dict without `_VALUES`; the dataset by kind and the sources by number."""
     d = json.loads(config.to_json())
     for name in _VALUES:
         d.pop(name)
     d["dataset"] = config.dataset.partition(":")[0]
+    # Depths of one architecture share their code (tests/test_models.py, test_resnet.py build each).
+    d["model"] = _ARCHITECTURES.get(config.model, config.model)
     d["sources"], d["alpha"], d["temperature"] = len(config.sources), len(config.alpha), len(config.temperature)
     d["teacher"] = bool(config.teacher)
     return json.dumps(d, sort_keys=True)
@@ -426,6 +436,6 @@ def test_every_flagfile_runs_two_smoke_steps(flagfile, stand_ins, flagfile_runs_
     # This flagfile's Config differs from the trained one in values only (identical for the flagfile that trained it).
     assert _code_path(config) == _code_path(trained)
     differ = {k for k, v in json.loads(config.to_json()).items() if json.loads(trained.to_json())[k] != v}
-    assert differ <= {*_VALUES, "dataset", "sources", "alpha", "temperature", "teacher"}, differ
+    assert differ <= {*_VALUES, "dataset", "model", "sources", "alpha", "temperature", "teacher"}, differ
     # The run is the trained Config's: the configuration it wrote.
     assert json.loads((out / "config.json").read_text()) == json.loads(trained.to_json())
