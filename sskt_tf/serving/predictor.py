@@ -88,7 +88,11 @@ class Predictor:
             self.class_names = tuple(n.decode() for n in loaded.class_names[0].numpy())
             self._keras = None
         else:
-            trained = load_trained(model_path, multi_label=multi_label)
+            trained = load_trained(
+                model_path,
+                multi_label=multi_label,
+                allowed="a run directory (with target.keras), a .keras file or a SavedModel written by sskt_tf.export",
+            )
             self._keras = trained
             self.class_names = trained.class_names
 

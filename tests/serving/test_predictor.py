@@ -76,3 +76,11 @@ def test_unreadable_files_name_the_path(files, tmp_path, make, message):
 def _write(path, data):
     path.write_bytes(data)
     return path
+
+
+def test_a_tflite_model_is_refused_naming_the_three_kinds_predict_reads(files, tmp_path):
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(b"TFL3")
+    allowed = "pass a run directory (with target.keras), a .keras file or a SavedModel written by sskt_tf.export."
+    with pytest.raises(UserError, match=f"is a TFLite model, which this command does not read.*{re.escape(allowed)}$"):
+        predictor.predict(str(tflite), [str(files["root"] / "red.png")])
