@@ -15,6 +15,7 @@ generator), each with its parameter count, the steps, and where the outputs go. 
         source               parameters  input  head parameters  spec
         mobilenet_v2_random   3,538,984  74x74           36,520  mobilenet_v2:random
       steps       2 epochs x 3 steps x 16 images (global batch; 1 replica); a full pass is 32 steps
+      schedule    SGD lr 0.1, momentum 0.9, coupled L2 0.0005; x0.2 after epochs 1
       output_dir  /tmp/sskt_smoke
 """
 
@@ -75,6 +76,26 @@ def _dataset(config, data):
     if config.skip_bad_images:
         parts.append(f"{_plural(len(data.bad_files), 'undecodable file')} skipped (--skip_bad_images)")
     return f"{config.dataset}: {', '.join(parts)}"
+
+
+def _schedule(config):
+    """The learning rate over the run, in words; multistep milestones at or after the last epoch are named."""
+    sgd = f"SGD lr {config.lr:g}, momentum {config.momentum:g}, coupled L2 {config.weight_decay:g}"
+    if config.lr_schedule == "cosine":
+        return f"{sgd}; cosine to 0 over {_plural(config.epochs, 'epoch')}"
+    if config.lr_schedule == "constant":
+        return f"{sgd}; constant"
+    inside = [m for m in config.lr_milestones if m < config.epochs]
+    text = f"{sgd}; x{config.lr_gamma:g} after epochs {','.join(map(str, config.lr_milestones))}"
+    if len(inside) < len(config.lr_milestones):
+        if inside:
+            text += f" (within these {config.epochs} epochs: {','.join(map(str, inside))})"
+        else:
+            text += (
+                f" (none within these {config.epochs} epochs: the rate stays {config.lr:g}; "
+                "set --lr_milestones or --lr_schedule=cosine)"
+            )
+    return text
 
 
 def _method_rows(config, model):
@@ -152,6 +173,7 @@ def summary_lines(config, data, model, steps_per_epoch, replicas=1):
         _row("target", f"{config.model}: {_count(model.target_model().count_params())} parameters"),
         *_method_rows(config, model),
         _row("steps", steps),
+        _row("schedule", _schedule(config)),
         _row("output_dir", config.output_dir),
     ]
 

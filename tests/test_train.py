@@ -245,6 +245,7 @@ def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path
         "  method      scratch (--method=sskt without --sources: the target alone)",
         f"  target      resnet20: {results['target_parameters']:,} parameters",
         f"  steps       3 epochs x 2 steps x 4 images (global batch; 1 replica); a full pass is {results['num_train'] // 4} steps",
+        "  schedule    SGD lr 0.1, momentum 0.9, coupled L2 0.0005; x0.2 after epochs 1",
         f"  output_dir  {out}",
     ]
     assert results["method"] == "scratch"
