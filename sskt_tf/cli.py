@@ -29,6 +29,7 @@ train and compare take `--config=<name>`, a flagfile shipped with the package. `
 `--helpfull` stays absl's, with TensorFlow's and absl's flags too.
 """
 
+import difflib
 import functools
 import inspect
 import os
@@ -138,7 +139,12 @@ def _config_path(name, shown):
         )
     stem = name.removesuffix(".cfg")
     if stem not in names:
-        raise UserError(f"{shown}: no packaged flagfile of that name; pass one of: {', '.join(names)} (or --flagfile=<path> for your own).")
+        close = difflib.get_close_matches(stem, names, n=1)
+        hint = f" (did you mean --config={close[0]}?)" if close else ""
+        raise UserError(
+            f"{shown}: no packaged flagfile of that name{hint}; pass one of: {', '.join(names)} "
+            "(or --flagfile=<path> for your own)."
+        )
     return os.path.join(flags_dir, f"{stem}.cfg")
 
 

@@ -247,7 +247,7 @@ class Config:
     # Data.
     dataset: str = _flag("cifar10", "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>.", parse=_absolute_dataset, group="Data")
     data_dir: str | None = _flag(None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).", parse=_absolute_path)
-    image_size: tuple[int, int] | None = _flag(None, "H[,W] for folder and synthetic datasets (default: the first training image's size, 32 for synthetic).", parse=_image_size)
+    image_size: tuple[int, int] | None = _flag(None, "H[,W] for folder and synthetic datasets (default: the most common size of the training images, 32 for synthetic).", parse=_image_size)
     train_subset: int | None = _flag(None, "Train on a fixed random subset of this many examples (quick experiments).")
     # Share of the training set held out (seeded, stratified) to choose best.keras; 0: the paper's protocol.
     validation_split: float = _flag(0.0, "Hold out this share of the training set (seeded, stratified) to choose best.keras and show validation metrics; the test set is then scored once, at the end. 0 (default): the paper's protocol, best.keras chosen on the test set. A folder: dataset with a val/ directory uses it instead.")
@@ -338,7 +338,7 @@ def _check_config(c):
     n = len(c.sources)
     for flag, values in (("alpha", c.alpha), ("temperature", c.temperature)):
         if len(values) not in (1, max(n, 1)):
-            bad(f"--{flag}={','.join(map(str, values))}: give one value or one per source ({n} sources).")
+            bad(f"--{flag}={','.join(map(str, values))}: give one value or one per source ({n} source{'' if n == 1 else 's'}).")
     if any(t <= 0 for t in c.temperature):
         bad(f"--temperature must be > 0. Received: {_show(c.temperature)}.")
     if any(a < 0 for a in c.alpha):

@@ -217,7 +217,7 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
     )
     if data.num_classes != trained.num_classes:
         raise UserError(
-            f"--dataset={dataset} has {data.num_classes} classes but the model has {trained.num_classes} "
+            f"--dataset={dataset} has {data.num_classes} class{'' if data.num_classes == 1 else 'es'} but the model has {trained.num_classes} "
             "outputs; pass the dataset the model was trained on."
         )
     known_names = not all(name == f"class_{i}" for i, name in enumerate(trained.class_names))

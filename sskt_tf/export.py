@@ -61,7 +61,8 @@ def main(argv):
     path = export(
         fl.model, fl.output, fmt=fl.format, quantize=fl.quantize, top_k=fl.top_k, multi_label=fl.multi_label, overwrite=fl.overwrite
     )
-    print(f"exported {fl.model} ({fl.format}{', ' + fl.quantize if fl.format == 'tflite' else ''}) to {path}")
+    quantized = {"none": "float32 weights", "dynamic_int8": "int8 weights"}.get(fl.quantize, fl.quantize)
+    print(f"exported {fl.model} ({fl.format}{', ' + quantized if fl.format == 'tflite' else ''}) to {path}")
 
 
 def run():

@@ -5,7 +5,7 @@
 (`sskt-predict` is the same command.)
 
 `--model` is a run directory, a `.keras` file, or a SavedModel written by `sskt_tf.export` (then
-its `serve_image_bytes` signature does the decoding and resizing). Images are JPEG, PNG, BMP or GIF
+its `serve_image_bytes` signature does the decoding and resizing). Images are JPEG, PNG, BMP, GIF
 (the first frame), of any size: they are resized (bilinear) to the size the model was trained at.
 Scores are softmax probabilities, or one sigmoid per label for multi-label models.
 

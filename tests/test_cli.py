@@ -255,7 +255,7 @@ def test_config_names_a_packaged_flagfile_from_any_directory(tmp_path, monkeypat
     assert cli.expand_flagfiles(["--config", "smoke.cfg"], configs=True) == [*common, *smoke]
     with pytest.raises(UserError) as e:
         cli.expand_flagfiles(["--config=smok"], configs=True)
-    assert str(e.value) == f"--config=smok: no packaged flagfile of that name; pass one of: {', '.join(names)} (or --flagfile=<path> for your own)."
+    assert str(e.value) == f"--config=smok: no packaged flagfile of that name (did you mean --config=smoke?); pass one of: {', '.join(names)} (or --flagfile=<path> for your own)."
     # A missing --flagfile whose name is a packaged one points to it.
     with pytest.raises(UserError, match=r"^--flagfile=flags/smoke.cfg: no such file or directory .*, or --config=smoke for the packaged one\.$"):
         cli.expand_flagfiles(["--flagfile=flags/smoke.cfg"], configs=True)

@@ -270,6 +270,12 @@ def load(
     source = importlib.import_module(f"sskt_tf.data.{kind}").source(
         dataset, data_dir=data_dir, image_size=image_size, seed=seed, skip_bad_images=skip_bad_images
     )
+    if len(source.class_names) < 2:
+        # One softmax output is 1 whatever the image: accuracy 1.0 and loss 0 would mean nothing.
+        raise UserError(
+            f"--dataset={dataset} has {len(source.class_names)} class ({', '.join(source.class_names)}); a classifier "
+            "needs at least 2: add a folder per class under train/ and test/."
+        )
 
     train_split = source.train
     validation_split_data, validation_from = None, None

@@ -122,6 +122,13 @@ def test_folder_dataset_errors(tmp_path, user_error, make_tree):
 
     assert "--batch_size=10" in user_error(lambda: data.load(f"folder:{root}", batch_size=10))
 
+    # One class: its softmax is 1 for every image, so training would report accuracy 1.0 for nothing.
+    one = tmp_path / "one"
+    make_tree(str(one), train_counts={"cat": 4}, test_counts={"cat": 2})
+    assert f"--dataset=folder:{one} has 1 class (cat); a classifier needs at least 2" in user_error(
+        lambda: data.load(f"folder:{one}", batch_size=2)
+    )
+
     empty = tmp_path / "empty"
     os.makedirs(empty / "train")
     os.makedirs(empty / "test")
@@ -278,9 +285,9 @@ def test_folder_check_cache_in_unwritable_place_still_loads(tmp_path, monkeypatc
 
 
 def test_folder_size_ties_go_to_the_larger(tmp_path, capsys, make_tree, write_png):
-    make_tree(str(tmp_path), train_counts={"a": 2}, test_counts={"a": 1}, size=(6, 6))
-    for i in range(2):
-        write_png(str(tmp_path / "train" / "a" / f"big{i}.png"), np.zeros((9, 7, 3), np.uint8))
+    make_tree(str(tmp_path), train_counts={"a": 1, "b": 1}, test_counts={"a": 1, "b": 1}, size=(6, 6))
+    for name in ("a", "b"):
+        write_png(str(tmp_path / "train" / name / "big.png"), np.zeros((9, 7, 3), np.uint8))
     ds = data.load(f"folder:{tmp_path}", batch_size=2)
     assert ds.image_size == (9, 7)
-    assert "2 sizes (9x7: 2 files, 6x6: 2 files); training at 9x7" in capsys.readouterr().out
+    assert "2 sizes (9x7: 2 files, 6x6: 2 files); training at 9x7" in capsys.readouterr().out  # Counts: train/ only.
