@@ -364,7 +364,8 @@ def test_bce_is_refused_for_the_baselines(tmp_path, stand_ins):
 # auxiliary losses: `_VALUES`; the depth of one architecture, `_ARCHITECTURES`) run the same steps: each
 # such group trains once (in this process), and
 # every flagfile of it checks that it resolves, that it differs from the trained one in those values
-# only, and the run's outputs. The tests share one xdist group, so one worker holds the runs.
+# only, and the run's outputs. The flagfiles of one code path share an xdist group (one worker holds
+# their run); the code paths are split over two groups.
 
 # Config fields whose values, not presence, differ between flagfiles of the same code path.
 _VALUES = (
@@ -423,9 +424,21 @@ def flagfile_runs_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("flagfile_runs")
 
 
+def _flagfile_params():
+    """One param per flagfile, in two xdist groups that split the code paths: two workers share the runs."""
+    index = {}  # code path -> its order of appearance
+    group = {}
+    for flagfile in FLAGFILES:
+        args = _flagfile_args(flagfile, "OUTPUT_DIR", lambda name, classes, index=0: f"mobilenet_v2:random:{classes}")
+        args.remove("--output_dir=OUTPUT_DIR")
+        path = _code_path(resolved_config(args))
+        group[flagfile] = index.setdefault(path, len(index)) % 2
+    FLAGS.unparse_flags()
+    return [pytest.param(f, marks=pytest.mark.xdist_group(f"flagfile_runs_{group[f]}")) for f in FLAGFILES]
+
+
 @pytest.mark.slow
-@pytest.mark.xdist_group("flagfile_runs")
-@pytest.mark.parametrize("flagfile", FLAGFILES)
+@pytest.mark.parametrize("flagfile", _flagfile_params())
 def test_every_flagfile_runs_two_smoke_steps(flagfile, stand_ins, flagfile_runs_dir):
     trained, out, outcome = _flagfile_run(flagfile, stand_ins, flagfile_runs_dir)
     config = resolved_config(_flagfile_args(flagfile, out, stand_ins))

@@ -72,8 +72,9 @@ def test_any_size_is_resized_as_the_folder_pipeline_resizes(run, keras_model, tm
     """A 45x61 image through the signature == the same file through sskt_tf.data at 32x32, then Keras."""
     image = random_images((45, 61, 3), seed=1)
     for split in ("train", "test"):
-        os.makedirs(tmp_path / split / "a")
-        tf.io.write_file(str(tmp_path / split / "a" / "x.png"), tf.io.encode_png(image))
+        for name in ("a", "b"):  # A folder dataset needs two classes; "a" holds the image compared.
+            os.makedirs(tmp_path / split / name)
+            tf.io.write_file(str(tmp_path / split / name / "x.png"), tf.io.encode_png(image))
     pipeline_image, _ = next(iter(data_lib.load(f"folder:{tmp_path}", batch_size=1, image_size=(32, 32)).test))
     loaded = tf.saved_model.load(str(run / "saved_model"))
     out = loaded.signatures["serving_default"](images=tf.constant(image[None]))
