@@ -92,14 +92,21 @@ def test_the_logs_carry_each_steps_learning_rate_and_the_images_per_second(capsy
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
     model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
     steps = []
+    # A clock of 0.5 s per reading, so the figures are exact: step k of an epoch is read k + 1 readings
+    # after the epoch's start, so k * 4 images / (0.5 k s) = 8 images/s.
+    ticks = iter(np.arange(1000) * 0.5)
+    throughput = callbacks_lib.Throughput(4, clock=lambda: float(next(ticks)))
     recorder = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(dict(logs)))
     x, y = np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
     history = model.fit(
-        x, y, batch_size=4, epochs=2, callbacks=[callbacks_lib.Throughput(4), callbacks_lib.LearningRateLog(), recorder], verbose=1
+        x, y, batch_size=4, epochs=2, callbacks=[throughput, callbacks_lib.LearningRateLog(), recorder], verbose=1
     )
     assert [s["lr"] for s in steps] == [0.1, 0.1, 0.1, 0.01]  # Shortest decimals of the float32 rates.
     assert history.history["lr"] == [0.1, 0.01]  # Each epoch's last step.
-    assert all(s["images_per_second"] > 0 for s in steps) and all(v > 0 for v in history.history["images_per_second"])
+    assert [s["images_per_second"] for s in steps] == [8.0, 8.0, 8.0, 8.0]
+    assert throughput.history() == {"seconds": [1.5, 1.5], "steps": [2, 2]}  # 2 steps, then the epoch's end.
+    assert history.history["images_per_second"] == pytest.approx([8 / 1.5, 8 / 1.5])  # 8 images in 1.5 s.
+    assert throughput.images_per_second() == pytest.approx(16 / 3.0)
     # The progress bar shows both (Keras' ProgbarLogger reads the same logs, after the callbacks above).
     bar = capsys.readouterr().out
     assert " - images_per_second: " in bar and " - lr: 0.0100" in bar
