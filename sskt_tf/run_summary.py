@@ -89,10 +89,10 @@ def _schedule(config):
     text = f"{sgd}; x{config.lr_gamma:g} after epochs {','.join(map(str, config.lr_milestones))}"
     if len(inside) < len(config.lr_milestones):
         if inside:
-            text += f" (within these {config.epochs} epochs: {','.join(map(str, inside))})"
+            text += f" (within the run's {_plural(config.epochs, 'epoch')}: {','.join(map(str, inside))})"
         else:
             text += (
-                f" (none within these {config.epochs} epochs: the rate stays {config.lr:g}; "
+                f" (none within the run's {_plural(config.epochs, 'epoch')}: the rate stays {config.lr:g}; "
                 "set --lr_milestones or --lr_schedule=cosine)"
             )
     return text

@@ -12,11 +12,12 @@ def test_the_schedule_row_says_when_milestones_lie_beyond_the_run():
     assert run_summary._schedule(Config(epochs=200)) == f"{sgd}; x0.2 after epochs 60,120,160"
     # A short run with the paper's milestones keeps the rate: said, with the fix.
     assert run_summary._schedule(Config(epochs=30)) == (
-        f"{sgd}; x0.2 after epochs 60,120,160 (none within these 30 epochs: the rate stays 0.1; "
+        f"{sgd}; x0.2 after epochs 60,120,160 (none within the run's 30 epochs: the rate stays 0.1; "
         "set --lr_milestones or --lr_schedule=cosine)"
     )
-    assert run_summary._schedule(Config(epochs=100)) == f"{sgd}; x0.2 after epochs 60,120,160 (within these 100 epochs: 60)"
+    assert run_summary._schedule(Config(epochs=100)) == f"{sgd}; x0.2 after epochs 60,120,160 (within the run's 100 epochs: 60)"
     assert run_summary._schedule(Config(epochs=30, lr_schedule="cosine", lr=0.05)) == (
         "SGD lr 0.05, momentum 0.9, coupled L2 0.0005; cosine to 0 over 30 epochs"
     )
     assert run_summary._schedule(Config(lr_schedule="constant")).endswith("; constant")
+    assert "(none within the run's 1 epoch: the rate stays 0.1;" in run_summary._schedule(Config(epochs=1))
