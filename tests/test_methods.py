@@ -482,7 +482,11 @@ def test_save_load_round_trip_and_the_exported_target_alone(method, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model)
-    np.testing.assert_allclose(loaded.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-5, atol=1e-5)
+    expected = model.predict(X, verbose=0)
+    # After one epoch at lr 0.1 the logits reach |50|; float32 sums in another graph order differ by
+    # ~1e-5 there, so the tolerance scales with the logits (a wrong weight moves them by O(1)).
+    atol = 1e-5 * np.abs(expected).max()
+    np.testing.assert_allclose(loaded.predict(X, verbose=0), expected, rtol=1e-5, atol=atol)
     settings = {"dml": ("weight_decay",), "maxl": ("psi", "first_order", "base_lr")}
     assert all(getattr(loaded, a) == getattr(model, a) for a in settings[method])
     assert len(loaded.weights) == len(model.weights)
@@ -496,7 +500,7 @@ def test_save_load_round_trip_and_the_exported_target_alone(method, tmp_path):
     target = model.target_model(name="exported")
     names = {w.path.split("/")[0] for w in target.weights}
     assert not names & {"teacher", "label_generator", "aux_classifier", "peer1"}
-    np.testing.assert_allclose(target.predict(X, verbose=0), model.predict(X, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(target.predict(X, verbose=0), expected, rtol=1e-5, atol=atol)
 
 
 def state_groups(model, path):
