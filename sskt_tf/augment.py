@@ -37,7 +37,7 @@ def pad_crop_flip(images, seed, padding: int = 4) -> tf.Tensor:
 
     Equivalent to torchvision's `RandomCrop(size, padding=padding)` followed by
     `RandomHorizontalFlip(0.5)` applied to every image independently, done for the
-    whole batch with two gathers.
+    whole batch with two gathers: `crop_flip(images, *pad_crop_flip_views(seed, B, padding))`.
 
     Args:
         images: uint8 or float tensor `[B, H, W, C]`.
@@ -52,20 +52,59 @@ def pad_crop_flip(images, seed, padding: int = 4) -> tf.Tensor:
     Raises:
         ValueError: `padding` is not an int >= 0.
     """
+    _check_padding(padding)
+    images = tf.convert_to_tensor(images)
+    offsets, flip = pad_crop_flip_views(seed, tf.shape(images)[0], padding)
+    return crop_flip(images, offsets, flip, padding)
+
+
+def _check_padding(padding):
     if not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    images = tf.convert_to_tensor(images)
+
+
+def pad_crop_flip_views(seed, batch, padding: int = 4):
+    """The random draws of `pad_crop_flip`: each image's crop offsets and flip.
+
+    Args:
+        seed: int32/int64 `[2]`, the stateless seed.
+        batch: int or int32 scalar tensor, the number of images B.
+        padding: as `pad_crop_flip`.
+
+    Returns:
+        `(offsets, flip)`: int32 `[2, B]` (row and column offsets into the padded image, each in
+        `[0, 2 * padding]`) and bool `[B]`.
+    """
     # int32 and int64 seeds drive different Philox streams; one dtype makes [1, 2] mean
     # the same thing whichever way the caller built it.
     seed = tf.cast(seed, tf.int64)
-    shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-    offsets = tf.random.stateless_uniform(
-        [2, batch], seed=crop_seed, minval=0, maxval=2 * padding + 1, dtype=tf.int32
-    )
+    offsets = tf.random.stateless_uniform([2, batch], seed=crop_seed, minval=0, maxval=2 * padding + 1, dtype=tf.int32)
     flip = tf.random.stateless_uniform([batch], seed=flip_seed) < 0.5
+    return offsets, flip
 
+
+def crop_flip(images, offsets, flip, padding: int = 4) -> tf.Tensor:
+    """Each image's given view: the `[H, W]` crop at `offsets` of the zero-padded image, flipped where `flip`.
+
+    The deterministic half of `pad_crop_flip`; `--soft_label_cache=replay` uses it to rebuild the
+    stored views exactly.
+
+    Args:
+        images: uint8 or float `[B, H, W, C]`.
+        offsets: int32 `[2, B]`, row and column offsets into the image padded by `padding`, in
+            `[0, 2 * padding]`.
+        flip: bool `[B]`, horizontal flip after the crop.
+        padding: zeros added on each side before cropping.
+
+    Returns:
+        float32 `[B, H, W, C]`.
+    """
+    _check_padding(padding)
+    images = tf.convert_to_tensor(images)
+    offsets = tf.cast(offsets, tf.int32)
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
     padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
     rows = offsets[0][:, None] + tf.range(height)[None, :]
     columns = tf.range(width)[None, :]

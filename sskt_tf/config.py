@@ -82,6 +82,19 @@ def _fraction(flag, text):
         raise UserError(f"--{flag}={text}: expected a number or a fraction such as 7/3.") from None
 
 
+def _top_k(flag, text):
+    text = str(text).strip()
+    if text == "full":
+        return 0
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise UserError(f"--{flag}={text}: expected a number of logits >= 1 (e.g. 10) or full.")
+    return k
+
+
 def _image_size(flag, values):
     if not values:
         return None
@@ -297,8 +310,10 @@ class Config:
     tpu: str = _flag("", "TPU address for --strategy=tpu ('' = the local or Colab TPU).")
     precision: str = _flag("float32", "Compute precision of the target (variables, logits and losses stay float32).", choices=PRECISIONS)
     source_precision: str = _flag("same", "Compute precision of the frozen sources (same: as --precision). Their logits are cast to float32.", choices=SOURCE_PRECISIONS)
-    soft_label_cache: str = _flag("off", "off: sources see every augmented batch (faithful); clean: each source's logits are computed once on the un-augmented training images and reused (SSKT then costs about as much as scratch).", choices=SOFT_LABEL_CACHES)
-    soft_label_cache_dir: str | None = _flag(None, "Where --soft_label_cache=clean stores logits (default <output_dir>/soft_label_cache); share it between runs with the same data and sources.", parse=_absolute_path)
+    soft_label_cache: str = _flag("off", "off: sources see every augmented batch (faithful); replay: the sources' logits on --replay_views stored crops and flips of each image, computed once, and training cuts exactly those views (exact soft labels; SSKT then costs about as much as scratch); clean: logits of the un-augmented images (an approximation).", choices=SOFT_LABEL_CACHES)
+    soft_label_cache_dir: str | None = _flag(None, "Where --soft_label_cache stores logits (default <output_dir>/soft_label_cache); share it between runs with the same data and sources (any --seed, target or method).", parse=_absolute_path)
+    replay_views: int = _flag(10, "--soft_label_cache=replay: views (crop + flip) stored per training image; each epoch an image trains on one of them. The fill costs this many passes of the sources over the data.")
+    replay_top_k: int = _flag(10, "--soft_label_cache=replay: logits stored per view (float16, with their classes; the others get the mean of the rest), or full (every logit, float32: training equals live sources on the same views).", parse=_top_k, kind="string", flag_default="10")
     resume: bool = _flag(True, "Save the training state after every epoch and resume from it when the same command runs again.")
     deterministic: bool = _flag(False, "Bit-identical runs: TensorFlow op determinism (slower; turns XLA off).")
     sync_bn: bool = _flag(False, "Synchronise the target's BatchNorm statistics across replicas.")
@@ -364,18 +379,26 @@ def _check_config(c):
             bad(f"--{name} must be {allowed}. Received: {getattr(c, name)}.")
     if list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m < 1 for m in c.lr_milestones):
         bad(f"--lr_milestones must be increasing positive epochs. Received: {','.join(map(str, c.lr_milestones))}.")
-    if c.soft_label_cache == "clean" and c.source_bn == "batch":
+    cache = c.soft_label_cache
+    if cache != "off" and c.source_bn == "batch":
         bad(
-            "--soft_label_cache=clean stores one logit vector per image, but --source_bn=batch makes it depend "
+            f"--soft_label_cache={cache} stores one logit vector per image, but --source_bn=batch makes it depend "
             "on the rest of the batch; use --source_bn=inference or --soft_label_cache=off."
         )
     a = c.augmentation
-    if a.mixes and c.soft_label_cache == "clean":
+    if a.mixes and cache != "off":
         bad(
-            f"--soft_label_cache=clean stores the sources' logits of single un-augmented images, but --mixup={a.mixup} "
+            f"--soft_label_cache={cache} stores the sources' logits of single images, but --mixup={a.mixup} "
             f"--cutmix={a.cutmix} make every training image a mix of two; use --soft_label_cache=off (the sources "
             "then see the mixed images) or drop --mixup/--cutmix."
         )
+    if cache == "replay" and a.kind == "randaugment":
+        bad(
+            "--soft_label_cache=replay stores each view's crop and flip, not RandAugment's operations; use "
+            "--augment=standard with replay, or --soft_label_cache=off (the sources then see the RandAugment images)."
+        )
+    if c.replay_views < 1:
+        bad(f"--replay_views must be >= 1. Received: {c.replay_views}.")
     if a.mixes and c.method == "maxl":
         bad(
             f"--method=maxl generates auxiliary labels within each image's one class, which mixed images do not have; "
@@ -558,6 +581,9 @@ def from_flags(fl=flags.FLAGS):
     for name in ("randaugment_layers", "randaugment_magnitude"):
         if fl[name].present and fl.augment != "randaugment":
             raise UserError(f"--{name}={fl[name].value} only applies to --augment=randaugment; received --augment={fl.augment}.")
+    for name in ("replay_views", "replay_top_k"):
+        if fl[name].present and fl.soft_label_cache != "replay":
+            raise UserError(f"--{name}={fl[name].value} only applies to --soft_label_cache=replay; received --soft_label_cache={fl.soft_label_cache}.")
     if fl["mix_prob"].present and not (fl.mixup > 0 or fl.cutmix > 0):
         raise UserError(f"--mix_prob={fl.mix_prob} only applies with --mixup or --cutmix > 0; both are 0.")
     return Config(**_field_values(fl, Config))

@@ -222,3 +222,20 @@ def build_model(config, image_size, num_classes, class_names=None):
     model = builders[config.method](config, image_size, num_classes, class_names)
     model.build((None, *image_size, 3))
     return model
+
+
+def frozen_networks(model):
+    """The frozen networks a model runs on every training batch: SSKT's sources, or KD's teacher.
+
+    `--soft_label_cache` stores their logits; the model's `train_step` then reads them from the
+    batch (`{"images": ..., "extras": (logits per network, ...)}`) in this order.
+
+    Args:
+        model: a model of `build_model`.
+
+    Returns:
+        list of `sskt_tf.sources.Source` (empty for scratch, DML and MAXL).
+    """
+    if isinstance(model, KDModel):
+        return [model.teacher]
+    return list(getattr(model, "sources", ()))

@@ -38,7 +38,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # --source_precision: same (as --precision) or a compute dtype of the frozen sources.
 SOURCE_PRECISIONS = ("same", "float32", "float16", "bfloat16")
 # --soft_label_cache (sskt_tf.soft_labels).
-SOFT_LABEL_CACHES = ("off", "clean")
+SOFT_LABEL_CACHES = ("off", "clean", "replay")
 # --jit_compile: XLA compilation of the steps.
 JIT_CHOICES = ("auto", "true", "false")
 # --cache: where the decoded training images are kept: auto = memory within a budget, else decoded every epoch.

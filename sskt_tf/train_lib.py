@@ -107,10 +107,7 @@ def _train(config, strategy, start, tracker):
         print(f"skipped {len(data.bad_files)} images that cannot be decoded (--skip_bad_images): {out}/skipped_images.txt")
     if initial_epoch:
         print(f"resuming after epoch {initial_epoch} from {resume.directory}")
-    extras = ()
-    if config.soft_label_cache == "clean" and getattr(model, "sources", ()):
-        cache_dir = config.soft_label_cache_dir or os.path.join(out, "soft_label_cache")
-        extras = soft_labels.load_or_compute(model.sources, data, config, cache_dir, verbose=config.verbose)
+    extras, replay = _soft_label_cache(config, data, model, out)
 
     # Without a validation set (the paper's protocol) the test set is evaluated after each epoch and
     # picks best.keras, as the reference code does; results.json says which split chose it.
@@ -135,7 +132,7 @@ def _train(config, strategy, start, tracker):
     )
     try:
         history = model.fit(
-            data.train_from(initial_epoch * steps_per_epoch, extras=extras),
+            data.train_from(initial_epoch * steps_per_epoch, extras=extras, replay=replay),
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch,
@@ -203,6 +200,20 @@ def _build_model(config, data, strategy, steps_per_epoch):
         # distributed batch fails under MultiWorkerMirroredStrategy (see TrainingModel).
         model.optimizer.build(model.trainable_variables)
     return model
+
+
+def _soft_label_cache(config, data, model, out):
+    """`(extras, replay)` for `Datasets.train_from`: the stored logits of the model's frozen networks (`--soft_label_cache`)."""
+    frozen = methods.frozen_networks(model)
+    if config.soft_label_cache == "off":
+        return (), None
+    if not frozen:
+        print(f"--soft_label_cache={config.soft_label_cache}: --method={config.method} has no sources; nothing to store")
+        return (), None
+    cache_dir = config.soft_label_cache_dir or os.path.join(out, "soft_label_cache")
+    if config.soft_label_cache == "clean":
+        return soft_labels.load_or_compute(frozen, data, config, cache_dir, verbose=config.verbose), None
+    return (), soft_labels.load_or_fill_replay(frozen, data, config, cache_dir, verbose=config.verbose)
 
 
 def _note_unreached_milestones(config):

@@ -1,5 +1,8 @@
 """Tests of the soft-label cache: stored logits equal the sources' own, reuse, invalidation, training."""
 
+import glob
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -112,3 +115,120 @@ def test_the_data_key_follows_the_hold_out_its_seed_and_skipped_files():
     plain = dataclasses.replace(config, validation_split=0.0)
     data = types.SimpleNamespace(**{**vars(data), "validation_from": None})
     assert soft_labels.data_key(plain, data) == soft_labels.data_key(dataclasses.replace(plain, seed=5), data)
+
+
+# --- replay -------------------------------------------------------------------------------------
+
+
+def _replay_setup(tmp_path, **overrides):
+    keras.utils.set_random_seed(0)
+    settings = dict(soft_label_cache="replay", replay_top_k=0, replay_views=3)
+    config = Config(dataset="synthetic", sources=(_tiny_source(tmp_path),), batch_size=32,
+                    output_dir=str(tmp_path / "run"), **{**settings, **overrides})
+    data = data_lib.load("synthetic", batch_size=32, seed=0, augment="standard")
+    return config, data, build_model(config, data.image_size, data.num_classes)
+
+
+def test_views_are_distinct_crops_and_flips_of_the_padded_image_drawn_apart_from_the_seed():
+    from sskt_tf.config import AugmentationConfig
+
+    views = soft_labels.draw_views(300, 5, AugmentationConfig())
+    assert views.offsets.shape == (300, 5, 2) and views.flips.shape == (300, 5) and views.padding == 4
+    assert views.offsets.min() == 0 and views.offsets.max() == 8 and 0.3 < views.flips.mean() < 0.7
+    codes = (views.offsets[..., 0].astype(int) * 9 + views.offsets[..., 1]) * 2 + views.flips
+    assert all(len(set(row)) == 5 for row in codes)  # Distinct views of each image.
+    assert len({tuple(row) for row in codes}) > 290  # Images get their own views.
+    # The same draw in every run (REPLAY_SEED, not --seed); more views than exist: all 162 of them.
+    again = soft_labels.draw_views(300, 5, AugmentationConfig())
+    assert np.array_equal(again.offsets, views.offsets) and np.array_equal(again.flips, views.flips)
+    assert soft_labels.draw_views(2, 500, AugmentationConfig()).count == 162
+    plain = soft_labels.draw_views(4, 5, AugmentationConfig(kind="none"))
+    assert plain.count == 1 and plain.padding == 0 and not plain.flips.any()
+
+
+def test_top_k_storage_keeps_the_largest_logits_and_gives_the_rest_their_mean():
+    logits = np.array([[[1.0, 5.0, -2.0, 3.0, 0.5]]], np.float32)  # [N=1, V=1, C=5]
+    stored = soft_labels.compress(logits, 2)
+    assert stored["values"].dtype == np.float16 and stored["indices"].dtype == np.int16
+    assert sorted(zip(stored["indices"][0, 0], stored["values"][0, 0])) == [(1, 5.0), (3, 3.0)]
+    assert stored["tail"][0, 0] == np.float16((1.0 - 2.0 + 0.5) / 3)
+    tail = np.float32(np.float16(-0.5 / 3))
+    expanded = soft_labels.expand([stored[k][0] for k in ("values", "indices", "tail")], 5).numpy()
+    np.testing.assert_array_equal(expanded, [[tail, 5.0, tail, 3.0, tail]])
+    full = soft_labels.compress(logits, 0)
+    np.testing.assert_array_equal(soft_labels.expand([full["logits"][0]], 5).numpy(), logits[0])
+
+
+def test_full_replay_gives_the_sources_own_logits_of_each_view_and_trains_bit_for_bit_as_live_sources(tmp_path):
+    config, data, model = _replay_setup(tmp_path)
+    replay = soft_labels.load_or_fill_replay(model.sources, data, config, str(tmp_path / "cache"), verbose=0)
+    clean = np.concatenate([x.numpy() for x, _ in data.train_ordered(512)])
+    stored = {v.tobytes() for v in replay.views.cut(clean, 0, 0, 512 * 3).numpy()}
+    for inputs, _ in data.train_from(0, replay=replay).take(2):
+        views = inputs["images"].numpy()
+        np.testing.assert_array_equal(inputs["extras"][0].numpy(), model.sources[0](views).numpy())
+        # Each image is one of the stored views of a training image; the clean image is only the
+        # one view of 162 that neither shifts nor flips.
+        assert all(v.tobytes() in stored for v in views)
+        assert len({v.tobytes() for v in views} & {c.tobytes() for c in clean}) <= 3
+    twin = build_model(config, data.image_size, data.num_classes)
+    twin.set_weights(model.get_weights())
+    for m in (model, twin):
+        m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    # A new dataset for each: reading the same one twice would reshuffle it.
+    model.fit(data.train_from(0, replay=replay), steps_per_epoch=3, verbose=0)
+    live = data.train_from(0, replay=replay).map(lambda x, y: (x["images"], y))  # The sources run in the step.
+    twin.fit(live, steps_per_epoch=3, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), twin.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), build_model(config, data.image_size, 10).get_weights()))
+
+
+def test_a_killed_fill_continues_and_a_stale_or_broken_file_is_never_read(tmp_path, monkeypatch):
+    config, data, model = _replay_setup(tmp_path, replay_top_k=4)
+    directory = str(tmp_path / "cache")
+    monkeypatch.setattr(soft_labels, "_FILL_CHUNK_BYTES", 100 * 32 * 32 * 3 * 4)  # Chunks of 100 images.
+    source, calls = model.sources[0], []
+
+    class Killed(Exception):
+        pass
+
+    def killed_after(n):
+        def call(images):
+            calls.append(len(images))
+            if len(calls) > n:
+                raise Killed
+            return source(images)
+
+        return call
+
+    with pytest.raises(Killed):
+        soft_labels._fill(killed_after(2), data, soft_labels.draw_views(512, 3, config.augmentation), 4,
+                          str(tmp_path / "x.partial"), 300, keras.utils.Progbar(1536, verbose=0))
+    assert sorted(os.listdir(tmp_path / "x.partial")) == ["0000000000.npz", "0000000100.npz"]
+    calls.clear()
+    views = soft_labels.draw_views(512, 3, config.augmentation)
+    resumed = soft_labels._fill(killed_after(99), data, views, 4, str(tmp_path / "x.partial"), 300,
+                                keras.utils.Progbar(1536, verbose=0))
+    assert sum(calls) == (512 - 200) * 3  # Only the chunks not written yet.
+    messages = []
+    replay = soft_labels.load_or_fill_replay(model.sources, data, config, directory, log=messages.append, verbose=0)
+    (path,) = glob.glob(os.path.join(directory, "*_replay.npz"))
+    assert not glob.glob(os.path.join(directory, "*.partial"))
+    with np.load(path) as f:
+        for k in ("values", "indices", "tail"):
+            np.testing.assert_array_equal(f[k], resumed[k])
+        assert f["values"].shape == (512, 3, 4) and np.array_equal(f["offsets"], views.offsets)
+    assert replay.views.count == 3 and "computing" in messages[-1]
+    soft_labels.load_or_fill_replay(model.sources, data, config, directory, log=messages.append, verbose=0)
+    assert "views per image from" in messages[-1]
+    # Other storage or other views: other files. A truncated file: filled again.
+    import dataclasses
+
+    for other in (dict(replay_top_k=0), dict(replay_views=2)):
+        soft_labels.load_or_fill_replay(model.sources, data, dataclasses.replace(config, **other), directory, log=messages.append, verbose=0)
+        assert "computing" in messages[-1]
+    assert len(glob.glob(os.path.join(directory, "*_replay.npz"))) == 3
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    soft_labels.load_or_fill_replay(model.sources, data, config, directory, log=messages.append, verbose=0)
+    assert "computing" in messages[-1]

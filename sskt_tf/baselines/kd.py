@@ -80,9 +80,14 @@ class KDModel(TargetModel):
         return dict(test), {"teacher": {"spec": t.spec, "classes": t.num_classes, "input_size": list(t.image_size)}}
 
     def train_step(self, data):
-        images, labels = data[0], data[1]
-        # The teacher is a constant of the step: outside the tape, inference mode, no gradient.
-        teacher_logits = self.teacher(images)
+        inputs, labels = data[0], data[1]
+        if isinstance(inputs, dict):
+            # --soft_label_cache: the pipeline brings each example's stored teacher logits.
+            images, teacher_logits = inputs["images"], inputs["extras"][0]
+        else:
+            images = inputs
+            # The teacher is a constant of the step: outside the tape, inference mode, no gradient.
+            teacher_logits = self.teacher(images)
 
         def loss_fn():
             logits = self(images, training=True)

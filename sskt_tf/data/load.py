@@ -101,29 +101,35 @@ class Datasets:
     # How `train_from` and `train_ordered` build their streams.
     _train_stream: pipeline.TrainStream | None = dataclasses.field(default=None, repr=False, compare=False)
 
-    def train_from(self, start_batch: int, extras: Sequence[np.ndarray] = ()) -> tf.data.Dataset:
+    def train_from(self, start_batch: int, extras: Sequence[np.ndarray] = (), replay=None) -> tf.data.Dataset:
         """`train` from its `start_batch`-th batch on: the stream a resumed run must see.
 
         Args:
             start_batch: index of the first batch (0: `train` itself).
             extras: arrays `[num_train, ...]` in the order of `train_ordered` (e.g. stored
                 source logits), which follow their examples through the shuffle.
+            replay: stored views and their logits (`sskt_tf.soft_labels.Replay`), which take the
+                place of the random crop and flip and become the batch's extras.
 
         Returns:
             Batches as `train`; with `extras`, `({"images": images, "extras": (rows [B, ...],
             ...)}, labels)`.
 
         Raises:
-            UserError: `extras` with mixed batches (MixUp or CutMix), whose images no longer
-                belong to one example.
+            UserError: `extras` or `replay` with mixed batches (MixUp or CutMix), whose images no
+                longer belong to one example; `replay` with RandAugment, whose operations it does
+                not store.
             ValueError: an array of `extras` without one row per training example.
         """
-        if extras and self._train_stream.augmenter.augmentation.mixes:
+        augmentation = self._train_stream.augmenter.augmentation
+        if (extras or replay is not None) and augmentation.mixes:
             raise UserError(
-                "stored source logits (--soft_label_cache=clean) belong to single images and cannot follow "
+                "stored source logits (--soft_label_cache) belong to single images and cannot follow "
                 "--mixup/--cutmix; use --soft_label_cache=off."
             )
-        return self._train_stream.batches(start_batch, extras)
+        if replay is not None and augmentation.kind == "randaugment":
+            raise UserError("stored views (--soft_label_cache=replay) cannot follow --augment=randaugment; use --augment=standard.")
+        return self._train_stream.batches(start_batch, extras, replay)
 
     def train_ordered(self, batch_size: int) -> tf.data.Dataset:
         """One un-augmented pass over the training examples in a fixed order (that of `extras`).

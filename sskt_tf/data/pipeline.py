@@ -368,7 +368,7 @@ class TrainStream:
     cache: str
     deterministic: bool = False
 
-    def batches(self, start_batch: int = 0, extras: Sequence[np.ndarray] = ()) -> tf.data.Dataset:
+    def batches(self, start_batch: int = 0, extras: Sequence[np.ndarray] = (), replay=None) -> tf.data.Dataset:
         """The infinite, shuffled, batched and augmented stream from its `start_batch`-th batch on.
 
         A stream started at `start_batch` skips that many batches' worth of (undecoded or
@@ -379,6 +379,10 @@ class TrainStream:
             start_batch: index of the first batch (0: the beginning).
             extras: arrays `[split.size, ...]` in the order of `split`, attached to their
                 examples before shuffling.
+            replay: instead of `extras` and the random crop and flip, stored views
+                (`sskt_tf.soft_labels.Replay`): its `rows` follow their examples, and
+                `replay.select(images, rows, batch seed)` cuts each batch's views and gives
+                their stored logits, which become the batch's extras.
 
         Returns:
             Batches `(images float32 [B, H, W, 3] in 0..255, labels)`, or with `extras`
@@ -390,6 +394,8 @@ class TrainStream:
             ValueError: an array of `extras` does not have one row per training example.
         """
         split, batch_size, seed, augmenter = self.split, self.batch_size, self.seed, self.augmenter
+        if replay is not None:
+            extras = replay.rows
         extras = tuple(np.asarray(e) for e in extras)
         for e in extras:
             if len(e) != split.size:
@@ -417,6 +423,9 @@ class TrainStream:
         ds = tf.data.Dataset.zip((ds, batch_seeds))
 
         def geometric(batch, batch_seed):
+            if replay is not None:
+                images, logits = replay.select(batch[0], batch[2:], batch_seed)
+                return (images, batch[1], *logits), batch_seed
             return (augmenter.geometric(batch[0], batch_seed), *batch[1:]), batch_seed
 
         def randaugment(batch, batch_seed):
