@@ -1,106 +1,248 @@
-"""Training throughput of SSKT and its parts, measured in one run; prints one table.
+"""Training throughput of SSKT and its parts, side by side with the PyTorch way, in one run.
 
-    python benchmarks/throughput.py [--steps=10] [--batch_size=128] [--data=folder:/tmp/cifar10]
+    python benchmarks/throughput.py [--steps=10] [--warmup=3] [--repeats=3] [--batch_size=128]
+        [--threads=2] [--data=folder:/tmp/cifar10] [--torch=true] [--jit_compile=auto] [--precision=float32]
+
+Every row runs in a process of its own (this script again, with `--row=<name>`), so that no row
+inherits another's threads, allocator state or prefetching pipeline; each does `--warmup` untimed
+steps, then `--repeats` timed blocks of `--steps` steps, and reports the median ms/step over the
+blocks, their spread ((max - min) / median) and the process's peak memory (resident set size on
+CPU, the device's peak allocation on GPU).
 
 Rows (ResNet-20 target, 32x32 images, global batch --batch_size):
-  input pipeline alone      the training tf.data pipeline (decode/cache, shuffle, batch, augment)
-  scratch                   train step of the target alone
-  SSKT, 1 x ResNet-50 @74   train step with one frozen ResNet-50 source (random weights: same cost)
-  SSKT, 2 x ResNet-50 @74   two sources with 1000 and 365 classes (the paper's I + P)
-  SSKT, ..., soft-label cache  the step reading stored source logits (--soft_label_cache=clean)
-  source forward alone      one ResNet-50 forward at 74 px, inference mode
-and the ratio  SSKT step / (scratch step + source forward): above 1 means SSKT adds work beyond
-the sources' own forward pass.
+  pipeline   the training tf.data pipeline (decode/cache, shuffle, batch, augment), --data
+  scratch    train step of the target alone
+  sskt       train step with one frozen ResNet-50 source at 74 px (random weights: same cost)
+  sskt2      two sources with 1000 and 365 classes (the paper's I + P)
+  clean      the step reading stored logits of one source (--soft_label_cache=clean)
+  replay     the pipeline cutting stored views and expanding their top-10 float16 logits
+             (--soft_label_cache=replay, 10 views per image) feeding the step, both timed
+  source     one ResNet-50 forward at 74 px, inference mode
+The PyTorch way (`benchmarks/torch_reference.py`, with the same batch and --threads) runs the rows
+scratch, sskt, sskt2 and source; the table gives the ratio of its ms/step to ours (above 1: we are
+faster), and the script ends with the issue's goals, each met or not.
 
-Model steps run on one batch held in memory, so they measure compute, not input.
+Model steps (but replay's) run on one batch held in memory, so they measure compute, not input.
+TensorFlow runs with `--threads` intra-op threads and one inter-op thread, torch with
+`torch.set_num_threads(--threads)` and one inter-op thread.
 """
 
-import dataclasses
+import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from sskt_tf import data as data_lib  # noqa: E402
-from sskt_tf import methods, optim  # noqa: E402
-from sskt_tf.config import Config  # noqa: E402
-
-flags.DEFINE_integer("steps", 10, "Timed steps per row (after warm-up steps).")
-flags.DEFINE_integer("warmup", 3, "Untimed steps per row (tracing, compilation).")
+flags.DEFINE_integer("steps", 10, "Timed steps per block.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps before the first block (tracing, compilation).")
+flags.DEFINE_integer("repeats", 3, "Timed blocks per row; the table gives their median.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-flags.DEFINE_string("data", "synthetic", "Dataset of the input-pipeline row (e.g. folder:/tmp/cifar10).")
+flags.DEFINE_integer("threads", 2, "Intra-op threads of TensorFlow and of torch.")
+flags.DEFINE_string("data", "synthetic", "Dataset of the pipeline row (e.g. folder:/tmp/cifar10).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the model steps.")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Target precision.")
+flags.DEFINE_enum("source_precision", "same", ["same", "float32", "float16", "bfloat16"], "Sources' precision.")
+flags.DEFINE_bool("torch", True, "Also run the PyTorch way (benchmarks/torch_reference.py).")
+flags.DEFINE_string("rows", "pipeline,scratch,sskt,sskt2,clean,replay,source", "Rows to run, in order.")
+flags.DEFINE_string("row", None, "Internal: run this one row in this process and print its JSON line.")
 FLAGS = flags.FLAGS
 
-
-def _time_train_step(config, inputs, labels, jit):
-    model = methods.build_model(config, (32, 32), 10)
-    model.compile(optimizer=optim.build_optimizer(config, 100), jit_compile=jit)
-    ds = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
-    model.fit(ds, epochs=1, steps_per_epoch=FLAGS.warmup, verbose=0)
-    start = time.perf_counter()
-    model.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
-    return (time.perf_counter() - start) / FLAGS.steps, model
-
-
-def _time_source_forward(source, images):
-    forward = tf.function(lambda x: source(x), jit_compile=FLAGS.jit_compile == "true")
-    for _ in range(FLAGS.warmup):
-        forward(images).numpy()
-    start = time.perf_counter()
-    for _ in range(FLAGS.steps):
-        forward(images).numpy()
-    return (time.perf_counter() - start) / FLAGS.steps
+TORCH_ROWS = {"scratch": "scratch", "sskt": "sskt", "sskt2": "sskt2", "source": "source_forward"}
+LABELS = {
+    "pipeline": "input pipeline alone",
+    "scratch": "scratch",
+    "sskt": "SSKT, 1 x ResNet-50 @74",
+    "sskt2": "SSKT, 2 x ResNet-50 @74 (1000 + 365)",
+    "clean": "SSKT, --soft_label_cache=clean",
+    "replay": "SSKT, --soft_label_cache=replay",
+    "source": "source forward alone (ResNet-50 @74)",
+}
 
 
-def _time_pipeline():
-    datasets = data_lib.load(FLAGS.data, batch_size=FLAGS.batch_size)
-    it = iter(datasets.train)
-    # A first full pass fills the in-memory cache; the steady state is what training sees.
-    for _ in range(max(datasets.steps_per_epoch, FLAGS.warmup)):
-        next(it)
-    steps = 10 * FLAGS.steps
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(it)
-    return (time.perf_counter() - start) / steps
+# --------------------------------------------------------------------------- one row, in its process
+
+
+def _peak_memory_mib(tf):
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux.
+
+
+def _blocks(run_steps):
+    """Warm-up, then `repeats` timed blocks; ms per step of each block."""
+    run_steps(FLAGS.warmup)
+    times = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        run_steps(FLAGS.steps)
+        times.append((time.perf_counter() - start) / FLAGS.steps * 1e3)
+    return times
+
+
+def _row(name):
+    import dataclasses
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from sskt_tf import data as data_lib
+    from sskt_tf import methods, optim, soft_labels
+    from sskt_tf.config import Config
+
+    keras.utils.set_random_seed(0)
+    b = FLAGS.batch_size
+    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    base = Config(dataset="synthetic", model="resnet20", batch_size=b, precision=FLAGS.precision,
+                  source_precision=FLAGS.source_precision, jit_compile=FLAGS.jit_compile)
+    one = dataclasses.replace(base, sources=("resnet50:random",))
+    images = tf.constant(np.random.RandomState(0).uniform(0, 255, (b, 32, 32, 3)).astype("float32"))
+    labels = tf.constant(np.arange(b) % 10, tf.int32)
+
+    def fit_blocks(config, ds):
+        if config.precision != "float32":
+            keras.mixed_precision.set_global_policy(config.precision)
+        model = methods.build_model(config, (32, 32), 10)
+        model.compile(optimizer=optim.build_optimizer(config, 100), jit_compile=jit)
+        it = iter(ds)  # One iterator: no pipeline restarts between blocks.
+        return _blocks(lambda n: model.fit(it, epochs=1, steps_per_epoch=n, verbose=0)), model
+
+    def in_memory(x):
+        return tf.data.Dataset.from_tensors((x, labels)).repeat()
+
+    if name == "pipeline":
+        datasets = data_lib.load(FLAGS.data, batch_size=b)
+        it = iter(datasets.train)
+        for _ in range(datasets.steps_per_epoch):  # The first pass fills the in-memory cache.
+            next(it)
+        times = _blocks(lambda n: [next(it) for _ in range(n)])
+    elif name in ("scratch", "sskt", "sskt2"):
+        config = {"scratch": base, "sskt": one,
+                  "sskt2": dataclasses.replace(base, sources=("resnet50:random", "resnet50:random:365"))}[name]
+        times, _ = fit_blocks(config, in_memory(images))
+    elif name == "clean":
+        logits = tf.constant(np.random.RandomState(1).normal(0, 3, (b, 1000)).astype("float32"))
+        times, _ = fit_blocks(one, in_memory({"images": images, "extras": (logits,)}))
+    elif name == "replay":
+        # Stored views of the synthetic training images; random logits (their values do not change the cost).
+        data = data_lib.load("synthetic", batch_size=b, train_subset=None)
+        config = dataclasses.replace(one, soft_label_cache="replay")
+        views = soft_labels.draw_views(data.num_train, 10, config.augmentation)
+        logits = np.random.RandomState(1).normal(0, 3, (data.num_train, views.count, 1000)).astype("float32")
+        replay = soft_labels.Replay(views, [soft_labels.compress(logits, 10)], [1000])
+        times, _ = fit_blocks(config, data.train_from(0, replay=replay))
+    elif name == "source":
+        from sskt_tf import sources
+
+        source = sources.build_source("resnet50:random", (32, 32), 7 / 3)
+        forward = tf.function(lambda x: source(x), jit_compile=FLAGS.jit_compile == "true")
+        times = _blocks(lambda n: [forward(images).numpy() for _ in range(n)])
+    else:
+        raise app.UsageError(f"--row={name} is not a row; rows: {', '.join(LABELS)}")
+    return {"row": name, "framework": "sskt_tf", "ms_per_step": times, "median_ms": statistics.median(times),
+            "peak_memory_mib": _peak_memory_mib(tf), "devices": [d.name for d in tf.config.list_logical_devices()]}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _run(command):
+    """The JSON line a row's process prints (its last stdout line), or its error."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"error": f"exit {done.returncode}: {tail}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _common_args():
+    return [f"--batch_size={FLAGS.batch_size}", f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}",
+            f"--repeats={FLAGS.repeats}"]
+
+
+def _ours(row):
+    flags_ = [f"--{n}={FLAGS[n].value}" for n in ("threads", "data", "jit_compile", "precision", "source_precision")]
+    return _run([sys.executable, __file__, f"--row={row}", *_common_args(), *flags_])
+
+
+def _theirs(row):
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+    result = _run([sys.executable, script, f"--row={TORCH_ROWS[row]}", f"--threads={FLAGS.threads}", *_common_args()])
+    if "peak_rss_mib" in result:
+        result["peak_memory_mib"] = result["peak_rss_mib"]
+    return result
+
+
+def _spread(r):
+    return (max(r["ms_per_step"]) - min(r["ms_per_step"])) / r["median_ms"]
+
+
+def _cell(r):
+    if r is None:
+        return f"{'':>10}{'':>8}{'':>9}{'':>8}"
+    if "error" in r:
+        return f"  {r['error'][:33]:<33}"
+    ips = FLAGS.batch_size / r["median_ms"] * 1e3
+    return f"{r['median_ms']:>10.1f}{_spread(r):>8.0%}{ips:>9.0f}{r['peak_memory_mib']:>8.0f}"
 
 
 def main(argv):
     del argv
-    keras.utils.set_random_seed(0)
-    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
-    b = FLAGS.batch_size
-    images = tf.constant(np.random.RandomState(0).uniform(0, 255, (b, 32, 32, 3)).astype("float32"))
-    labels = tf.constant(np.arange(b) % 10, tf.int32)
-    base = Config(dataset="synthetic", model="resnet20", batch_size=b)
-    rows = [("input pipeline alone", _time_pipeline())]
-    scratch, _ = _time_train_step(base, images, labels, jit)
-    rows.append(("scratch", scratch))
-    one, model = _time_train_step(dataclasses.replace(base, sources=("resnet50:random",)), images, labels, jit)
-    rows.append(("SSKT, 1 x ResNet-50 @74", one))
-    cached_inputs = {"images": images, "extras": (model.sources[0](images),)}
-    cached, _ = _time_train_step(dataclasses.replace(base, sources=("resnet50:random",)), cached_inputs, labels, jit)
-    rows.append(("SSKT, 1 x ResNet-50, --soft_label_cache", cached))
-    two_sources = dataclasses.replace(base, sources=("resnet50:random", "resnet50:random:365"))
-    two, _ = _time_train_step(two_sources, images, labels, jit)
-    rows.append(("SSKT, 2 x ResNet-50 @74 (1000 + 365)", two))
-    forward = _time_source_forward(model.sources[0], images)
-    rows.append(("source forward alone (ResNet-50 @74)", forward))
+    if FLAGS.row:
+        print(json.dumps(_row(FLAGS.row)))
+        return
+    rows = [r for r in FLAGS.rows.split(",") if r]
+    unknown = [r for r in rows if r not in LABELS]
+    if unknown:
+        raise app.UsageError(f"--rows: {', '.join(unknown)} unknown; rows: {', '.join(LABELS)}")
+    ours, theirs = {}, {}
+    for row in rows:
+        ours[row] = _ours(row)
+        if FLAGS.torch and row in TORCH_ROWS:
+            theirs[row] = _theirs(row)
+        print(f"measured {row}", file=sys.stderr, flush=True)
 
-    print(f"\n{'':<40}{'ms/step':>10}{'images/s':>12}")
-    for name, seconds in rows:
-        print(f"{name:<40}{seconds * 1e3:>10.1f}{b / seconds:>12.0f}")
-    print(f"\nratio SSKT(1) step / (scratch step + source forward) = {one / (scratch + forward):.3f}")
-    print(
-        f"devices: {[d.name for d in tf.config.list_logical_devices()]}; batch {b}; "
-        f"jit_compile={FLAGS.jit_compile}; {FLAGS.steps} timed steps after {FLAGS.warmup} warm-up"
-    )
+    head = f"{'ms/step':>10}{'spread':>8}{'img/s':>9}{'MiB':>8}"
+    print(f"\n{'':<38}{'sskt_tf':^35}|{'PyTorch way':^35}|")
+    print(f"{'row':<38}{head}|{head}|{'torch/ours':>11}")
+    for row in rows:
+        r, t = ours[row], theirs.get(row)
+        ratio = f"{t['median_ms'] / r['median_ms']:>10.2f}x" if t and "error" not in t and "error" not in r else ""
+        print(f"{LABELS[row]:<38}{_cell(r)}|{_cell(t)}|{ratio}")
+
+    def ms(results, row):
+        r = results.get(row)
+        return r["median_ms"] if r and "error" not in r else None
+
+    goals = [
+        ("scratch step >= 1.0x the PyTorch way's", ms(theirs, "scratch"), ms(ours, "scratch"), 1.0),
+        ("SSKT step >= 1.5x the PyTorch way's", ms(theirs, "sskt"), ms(ours, "sskt"), 1.5),
+        ("replay >= 4x the PyTorch way's SSKT step", ms(theirs, "sskt"), ms(ours, "replay"), 4.0),
+        ("replay >= 0.9x our scratch step", ms(ours, "scratch"), ms(ours, "replay"), 0.9),
+    ]
+    print("\ngoals (speed-up = their ms / our ms):")
+    for text, slow, fast, goal in goals:
+        if slow and fast:
+            print(f"  {text:<44} {slow / fast:>6.2f}x  {'met' if slow / fast >= goal else 'NOT met'}")
+    one, scratch, source = ms(ours, "sskt"), ms(ours, "scratch"), ms(ours, "source")
+    if one and scratch and source:
+        ratio = one / (scratch + source)
+        print(f"  {'SSKT step / (scratch + source) <= 1.1':<44} {ratio:>6.2f}   {'met' if ratio <= 1.1 else 'NOT met'}")
+    devices = next((r["devices"] for r in ours.values() if "devices" in r), [])
+    print(f"\ndevices: {devices}; batch {FLAGS.batch_size}; {FLAGS.threads} intra-op threads; "
+          f"jit_compile={FLAGS.jit_compile}; precision={FLAGS.precision}/{FLAGS.source_precision}; "
+          f"{FLAGS.repeats} blocks of {FLAGS.steps} steps after {FLAGS.warmup} warm-up, each row in its own process; "
+          "spread = (max - min) / median over the blocks")
 
 
 if __name__ == "__main__":
