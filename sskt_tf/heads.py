@@ -3,6 +3,7 @@
 import keras
 
 from sskt_tf.errors import UserError
+from sskt_tf.models.layers import BatchNormalization
 from sskt_tf.names import HEAD_NAMES
 
 
@@ -114,7 +115,7 @@ class TransferModule(keras.layers.Layer):
                     kernel_initializer="he_normal",
                     name=f"{key}_conv{i}",
                 ),
-                keras.layers.BatchNormalization(
+                BatchNormalization(
                     momentum=0.9, epsilon=1e-5, synchronized=self.sync_bn, name=f"{key}_bn{i}"
                 ),
                 keras.layers.ReLU(name=f"{key}_relu{i}"),

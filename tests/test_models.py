@@ -117,3 +117,79 @@ def test_adaptive_average_pooling_in_a_saved_model(tmp_path):
     np.testing.assert_allclose(reloaded(x).numpy(), _torch_adaptive_average_pool(x, (7, 3)), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"output_size must be two positive ints. Received: output_size=\(0, 7\)"):
         AdaptiveAveragePooling2D((0, 7))
+
+
+_BN_WEIGHTS = [np.random.RandomState(0).uniform(0.5, 2, 4).astype("float32") for _ in range(4)]  # gamma, beta, mean, var
+
+
+def _bn_pair(shape=(None, 5, 6, 4)):
+    """Our BatchNormalization and Keras', built alike with the same (non-trivial) weights."""
+    from sskt_tf.models.layers import BatchNormalization
+
+    ours, theirs = BatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (ours, theirs):
+        layer.build(shape)
+        layer.set_weights(_BN_WEIGHTS)
+    return ours, theirs
+
+
+def test_batch_normalization_trains_as_keras_and_runs_the_fused_kernel():
+    import tensorflow as tf
+
+    ours, theirs = _bn_pair()
+    x = tf.constant(np.random.RandomState(1).normal(3, 2, (8, 5, 6, 4)).astype("float32"))
+    upstream = tf.constant(np.random.RandomState(2).normal(0, 1, (8, 5, 6, 4)).astype("float32"))
+    results = []
+    for layer in (ours, theirs):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
+    # Moving variance follows the biased batch variance (Keras'), not the kernel's unbiased one.
+    biased = np.var(x.numpy(), axis=(0, 1, 2))
+    np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 * _BN_WEIGHTS[3] + 0.1 * biased, rtol=1e-5)
+    # The fused kernel is what ran: its op is in the traced training graph, and not in inference.
+    graph = tf.function(lambda t, training: ours(t, training=training))
+    ops = lambda training: {op.type for op in graph.get_concrete_function(x, training).graph.get_operations()}  # noqa: E731
+    assert "FusedBatchNormV3" in ops(True) and "FusedBatchNormV3" not in ops(False)
+    # What the kernel does not serve (5-D inputs, a clip's frames) is Keras' own computation.
+    ours3d, theirs3d = _bn_pair((None, 2, 5, 6, 4))
+    x5 = tf.reshape(x, (4, 2, 5, 6, 4))
+    np.testing.assert_array_equal(ours3d(x5, training=True).numpy(), theirs3d(x5, training=True).numpy())
+    # Same variable names as Keras' (checkpoints of either load into the other) and a round-tripping config.
+    assert [w.path for w in ours.weights] == [w.path.replace(theirs.name, ours.name) for w in theirs.weights]
+    assert type(ours).from_config(ours.get_config()).get_config() == ours.get_config()
+
+
+
+def test_resnet20_steps_to_the_same_loss_and_weights_with_the_fused_batch_norm_as_with_keras(monkeypatch):
+    from sskt_tf import methods, optim
+    from sskt_tf.config import Config
+    from sskt_tf.models import cifar_resnet
+
+    config = Config(dataset="synthetic", model="resnet20", batch_size=16)
+    images = np.random.RandomState(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    labels = np.arange(16) % 10
+    losses, models, initial = [], [], None
+    for bn in (cifar_resnet.BatchNormalization, keras.layers.BatchNormalization):
+        monkeypatch.setattr(cifar_resnet, "BatchNormalization", bn)
+        keras.utils.set_random_seed(0)
+        model = methods.build_model(config, (32, 32), 10)
+        initial = initial or model.get_weights()
+        model.set_weights(initial)
+        model.compile(optimizer=optim.build_optimizer(config, 100))
+        losses.append(model.train_on_batch(images, labels, return_dict=True)["loss"])
+        models.append(model)
+    fused = [type(layer).__module__ for layer in models[0].backbone.layers if "BatchNormalization" in type(layer).__name__]
+    assert len(fused) == 19 and set(fused) == {"sskt_tf.models.layers"}
+    # One SGD step from the same weights on the same batch: the same loss, and the same weights after
+    # it (moving statistics included) within float32 rounding. (Over many steps at lr 0.1 rounding
+    # differences grow, as between any two orders of the same sums.)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(a, b) for a, b in zip(models[0].get_weights(), initial))

@@ -3,7 +3,7 @@
 import keras
 
 from sskt_tf.models.backbone import Backbone
-from sskt_tf.models.layers import ImageNormalization
+from sskt_tf.models.layers import BatchNormalization, ImageNormalization
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -63,7 +63,7 @@ def _conv_bn(x, filters, stride, name, relu=True, sync_bn=False):
         name=f"{name}_conv",
     )(x)
     # PyTorch BatchNorm2d defaults (momentum 0.1, eps 1e-5), as in the reference.
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync_bn, name=f"{name}_bn")(x)
+    x = BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync_bn, name=f"{name}_bn")(x)
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x

@@ -7,7 +7,7 @@ so that `sskt_tf.convert_torch` maps a PyTorch state dict onto these networks na
 import keras
 
 from sskt_tf.models.backbone import Backbone
-from sskt_tf.models.layers import ImageNormalization
+from sskt_tf.models.layers import BatchNormalization, ImageNormalization
 
 # depth -> (block kind, blocks per stage), as torchvision's resnet18 ... resnet152.
 CONFIGS = {
@@ -47,7 +47,7 @@ def _conv(x, filters, size, stride, name):
 
 def _bn(x, name, sync_bn):
     # PyTorch BatchNorm2d defaults (momentum 0.1, eps 1e-5), as torchvision.
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         momentum=0.9,
         epsilon=1e-5,
         synchronized=sync_bn,

@@ -4,7 +4,7 @@ and torchvision's ImageNet VGGs (the paper's VGG-16 source, ported by `sskt_tf.c
 import keras
 
 from sskt_tf.models.backbone import Backbone
-from sskt_tf.models.layers import AdaptiveAveragePooling2D, ImageNormalization
+from sskt_tf.models.layers import AdaptiveAveragePooling2D, BatchNormalization, ImageNormalization
 
 # Conv widths per block; every block ends with a 2x2 max-pool. The common CIFAR variant
 # (kuangliu/pytorch-cifar's VGG('VGG16')); MAXL's VGG-16 (lorenmt/maxl) has the same 13 conv
@@ -57,7 +57,7 @@ class VGG16BN(Backbone):
                     width, 3, padding="same", kernel_initializer="he_normal", name=name
                 )(x)
                 # PyTorch BatchNorm2d defaults (momentum 0.1, eps 1e-5).
-                x = keras.layers.BatchNormalization(
+                x = BatchNormalization(
                     momentum=0.9, epsilon=1e-5, synchronized=sync_bn, name=f"{name}_bn"
                 )(x)
                 x = keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -179,7 +179,7 @@ def vgg_classifier(
                 width_of[index], 3, padding="same", kernel_initializer=conv_init, name=layer_name
             )(x)
         elif kind == "bn":
-            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=layer_name)(x)
+            x = BatchNormalization(momentum=0.9, epsilon=1e-5, name=layer_name)(x)
         elif kind == "relu":
             x = keras.layers.ReLU(name=layer_name)(x)
         else:
