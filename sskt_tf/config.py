@@ -85,13 +85,13 @@ def _fraction(flag, text):
 def _top_k(flag, text):
     text = str(text).strip()
     if text == "full":
-        return 0
+        return 0  # config.json's value of full.
     try:
         k = int(text)
     except ValueError:
-        k = 0
-    if k < 1:
-        raise UserError(f"--{flag}={text}: expected a number of logits >= 1 (e.g. 10) or full.")
+        k = -1
+    if k < 0:
+        raise UserError(f"--{flag}={text}: expected a number of logits >= 1 (e.g. 10), or full (also 0).")
     return k
 
 
@@ -313,7 +313,7 @@ class Config:
     soft_label_cache: str = _flag("off", "off: sources see every augmented batch (faithful); replay: the sources' logits on --replay_views stored crops and flips of each image, computed once, and training cuts exactly those views (exact soft labels; SSKT then costs about as much as scratch); clean: logits of the un-augmented images (an approximation).", choices=SOFT_LABEL_CACHES)
     soft_label_cache_dir: str | None = _flag(None, "Where --soft_label_cache stores logits (default <output_dir>/soft_label_cache); share it between runs with the same data and sources (any --seed, target or method).", parse=_absolute_path)
     replay_views: int = _flag(10, "--soft_label_cache=replay: views (crop + flip) stored per training image; each epoch an image trains on one of them. The fill costs this many passes of the sources over the data.")
-    replay_top_k: int = _flag(10, "--soft_label_cache=replay: logits stored per view (float16, with their classes; the others get the mean of the rest), or full (every logit, float32: training equals live sources on the same views).", parse=_top_k, kind="string", flag_default="10")
+    replay_top_k: int = _flag(10, "--soft_label_cache=replay: logits stored per view (float16, with their classes; the others get the mean of the rest), or full (also 0: every logit, float32; training then equals live sources on the same views).", parse=_top_k, kind="string", flag_default="10")
     resume: bool = _flag(True, "Save the training state after every epoch and resume from it when the same command runs again.")
     deterministic: bool = _flag(False, "Bit-identical runs: TensorFlow op determinism (slower; turns XLA off).")
     sync_bn: bool = _flag(False, "Synchronise the target's BatchNorm statistics across replicas.")

@@ -114,6 +114,11 @@ def test_augmentation_flags_and_their_contradictions(monkeypatch):
         (["--mix_prob=0.5"], "only applies with --mixup or --cutmix"),
         (["--mixup=0.2", "--soft_label_cache=clean"], "--soft_label_cache=clean"),
         (["--cutmix=1", "--method=maxl", "--sources="], "--method=maxl"),
+        (["--cutmix=1", "--soft_label_cache=replay"], "--soft_label_cache=replay stores the sources' logits of single images"),
+        (["--augment=randaugment", "--soft_label_cache=replay"], "not RandAugment's operations; use --augment=standard"),
+        (["--replay_views=3"], "--replay_views=3 only applies to --soft_label_cache=replay"),
+        (["--soft_label_cache=replay", "--replay_views=0"], "--replay_views must be >= 1"),
+        (["--soft_label_cache=replay", "--replay_top_k=x"], "--replay_top_k=x: expected a number of logits >= 1"),
         (["--cutmix=-1"], "--mixup and --cutmix"),
     ]:
         with pytest.raises(UserError, match=needle.replace("-", r"\-")):
@@ -178,7 +183,7 @@ _NON_DEFAULT = [
         soft_label_cache_dir="/cache", resume=False, deterministic=True, sync_bn=True, jit_compile="false",
         output_dir="/runs/x", overwrite=True, export=True, verbose=2,
     ),
-    config_lib.Config(method="kd", output_dir="/runs/x", teacher="/runs/t/target.keras", kd_alpha=0.5, soft_label_cache="clean"),
+    config_lib.Config(method="kd", output_dir="/runs/x", teacher="/runs/t/target.keras", kd_alpha=0.5, soft_label_cache="replay", replay_views=4, replay_top_k=5),
     config_lib.Config(method="dml", output_dir="/runs/x", dml_peers=3),
     config_lib.Config(
         method="maxl", output_dir="/runs/x", maxl_psi=(5, 6), maxl_aux_weight=0.5, maxl_entropy_weight=0.1, maxl_generator_lr=0.01,
