@@ -8,7 +8,9 @@ flagfile, as for `python -m sskt_tf.train`; `sskt-compare` is the same command.
 
 Every training flag (from --config, a flagfile or the command line) goes to every run, except the
 ones that belong to one method: `--sources` goes to sskt only, `--teacher` and `--kd_*` to kd,
-`--dml_*` to dml, `--maxl_*` to maxl. `--methods` and `--seeds` choose the runs: each method with
+`--dml_*` to dml, `--maxl_*` to maxl. With `--soft_label_cache`, every run stores and reads the
+sources' and the teacher's logits in <output_dir>/soft_label_cache (unless --soft_label_cache_dir
+says otherwise), so each is computed once for all methods and seeds. `--methods` and `--seeds` choose the runs: each method with
 seeds `--seed`, `--seed`+1, ...; each run is `python -m sskt_tf.train ... --method=<m> --seed=<k>
 --output_dir=<output_dir>/<m>/seed<k>` in a subprocess, its output in `train.log` there.
 Without --output_dir, <output_dir> is runs/compare under the current directory (printed at the start).
@@ -77,6 +79,10 @@ def training_args(fl, method, seed, run_dir):
         if owner is None or owner == method:
             args.append(flag.serialize())
     args += [f"--method={method}", f"--seed={seed}", f"--output_dir={run_dir}", "--nooverwrite"]
+    if fl.soft_label_cache != "off" and not fl["soft_label_cache_dir"].present:
+        # One fill for every method and seed (the stored logits do not depend on either).
+        root = os.path.dirname(os.path.dirname(run_dir))
+        args.append(f"--soft_label_cache_dir={os.path.join(root, 'soft_label_cache')}")
     if not fl["verbose"].present:
         args.append("--verbose=2")  # One line per epoch in the log, no progress bars.
     return args

@@ -52,6 +52,18 @@ def test_each_method_gets_the_shared_flags_and_only_its_own(parsed, tmp_path):
     assert configs["kd"].teacher == "mobilenet_v2:random:10" and configs["kd"].kd_alpha == 0.5
     assert configs["maxl"].maxl_entropy_weight == 0.1 and configs["dml"].maxl_entropy_weight == 0.2
     assert {c.epochs for c in configs.values()} == {2} and {c.seed for c in configs.values()} == {5}
+    assert all(c.soft_label_cache_dir is None for c in configs.values())
+
+
+def test_the_soft_label_cache_is_one_directory_for_every_method_and_seed(parsed, tmp_path):
+    parsed(*SMOKE, "--seeds=2", "--soft_label_cache=replay", "--replay_views=2", f"--output_dir={tmp_path}")
+    _, _, runs = compare.plan(FLAGS)
+    configs = [compare.resolve_config(args) for _, _, _, args in runs]
+    assert {c.soft_label_cache_dir for c in configs} == {str(tmp_path / "soft_label_cache")}
+    assert {(c.soft_label_cache, c.replay_views) for c in configs} == {("replay", 2)}
+    parsed(*SMOKE, "--soft_label_cache=clean", f"--soft_label_cache_dir={tmp_path / 'mine'}", f"--output_dir={tmp_path}")
+    _, _, runs = compare.plan(FLAGS)
+    assert {compare.resolve_config(args).soft_label_cache_dir for _, _, _, args in runs} == {str(tmp_path / "mine")}
 
 
 def test_kd_without_a_teacher_stops_the_runner_before_any_run(parsed, tmp_path):
