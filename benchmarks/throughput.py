@@ -43,6 +43,7 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps before the first block (tracing
 flags.DEFINE_integer("repeats", 3, "Timed blocks per row; the table gives their median.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_integer("threads", 2, "Intra-op threads of TensorFlow and of torch.")
+flags.DEFINE_integer("inter_op_threads", 1, "TensorFlow's inter-op threads (0: its default, one per core).")
 flags.DEFINE_string("data", "synthetic", "Dataset of the pipeline row (e.g. folder:/tmp/cifar10).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the model steps.")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Target precision.")
@@ -95,7 +96,7 @@ def _row(name):
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     from sskt_tf import data as data_lib
     from sskt_tf import methods, optim, soft_labels
     from sskt_tf.config import Config
@@ -114,8 +115,17 @@ def _row(name):
             keras.mixed_precision.set_global_policy(config.precision)
         model = methods.build_model(config, (32, 32), 10)
         model.compile(optimizer=optim.build_optimizer(config, 100), jit_compile=jit)
-        it = iter(ds)  # One iterator: no pipeline restarts between blocks.
-        return _blocks(lambda n: model.fit(it, epochs=1, steps_per_epoch=n, verbose=0)), model
+        # fit builds the optimizer and traces the step; the blocks then call that step on one
+        # iterator (no pipeline restarts, no per-call set-up of fit), as fit's own loop does.
+        model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+        it = iter(ds)
+
+        def steps(n):
+            for _ in range(n):
+                logs = model.train_function(it)
+            float(logs["loss"])  # Waits for the last step.
+
+        return _blocks(steps), model
 
     def in_memory(x):
         return tf.data.Dataset.from_tensors((x, labels)).repeat()
@@ -171,7 +181,7 @@ def _common_args():
 
 
 def _ours(row):
-    flags_ = [f"--{n}={FLAGS[n].value}" for n in ("threads", "data", "jit_compile", "precision", "source_precision")]
+    flags_ = [f"--{n}={FLAGS[n].value}" for n in ("threads", "inter_op_threads", "data", "jit_compile", "precision", "source_precision")]
     return _run([sys.executable, __file__, f"--row={row}", *_common_args(), *flags_])
 
 
