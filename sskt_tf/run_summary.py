@@ -127,6 +127,8 @@ def _method_rows(config, model):
                 f"input, frozen (BatchNorm: {config.source_bn})",
             )
         )
+    if methods.frozen_networks(model) and config.soft_label_cache != "off":
+        lines.append(_row("soft labels", _soft_label_cache(config)))
     peers = getattr(model, "peers", None)
     if peers:
         each = peers[0].target_model().count_params()
@@ -141,6 +143,15 @@ def _method_rows(config, model):
             )
         )
     return lines
+
+
+def _soft_label_cache(config):
+    """The `soft labels` row: where the frozen networks' logits come from (`--soft_label_cache`)."""
+    if config.soft_label_cache == "clean":
+        return "stored logits of the un-augmented images (--soft_label_cache=clean, an approximation)"
+    kept = "every logit, float32" if not config.replay_top_k else f"top {config.replay_top_k} logits, float16"
+    return (f"stored logits of {config.replay_views} stored crops + flips per image, one per epoch "
+            f"(--soft_label_cache=replay; {kept}); the sources do not run in training")
 
 
 def summary_lines(config, data, model, steps_per_epoch, replicas=1):

@@ -21,3 +21,10 @@ def test_the_schedule_row_says_when_milestones_lie_beyond_the_run():
     )
     assert run_summary._schedule(Config(lr_schedule="constant")).endswith("; constant")
     assert "(none within the run's 1 epoch: the rate stays 0.1;" in run_summary._schedule(Config(epochs=1))
+
+
+def test_the_soft_labels_row_says_where_the_sources_logits_come_from():
+    replay = run_summary._soft_label_cache(Config(soft_label_cache="replay", replay_views=4, replay_top_k=5))
+    assert replay.startswith("stored logits of 4 stored crops + flips per image") and "top 5 logits, float16" in replay
+    assert "every logit, float32" in run_summary._soft_label_cache(Config(soft_label_cache="replay", replay_top_k=0))
+    assert "un-augmented" in run_summary._soft_label_cache(Config(soft_label_cache="clean"))

@@ -78,8 +78,6 @@ def test_training_on_cached_logits_equals_training_on_the_sources_without_augmen
 
 @pytest.mark.slow
 def test_training_command_fills_and_reuses_the_cache(tmp_path, capsys):
-    import os
-
     # smoke.cfg with the small source above and a linear head: filling the cache runs the source over
     # all 512 training images, which smoke.cfg's MobileNetV2 at 74 px would make most of the test.
     args = [
@@ -92,6 +90,13 @@ def test_training_command_fills_and_reuses_the_cache(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("soft-label cache: computing") == 1 and out.count("logits from") == 1
     assert len(os.listdir(tmp_path / "cache")) == 1
+    # replay, with another seed: its own file next to clean's; the summary says what the step reads.
+    replay = [a.replace("=clean", "=replay") for a in args] + ["--replay_views=2", "--seed=3"]
+    run_training([*replay, f"--output_dir={tmp_path / 'c'}"])
+    out = capsys.readouterr().out
+    assert "soft-label cache (replay): computing source_tiny logits on 2 views of each of 512 training images" in out
+    assert "  soft labels stored logits of 2 stored crops + flips per image" in out
+    assert len(glob.glob(str(tmp_path / "cache" / "*_replay.npz"))) == 1
 
 
 def test_the_data_key_follows_the_hold_out_its_seed_and_skipped_files():
