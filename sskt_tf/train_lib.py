@@ -32,7 +32,7 @@ from sskt_tf import data as data_lib
 from sskt_tf import diagnostics, distribute, losses, methods, optim, soft_labels
 from sskt_tf import run_dir as run_dir_lib
 from sskt_tf import run_summary
-from sskt_tf.errors import UserError
+from sskt_tf.errors import UserError, writable_dir
 from sskt_tf.resumption import restore_state, run_inputs
 from sskt_tf.serving.saved_model import export_saved_model
 from sskt_tf.serving.trained import load_trained
@@ -80,6 +80,8 @@ def _train(config, strategy, start, tracker):
     """`run` once the runtime is set up: the checks, `fit`, the results (see the module docstring)."""
     out = config.output_dir
     run_dir_lib.check_output_dir(out)
+    if config.soft_label_cache != "off" and config.soft_label_cache_dir:
+        writable_dir(config.soft_label_cache_dir, "--soft_label_cache_dir", what="soft-label cache")
     state = run_dir_lib.inspect_output_dir(config)
     if state == "finished":
         results = run_dir_lib.read_json(os.path.join(out, "results.json"), default=None)

@@ -224,6 +224,8 @@ def test_refused_starts_leave_nothing_behind_and_a_finished_run_is_kept(tmp_path
         run_training([*args, f"--output_dir={tmp_path / 'a_file'}"])
     with pytest.raises(UserError, match=r"^--output_dir=\S*a_file/run cannot be created: \S*a_file is a file"):
         run_training([*args, f"--output_dir={tmp_path / 'a_file' / 'run'}"])
+    with pytest.raises(UserError, match=r"^--soft_label_cache_dir=\S*a_file is a file, not a directory"):
+        run_training([*args, "--soft_label_cache=replay", f"--soft_label_cache_dir={tmp_path / 'a_file'}"])
     # A start refused for its sources (checked after the data) writes nothing...
     with pytest.raises(UserError, match="does not exist"):
         run_training([*args, "--sources=/nowhere/source.keras"])
