@@ -6,8 +6,9 @@
 Every row runs in a process of its own (this script again, with `--row=<name>`), so that no row
 inherits another's threads, allocator state or prefetching pipeline; each does `--warmup` untimed
 steps, then `--repeats` timed blocks of `--steps` steps, and reports the median ms/step over the
-blocks, their spread ((max - min) / median) and the process's peak memory (resident set size on
-CPU, the device's peak allocation on GPU).
+blocks, their spread ((max - min) / median), the process's peak memory (resident set size on
+CPU, the device's peak allocation on GPU) and the CPU steal while it ran (the share of CPU time a
+shared cloud machine's hypervisor gave to others: it slows a row with nothing in it changing).
 
 Rows (ResNet-20 target, 32x32 images, global batch --batch_size):
   pipeline   the training tf.data pipeline (decode/cache, shuffle, batch, augment), --data
@@ -75,6 +76,20 @@ def _peak_memory_mib(tf):
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux.
+
+
+def cpu_jiffies():
+    """(steal, total) jiffies of all CPUs from /proc/stat (Linux), or None elsewhere.
+
+    Steal is time the hypervisor gave this virtual machine's CPUs to others: on a shared cloud
+    machine it slows a row without anything in this process changing, so each row reports it.
+    """
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return values[7], sum(values[:8])
 
 
 def _blocks(run_steps):
@@ -167,12 +182,17 @@ def _row(name):
 
 
 def _run(command):
-    """The JSON line a row's process prints (its last stdout line), or its error."""
+    """The JSON line a row's process prints (its last stdout line), or its error; with the CPU steal while it ran."""
+    before = cpu_jiffies()
     done = subprocess.run(command, capture_output=True, text=True)
+    after = cpu_jiffies()
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"error": f"exit {done.returncode}: {tail}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if before and after and after[1] > before[1]:
+        result["cpu_steal"] = (after[0] - before[0]) / (after[1] - before[1])
+    return result
 
 
 def _common_args():
@@ -199,11 +219,12 @@ def _spread(r):
 
 def _cell(r):
     if r is None:
-        return f"{'':>10}{'':>8}{'':>9}{'':>8}"
+        return " " * 41
     if "error" in r:
-        return f"  {r['error'][:33]:<33}"
+        return f"  {r['error'][:39]:<39}"
     ips = FLAGS.batch_size / r["median_ms"] * 1e3
-    return f"{r['median_ms']:>10.1f}{_spread(r):>8.0%}{ips:>9.0f}{r['peak_memory_mib']:>8.0f}"
+    steal = f"{r['cpu_steal']:>6.0%}" if r.get("cpu_steal") is not None else f"{'':>6}"
+    return f"{r['median_ms']:>10.1f}{_spread(r):>8.0%}{ips:>9.0f}{r['peak_memory_mib']:>8.0f}{steal}"
 
 
 def main(argv):
@@ -222,8 +243,8 @@ def main(argv):
             theirs[row] = _theirs(row)
         print(f"measured {row}", file=sys.stderr, flush=True)
 
-    head = f"{'ms/step':>10}{'spread':>8}{'img/s':>9}{'MiB':>8}"
-    print(f"\n{'':<38}{'sskt_tf':^35}|{'PyTorch way':^35}|")
+    head = f"{'ms/step':>10}{'spread':>8}{'img/s':>9}{'MiB':>8}{'steal':>6}"
+    print(f"\n{'':<38}{'sskt_tf':^41}|{'PyTorch way':^41}|")
     print(f"{'row':<38}{head}|{head}|{'torch/ours':>11}")
     for row in rows:
         r, t = ours[row], theirs.get(row)
@@ -252,7 +273,9 @@ def main(argv):
     print(f"\ndevices: {devices}; batch {FLAGS.batch_size}; {FLAGS.threads} intra-op threads; "
           f"jit_compile={FLAGS.jit_compile}; precision={FLAGS.precision}/{FLAGS.source_precision}; "
           f"{FLAGS.repeats} blocks of {FLAGS.steps} steps after {FLAGS.warmup} warm-up, each row in its own process; "
-          "spread = (max - min) / median over the blocks")
+          "spread = (max - min) / median over the blocks; "
+          "steal = CPU time the hypervisor gave to other machines while the row's process ran (a row under steal "
+          "measures less than this machine can do)")
 
 
 if __name__ == "__main__":
