@@ -88,6 +88,11 @@ def data_key(config, data):
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
+def _shown(source):
+    """A source's name as the metrics and the run summary show it (`teacher`, not `source_teacher`)."""
+    return source.name.removeprefix("source_")
+
+
 def _compute(source, batches, count, verbose):
     """`source`'s logits over `batches` of `(images, labels)`, concatenated, with a progress bar over `count` images."""
     progress = keras.utils.Progbar(count, verbose=verbose, unit_name="image")
@@ -134,10 +139,10 @@ def load_or_compute(sources, data, config, directory, batch_size=256, log=print,
         if os.path.exists(path):
             logits = np.load(path)
             if logits.shape == (data.num_train, source.num_classes):
-                log(f"soft-label cache: {source.name} logits from {path}")
+                log(f"soft-label cache: {_shown(source)} logits from {path}")
                 results.append(logits)
                 continue
-        log(f"soft-label cache: computing {source.name} logits on {data.num_train} training images")
+        log(f"soft-label cache: computing {_shown(source)} logits on {data.num_train} training images")
         logits = _compute(source, data.train_ordered(batch_size), data.num_train, verbose)
         tmp = f"{path}.tmp.npy"
         np.save(tmp, logits.astype(np.float32))
@@ -369,13 +374,23 @@ def _fill(source, data, views, top_k, partial, batch_size, progress):
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
 
 
-def load_or_fill_replay(sources, data, config, directory, batch_size=512, log=print, verbose=1) -> Replay:
+# Source input pixels per call while filling: 512 views at 74 px (CIFAR x7/3), 55 at 224 px.
+_FILL_PIXELS = 512 * 74 * 74
+
+
+def fill_batch_size(source) -> int:
+    """Views per source call while filling: as many as keep one call's input at `_FILL_PIXELS` pixels (8 to 512)."""
+    height, width = source.image_size
+    return max(8, min(512, _FILL_PIXELS // max(1, height * width)))
+
+
+def load_or_fill_replay(sources, data, config, directory, batch_size=None, log=print, verbose=1) -> Replay:
     """The `replay` cache of every source: read from `directory`, or filled there first.
 
     Each source's file is `<directory>/<replay_key>_<source name>_<fingerprint>_replay.npz` and holds
     the views (`offsets`, `flips`) with the stored logits (`compress`). A missing or unreadable one
     (another run's views or storage, a truncated file) is filled: the sources run in inference mode
-    on every view, `batch_size` views per call, with a progress bar. The fill writes one file per
+    on every view, in batches of views, with a progress bar. The fill writes one file per
     chunk of images under `<file>.partial/` as it goes, so a killed fill continues where it stopped
     when the same command runs again; the finished file replaces them atomically.
 
@@ -384,7 +399,8 @@ def load_or_fill_replay(sources, data, config, directory, batch_size=512, log=pr
         data: the run's `sskt_tf.data.Datasets`.
         config: the run's `Config` (`replay_views`, `replay_top_k`, `augmentation`, see `data_key`).
         directory: where the files are (created if missing).
-        batch_size: views per source call while filling.
+        batch_size: views per source call while filling; None: `fill_batch_size` of each source
+            (bounds the memory a call takes at the source's input size).
         log: called with one line per source (read or filled).
         verbose: 1: a progress bar over the views (`keras.utils.Progbar`); 2: one line per source; 0: none.
 
@@ -404,13 +420,14 @@ def load_or_fill_replay(sources, data, config, directory, batch_size=512, log=pr
         path = os.path.join(directory, f"{key}_{source.name}_{fingerprint(source)}_replay.npz")
         arrays = _read_replay(path, data.num_train, views, source.num_classes, top_k) if os.path.exists(path) else None
         if arrays is not None:
-            log(f"soft-label cache (replay): {source.name} logits of {views.count} views per image from {path}")
+            log(f"soft-label cache (replay): {_shown(source)} logits of {views.count} views per image from {path}")
         else:
             count = data.num_train * views.count
-            log(f"soft-label cache (replay): computing {source.name} logits on {views.count} views of each of "
+            log(f"soft-label cache (replay): computing {_shown(source)} logits on {views.count} views of each of "
                 f"{data.num_train} training images ({count} views; {storage})")
             progress = keras.utils.Progbar(count, verbose=verbose, unit_name="view")
-            arrays = _fill(source, data, views, top_k, f"{path}.partial", batch_size, progress)
+            calls = batch_size or fill_batch_size(source)
+            arrays = _fill(source, data, views, top_k, f"{path}.partial", calls, progress)
             _save_npz(path, {"offsets": views.offsets, "flips": views.flips, **arrays})
             shutil.rmtree(f"{path}.partial", ignore_errors=True)
         stored.append(arrays)

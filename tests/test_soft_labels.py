@@ -94,7 +94,7 @@ def test_training_command_fills_and_reuses_the_cache(tmp_path, capsys):
     replay = [a.replace("=clean", "=replay") for a in args] + ["--replay_views=2", "--seed=3"]
     run_training([*replay, f"--output_dir={tmp_path / 'c'}"])
     out = capsys.readouterr().out
-    assert "soft-label cache (replay): computing source_tiny logits on 2 views of each of 512 training images" in out
+    assert "soft-label cache (replay): computing tiny logits on 2 views of each of 512 training images" in out
     assert "  soft labels stored logits of 2 stored crops + flips per image" in out
     assert len(glob.glob(str(tmp_path / "cache" / "*_replay.npz"))) == 1
 
@@ -237,3 +237,10 @@ def test_a_killed_fill_continues_and_a_stale_or_broken_file_is_never_read(tmp_pa
         f.truncate(1000)
     soft_labels.load_or_fill_replay(model.sources, data, config, directory, log=messages.append, verbose=0)
     assert "computing" in messages[-1]
+
+
+def test_the_fill_calls_a_source_on_fewer_views_the_larger_its_input():
+    import types
+
+    sizes = [(74, 74), (224, 224), (1000, 1000), (16, 16)]
+    assert [soft_labels.fill_batch_size(types.SimpleNamespace(image_size=s)) for s in sizes] == [512, 55, 8, 512]
