@@ -149,7 +149,8 @@ def _soft_label_cache(config):
     """The `soft labels` row: where the frozen networks' logits come from (`--soft_label_cache`)."""
     if config.soft_label_cache == "clean":
         return "stored logits of the un-augmented images (--soft_label_cache=clean, an approximation)"
-    kept = "every logit, float32" if not config.replay_top_k else f"top {config.replay_top_k} logits, float16"
+    k = config.replay_top_k
+    kept = "every logit, float32" if not k else f"top {k} logits, float16; all, float32, for sources of <= {k} classes"
     return (f"stored logits of {config.replay_views} stored crops + flips per image, one per epoch "
             f"(--soft_label_cache=replay; {kept}); the sources do not run in training")
 

@@ -241,7 +241,7 @@ def compress(logits: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
 
     Args:
         logits: float `[..., C]`.
-        top_k: 0 (`full`): every logit, float32. Else the `min(top_k, C)` largest logits in float16
+        top_k: 0 (`full`) or >= C: every logit, float32. Else the `top_k` largest logits in float16
             with their class indices (int16, or int32 beyond 32,767 classes) and `tail`, the mean of
             the other logits in float16, which `expand` gives to every other class.
 
@@ -250,13 +250,13 @@ def compress(logits: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
     """
     logits = np.asarray(logits, np.float32)
     classes = logits.shape[-1]
-    if not top_k:
+    if not top_k or top_k >= classes:  # Every logit: in float32 it is exact, and smaller than k float16 + indices.
         return {"logits": logits}
-    k = min(int(top_k), classes)
+    k = int(top_k)
     indices = np.argpartition(-logits, k - 1, axis=-1)[..., :k]
     values = np.take_along_axis(logits, indices, axis=-1)
     rest = logits.sum(-1, dtype=np.float64) - values.sum(-1, dtype=np.float64)
-    tail = rest / (classes - k) if classes > k else np.zeros(logits.shape[:-1])
+    tail = rest / (classes - k)
     index_dtype = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
     return {"values": values.astype(np.float16), "indices": indices.astype(index_dtype), "tail": tail.astype(np.float16)}
 
@@ -344,8 +344,8 @@ def _read_replay(path, num_train, views, num_classes, top_k):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # Missing, truncated, not an .npz.
         return None
     lead = (num_train, views.count)
-    expected = {"logits": lead + (num_classes,)} if not top_k else {
-        "values": lead + (min(top_k, num_classes),), "indices": lead + (min(top_k, num_classes),), "tail": lead}
+    expected = {"logits": lead + (num_classes,)} if not top_k or top_k >= num_classes else {
+        "values": lead + (top_k,), "indices": lead + (top_k,), "tail": lead}
     if {k: v.shape for k, v in arrays.items() if k in expected} != expected:
         return None
     if not (np.array_equal(arrays.get("offsets"), views.offsets) and np.array_equal(arrays.get("flips"), views.flips)):
@@ -414,7 +414,6 @@ def load_or_fill_replay(sources, data, config, directory, batch_size=None, log=p
     views = draw_views(data.num_train, config.replay_views, config.augmentation)
     key = replay_key(config, data, views)
     top_k = config.replay_top_k
-    storage = "every logit, float32" if not top_k else f"top {top_k} logits, float16"
     stored = []
     for source in sources:
         path = os.path.join(directory, f"{key}_{source.name}_{fingerprint(source)}_replay.npz")
@@ -423,6 +422,8 @@ def load_or_fill_replay(sources, data, config, directory, batch_size=None, log=p
             log(f"soft-label cache (replay): {_shown(source)} logits of {views.count} views per image from {path}")
         else:
             count = data.num_train * views.count
+            full = not top_k or top_k >= source.num_classes
+            storage = "every logit, float32" if full else f"top {top_k} of {source.num_classes} logits, float16"
             log(f"soft-label cache (replay): computing {_shown(source)} logits on {views.count} views of each of "
                 f"{data.num_train} training images ({count} views; {storage})")
             progress = keras.utils.Progbar(count, verbose=verbose, unit_name="view")

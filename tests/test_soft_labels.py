@@ -162,6 +162,8 @@ def test_top_k_storage_keeps_the_largest_logits_and_gives_the_rest_their_mean():
     np.testing.assert_array_equal(expanded, [[tail, 5.0, tail, 3.0, tail]])
     full = soft_labels.compress(logits, 0)
     np.testing.assert_array_equal(soft_labels.expand([full["logits"][0]], 5).numpy(), logits[0])
+    # k >= C: every logit in float32, exact and smaller than C float16 values with their indices.
+    assert set(soft_labels.compress(logits, 5)) == {"logits"} and set(soft_labels.compress(logits, 9)) == {"logits"}
 
 
 def test_full_replay_gives_the_sources_own_logits_of_each_view_and_trains_bit_for_bit_as_live_sources(tmp_path):
