@@ -39,11 +39,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_integer("steps", 10, "Timed steps per block.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps before the first block (tracing, compilation).")
-flags.DEFINE_integer("repeats", 3, "Timed blocks per row; the table gives their median.")
-flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-flags.DEFINE_integer("threads", 2, "Intra-op threads of TensorFlow and of torch.")
+flags.DEFINE_integer("steps", 10, "Timed steps per block.", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "Untimed steps before the first block (tracing, compilation).", lower_bound=1)
+flags.DEFINE_integer("repeats", 3, "Timed blocks per row; the table gives their median.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
+flags.DEFINE_integer("threads", 2, "Intra-op threads of TensorFlow and of torch.", lower_bound=1)
 flags.DEFINE_integer("inter_op_threads", 1, "TensorFlow's inter-op threads (0: its default, one per core).")
 flags.DEFINE_string("data", "synthetic", "Dataset of the pipeline row (e.g. folder:/tmp/cifar10).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the model steps.")
@@ -188,7 +188,7 @@ def _run(command):
     after = cpu_jiffies()
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"error": f"exit {done.returncode}: {tail}"}
+        return {"error": f"exit status {done.returncode}, {tail}"}
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if before and after and after[1] > before[1]:
         result["cpu_steal"] = (after[0] - before[0]) / (after[1] - before[1])
@@ -235,7 +235,8 @@ def main(argv):
     rows = [r for r in FLAGS.rows.split(",") if r]
     unknown = [r for r in rows if r not in LABELS]
     if unknown:
-        raise app.UsageError(f"--rows: {', '.join(unknown)} unknown; rows: {', '.join(LABELS)}")
+        print(f"error: --rows={FLAGS.rows}: {', '.join(unknown)} unknown; rows: {', '.join(LABELS)}", file=sys.stderr)
+        sys.exit(2)
     ours, theirs = {}, {}
     for row in rows:
         ours[row] = _ours(row)
@@ -269,6 +270,8 @@ def main(argv):
     if one and scratch and source:
         ratio = one / (scratch + source)
         print(f"  {'SSKT step / (scratch + source) <= 1.1':<44} {ratio:>6.2f}   {'met' if ratio <= 1.1 else 'NOT met'}")
+    failed = [(f"{framework} {row}", r["error"]) for framework, results in (("sskt_tf", ours), ("PyTorch", theirs))
+              for row, r in results.items() if "error" in r]
     devices = next((r["devices"] for r in ours.values() if "devices" in r), [])
     print(f"\ndevices: {devices}; batch {FLAGS.batch_size}; {FLAGS.threads} intra-op threads; "
           f"jit_compile={FLAGS.jit_compile}; precision={FLAGS.precision}/{FLAGS.source_precision}; "
@@ -276,6 +279,10 @@ def main(argv):
           "spread = (max - min) / median over the blocks; "
           "steal = CPU time the hypervisor gave to other machines while the row's process ran (a row under steal "
           "measures less than this machine can do)")
+    if failed:
+        for name, error in failed:
+            print(f"error: the {name} row failed: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

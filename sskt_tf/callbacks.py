@@ -280,7 +280,8 @@ class EpochTracker(keras.callbacks.Callback):
     `epoch`: the epoch in progress (0-based; None before the first). `ended`: whether that epoch's
     end has run (an interrupt can land between two epochs). `finished`: set by the run once `fit`
     has returned (the results are being written). `progress_line_open`: whether Keras' progress bar
-    (verbose=1) may be in the middle of its line, which it redraws in place.
+    (verbose=1) may be in the middle of its line, which it redraws in place. `filling`: set by the run
+    while it stores the sources' logits (`--soft_label_cache`), before training.
     """
 
     def __init__(self):
@@ -288,6 +289,7 @@ class EpochTracker(keras.callbacks.Callback):
         self.epoch = None
         self.ended = False
         self.finished = False
+        self.filling = False
         self._steps = 0
 
     @property

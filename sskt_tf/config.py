@@ -399,6 +399,10 @@ def _check_config(c):
         )
     if c.replay_views < 1:
         bad(f"--replay_views must be >= 1. Received: {c.replay_views}.")
+    distinct = (2 * a.padding + 1) ** 2 * 2  # Crops of the padded image x flips.
+    if cache == "replay" and a.kind == "standard" and c.replay_views > distinct:
+        bad(f"--replay_views={c.replay_views}: the random crop of the {a.padding}-padded image and the flip have "
+            f"{distinct} distinct views; use --replay_views={distinct} or fewer.")
     if a.mixes and c.method == "maxl":
         bad(
             f"--method=maxl generates auxiliary labels within each image's one class, which mixed images do not have; "
@@ -581,6 +585,11 @@ def from_flags(fl=flags.FLAGS):
     for name in ("randaugment_layers", "randaugment_magnitude"):
         if fl[name].present and fl.augment != "randaugment":
             raise UserError(f"--{name}={fl[name].value} only applies to --augment=randaugment; received --augment={fl.augment}.")
+    if fl["soft_label_cache_dir"].present and fl.soft_label_cache == "off":
+        raise UserError(
+            f"--soft_label_cache_dir={fl.soft_label_cache_dir} only applies with --soft_label_cache=replay or clean; "
+            "received --soft_label_cache=off (the sources run on every batch). Add --soft_label_cache=replay or drop it."
+        )
     for name in ("replay_views", "replay_top_k"):
         if fl[name].present and fl.soft_label_cache != "replay":
             raise UserError(f"--{name}={fl[name].value} only applies to --soft_label_cache=replay; received --soft_label_cache={fl.soft_label_cache}.")

@@ -21,7 +21,7 @@ generator), each with its parameter count, the steps, and where the outputs go. 
 
 import os
 
-from sskt_tf import methods
+from sskt_tf import methods, soft_labels
 from sskt_tf import run_dir as run_dir_lib
 
 SUMMARY_FILE = "summary.txt"
@@ -151,8 +151,11 @@ def _soft_label_cache(config):
         return "stored logits of the un-augmented images (--soft_label_cache=clean, an approximation)"
     k = config.replay_top_k
     kept = "every logit, float32" if not k else f"top {k} logits, float16; all, float32, for sources of <= {k} classes"
-    return (f"stored logits of {config.replay_views} stored crops + flips per image, one per epoch "
-            f"(--soft_label_cache=replay; {kept}); the sources do not run in training")
+    if config.augmentation.kind == "none":
+        views = "of each image (--augment=none: one view)"
+    else:
+        views = f"of {min(config.replay_views, soft_labels.possible_views(config.augmentation))} stored crops + flips per image, one per epoch"
+    return f"stored logits {views} (--soft_label_cache=replay; {kept}); the sources do not run in training"
 
 
 def summary_lines(config, data, model, steps_per_epoch, replicas=1):

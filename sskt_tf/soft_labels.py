@@ -84,7 +84,7 @@ def data_key(config, data):
     seeded = config.train_subset or config.validation_split
     fields = [config.dataset, config.data_dir, config.train_subset, config.validation_split, data.validation_from,
               config.seed if seeded else None, list(data.bad_files), list(data.image_size), data.num_train,
-              _ORDER_VERSION]
+              _ORDER_VERSION, getattr(data, "content_key", "")]
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
@@ -107,7 +107,7 @@ def _compute(source, batches, count, verbose):
 def load_or_compute(sources, data, config, directory, batch_size=256, log=print, verbose=1):
     """The logits of every source on every training image, in `data.train_ordered` order.
 
-    Each source's logits are read from `<directory>/<data key>_<source name>_<fingerprint>.npy`
+    Each source's logits are read from `<directory>/<data key>_<fingerprint>.npy`
     when that file holds `[num_train, classes]` values, else computed on the un-augmented
     training images and written there atomically (a temporary file, then `os.replace`), so that an interrupted run
     leaves no partial file behind.
@@ -135,7 +135,7 @@ def load_or_compute(sources, data, config, directory, batch_size=256, log=print,
     key = data_key(config, data)
     results = []
     for source in sources:
-        path = os.path.join(directory, f"{key}_{source.name}_{fingerprint(source)}.npy")
+        path = os.path.join(directory, f"{key}_{fingerprint(source)}.npy")
         if os.path.exists(path):
             logits = np.load(path)
             if logits.shape == (data.num_train, source.num_classes):
@@ -160,8 +160,10 @@ REPLAY_SEED = 20220104
 _REPLAY_VERSION = 1
 # The batch's stateless stream that picks each example's view (augment.py uses 1 and 2).
 _VIEW_STREAM = 3
-# Decoded images held at once while filling (the views are cut from them batch by batch).
+# Decoded images held at once while filling (the views are cut from them batch by batch), and the views
+# of one chunk file: what a killed fill loses at most.
 _FILL_CHUNK_BYTES = 64 * 1024 * 1024
+_FILL_CHUNK_VIEWS = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +202,14 @@ class Views:
         offsets = self.offsets[first_image + image, view]
         flips = self.flips[first_image + image, view]
         return augment.crop_flip(tf.gather(images, image), offsets.T.astype(np.int32), flips, self.padding)
+
+
+def possible_views(augmentation) -> int:
+    """How many distinct views the augmentation has: (2p + 1)^2 crops x 2 flips (162 for p = 4), or 1 without augmentation."""
+    if augmentation.kind == "none":
+        return 1
+    side = 2 * int(augmentation.padding) + 1
+    return side * side * 2
 
 
 def draw_views(num_images: int, num_views: int, augmentation) -> Views:
@@ -350,28 +360,44 @@ def _read_replay(path, num_train, views, num_classes, top_k):
         return None
     if not (np.array_equal(arrays.get("offsets"), views.offsets) and np.array_equal(arrays.get("flips"), views.flips)):
         return None
+    if "indices" in expected and (arrays["indices"].min() < 0 or arrays["indices"].max() >= num_classes):
+        return None  # Another source's classes.
     return {k: arrays[k] for k in expected}
 
 
+def _load_chunk(name):
+    """A written chunk's arrays, or None when it cannot be read (then it is computed again)."""
+    try:
+        with np.load(name) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def _fill(source, data, views, top_k, partial, batch_size, progress):
-    """`source`'s stored logits on every view, chunk by chunk under `partial/`; a chunk already there is kept."""
+    """`source`'s stored logits on every view, chunk by chunk under `partial/`; a readable chunk already there is kept."""
     os.makedirs(partial, exist_ok=True)
     height, width = data.image_size
-    chunk = max(1, min(4096, _FILL_CHUNK_BYTES // (height * width * 3 * 4)))
-    v, names, first = views.count, [], 0
+    v = views.count
+    # About _FILL_CHUNK_VIEWS views per chunk (what a killed fill can lose), within _FILL_CHUNK_BYTES of images.
+    chunk = max(1, min(_FILL_CHUNK_VIEWS // v, _FILL_CHUNK_BYTES // (height * width * 3 * 4)))
+    parts, first = [], 0
     for images, _ in data.train_ordered(chunk):
         n = int(images.shape[0])
         name = os.path.join(partial, f"{first:010d}.npz")
-        names.append(name)
-        if not os.path.exists(name):
-            logits = [source(views.cut(images, first, start, min(start + batch_size, n * v))).numpy()
-                      for start in range(0, n * v, batch_size)]
-            logits = np.concatenate(logits).reshape(n, v, -1)
-            _save_npz(name, compress(logits, top_k))
+        arrays = _load_chunk(name) if os.path.exists(name) else None
+        if arrays is None:
+            logits = []
+            for start in range(0, n * v, batch_size):
+                logits.append(source(views.cut(images, first, start, min(start + batch_size, n * v))).numpy())
+                progress.add(len(logits[-1]))
+            arrays = compress(np.concatenate(logits).reshape(n, v, -1), top_k)
+            _save_npz(name, arrays)
+        else:
+            progress.add(n * v)
+        parts.append(arrays)
         first += n
-        progress.add(n * v)
-    parts = [np.load(name) for name in names]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # Source input pixels per call while filling: 512 views at 74 px (CIFAR x7/3), 55 at 224 px.
@@ -387,7 +413,8 @@ def fill_batch_size(source) -> int:
 def load_or_fill_replay(sources, data, config, directory, batch_size=None, log=print, verbose=1) -> Replay:
     """The `replay` cache of every source: read from `directory`, or filled there first.
 
-    Each source's file is `<directory>/<replay_key>_<source name>_<fingerprint>_replay.npz` and holds
+    Each source's file is `<directory>/<replay_key>_<fingerprint>_replay.npz` (a SSKT source and a KD
+    teacher of the same network share it) and holds
     the views (`offsets`, `flips`) with the stored logits (`compress`). A missing or unreadable one
     (another run's views or storage, a truncated file) is filled: the sources run in inference mode
     on every view, in batches of views, with a progress bar. The fill writes one file per
@@ -416,16 +443,17 @@ def load_or_fill_replay(sources, data, config, directory, batch_size=None, log=p
     top_k = config.replay_top_k
     stored = []
     for source in sources:
-        path = os.path.join(directory, f"{key}_{source.name}_{fingerprint(source)}_replay.npz")
+        path = os.path.join(directory, f"{key}_{fingerprint(source)}_replay.npz")
         arrays = _read_replay(path, data.num_train, views, source.num_classes, top_k) if os.path.exists(path) else None
         if arrays is not None:
-            log(f"soft-label cache (replay): {_shown(source)} logits of {views.count} views per image from {path}")
+            log(f"soft-label cache (replay): {_shown(source)} logits of {views.count} view{'s' if views.count > 1 else ''} per image from {path}")
         else:
             count = data.num_train * views.count
             full = not top_k or top_k >= source.num_classes
             storage = "every logit, float32" if full else f"top {top_k} of {source.num_classes} logits, float16"
-            log(f"soft-label cache (replay): computing {_shown(source)} logits on {views.count} views of each of "
-                f"{data.num_train} training images ({count} views; {storage})")
+            each = "the one view" if views.count == 1 else f"{views.count} views"
+            log(f"soft-label cache (replay): computing {_shown(source)} logits on {each} of each of "
+                f"{data.num_train} training images ({count} views; {storage}) into {path}")
             progress = keras.utils.Progbar(count, verbose=verbose, unit_name="view")
             calls = batch_size or fill_batch_size(source)
             arrays = _fill(source, data, views, top_k, f"{path}.partial", calls, progress)

@@ -109,7 +109,9 @@ def _train(config, strategy, start, tracker):
         print(f"skipped {len(data.bad_files)} images that cannot be decoded (--skip_bad_images): {out}/skipped_images.txt")
     if initial_epoch:
         print(f"resuming after epoch {initial_epoch} from {resume.directory}")
+    tracker.filling = True
     extras, replay = _soft_label_cache(config, data, model, out)
+    tracker.filling = False
 
     # Without a validation set (the paper's protocol) the test set is evaluated after each epoch and
     # picks best.keras, as the reference code does; results.json says which split chose it.
@@ -438,15 +440,19 @@ def _exit_interrupted(config, tracker):
         where = f"after epoch {tracker.epoch + 1}"
     elif tracker.epoch is not None:
         where = f"in epoch {tracker.epoch + 1}"
+    elif tracker.filling:
+        where = "while storing the soft labels (--soft_label_cache)"
     else:
         where = "before training started"
-    if saved:
+    if tracker.filling and not saved:
+        then = "the same command continues the fill from its last written chunk, then trains from the beginning"
+    elif saved:
         then = f"the same command resumes after epoch {saved}"
     elif config.resume:
         then = "no epoch had finished, so the same command starts from the beginning"
     else:
         then = "--noresume keeps no state, so the same command starts from the beginning"
-    if config.verbose == 1 and tracker.progress_line_open:
+    if config.verbose == 1 and (tracker.progress_line_open or tracker.filling):
         print()  # Keras' progress bar redraws its line in place: end it, so that the message starts a line.
     sys.stdout.flush()
     print(f"interrupted {where}; {then}", file=sys.stderr, flush=True)

@@ -118,6 +118,8 @@ def test_augmentation_flags_and_their_contradictions(monkeypatch):
         (["--augment=randaugment", "--soft_label_cache=replay"], "not RandAugment's operations; use --augment=standard"),
         (["--replay_views=3"], "--replay_views=3 only applies to --soft_label_cache=replay"),
         (["--soft_label_cache=replay", "--replay_views=0"], "--replay_views must be >= 1"),
+        (["--soft_label_cache=replay", "--replay_views=163"], "--replay_views=163: the random crop of the 4-padded image and the flip have 162 distinct views"),
+        (["--soft_label_cache_dir=/tmp/x"], "--soft_label_cache_dir=/tmp/x only applies with --soft_label_cache=replay or clean"),
         (["--soft_label_cache=replay", "--replay_top_k=x"], "--replay_top_k=x: expected a number of logits >= 1"),
         (["--cutmix=-1"], "--mixup and --cutmix"),
     ]:
@@ -180,10 +182,10 @@ _NON_DEFAULT = [
         source_outputs="logits", epochs=7, batch_size=16, eval_batch_size=32, steps_per_epoch=5, lr=0.05, momentum=0.8,
         weight_decay=1e-4, lr_schedule="cosine", lr_milestones=(2, 4), lr_gamma=0.5, seed=3, eval_every=2,
         strategy="tpu", tpu="grpc://10.0.0.2:8470", precision="mixed_bfloat16", source_precision="float16",
-        soft_label_cache_dir="/cache", resume=False, deterministic=True, sync_bn=True, jit_compile="false",
+        resume=False, deterministic=True, sync_bn=True, jit_compile="false",
         output_dir="/runs/x", overwrite=True, export=True, verbose=2,
     ),
-    config_lib.Config(method="kd", output_dir="/runs/x", teacher="/runs/t/target.keras", kd_alpha=0.5, soft_label_cache="replay", replay_views=4, replay_top_k=5),
+    config_lib.Config(method="kd", output_dir="/runs/x", teacher="/runs/t/target.keras", kd_alpha=0.5, soft_label_cache="replay", replay_views=4, replay_top_k=5, soft_label_cache_dir="/cache"),
     config_lib.Config(method="dml", output_dir="/runs/x", dml_peers=3),
     config_lib.Config(
         method="maxl", output_dir="/runs/x", maxl_psi=(5, 6), maxl_aux_weight=0.5, maxl_entropy_weight=0.1, maxl_generator_lr=0.01,

@@ -114,8 +114,10 @@ def test_the_data_key_follows_the_hold_out_its_seed_and_skipped_files():
         soft_labels.data_key(dataclasses.replace(config, validation_split=0.2), data),
         soft_labels.data_key(config, types.SimpleNamespace(**{**vars(data), "bad_files": ("/data/train/a/x.jpg",)})),
         soft_labels.data_key(config, types.SimpleNamespace(**{**vars(data), "validation_from": "val/"})),
+        # The same file names with other contents (sizes, modification times): `Datasets.content_key`.
+        soft_labels.data_key(config, types.SimpleNamespace(**{**vars(data), "content_key": "other files"})),
     ]
-    assert len({key, *others}) == 5
+    assert len({key, *others}) == 6
     # Without a hold-out or subset the seed does not choose the images: one key for every seed.
     plain = dataclasses.replace(config, validation_split=0.0)
     data = types.SimpleNamespace(**{**vars(data), "validation_from": None})
@@ -212,11 +214,13 @@ def test_a_killed_fill_continues_and_a_stale_or_broken_file_is_never_read(tmp_pa
         soft_labels._fill(killed_after(2), data, soft_labels.draw_views(512, 3, config.augmentation), 4,
                           str(tmp_path / "x.partial"), 300, keras.utils.Progbar(1536, verbose=0))
     assert sorted(os.listdir(tmp_path / "x.partial")) == ["0000000000.npz", "0000000100.npz"]
+    with open(tmp_path / "x.partial" / "0000000000.npz", "r+b") as f:
+        f.truncate(100)  # A chunk broken on disk is computed again, never a traceback.
     calls.clear()
     views = soft_labels.draw_views(512, 3, config.augmentation)
     resumed = soft_labels._fill(killed_after(99), data, views, 4, str(tmp_path / "x.partial"), 300,
                                 keras.utils.Progbar(1536, verbose=0))
-    assert sum(calls) == (512 - 200) * 3  # Only the chunks not written yet.
+    assert sum(calls) == (512 - 100) * 3  # Only the chunks not written (or not readable) yet.
     messages = []
     replay = soft_labels.load_or_fill_replay(model.sources, data, config, directory, log=messages.append, verbose=0)
     (path,) = glob.glob(os.path.join(directory, "*_replay.npz"))
@@ -237,6 +241,13 @@ def test_a_killed_fill_continues_and_a_stale_or_broken_file_is_never_read(tmp_pa
     assert len(glob.glob(os.path.join(directory, "*_replay.npz"))) == 3
     with open(path, "r+b") as f:
         f.truncate(1000)
+    soft_labels.load_or_fill_replay(model.sources, data, config, directory, log=messages.append, verbose=0)
+    assert "computing" in messages[-1]
+    # A file of the right shapes whose class indices do not fit the source (another source's): filled again.
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["indices"][0, 0, 0] = 7
+    np.savez(path, **arrays)
     soft_labels.load_or_fill_replay(model.sources, data, config, directory, log=messages.append, verbose=0)
     assert "computing" in messages[-1]
 

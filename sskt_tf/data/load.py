@@ -101,6 +101,12 @@ class Datasets:
     # How `train_from` and `train_ordered` build their streams.
     _train_stream: pipeline.TrainStream | None = dataclasses.field(default=None, repr=False, compare=False)
 
+    @property
+    def content_key(self) -> str:
+        """What the training files are: their paths with sizes and modification times (folders), the TFDS
+        version (TFDS), the generator's seed (synthetic); see `pipeline.Split.key`."""
+        return self._train_stream.split.key if self._train_stream is not None else ""
+
     def train_from(self, start_batch: int, extras: Sequence[np.ndarray] = (), replay=None) -> tf.data.Dataset:
         """`train` from its `start_batch`-th batch on: the stream a resumed run must see.
 
