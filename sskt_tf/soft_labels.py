@@ -231,7 +231,7 @@ def draw_views(num_images: int, num_views: int, augmentation) -> Views:
         return Views(np.zeros((num_images, 1, 2), np.uint8), np.zeros((num_images, 1), bool), 0)
     p = int(augmentation.padding)
     side = 2 * p + 1
-    possible = side * side * 2
+    possible = possible_views(augmentation)
     v = min(int(num_views), possible)
     rng = np.random.default_rng([REPLAY_SEED, num_images, p])
     offsets = np.empty((num_images, v, 2), np.uint8)
