@@ -1,8 +1,9 @@
-"""Ports a torchvision-layout ResNet or VGG checkpoint (PyTorch) into a Keras `.keras` source.
+"""Ports a PyTorch ResNet or VGG checkpoint into a Keras `.keras` model: image sources, video targets.
 
     python -m sskt_tf.convert_torch --arch resnet50 --num_classes 365 \\
         resnet50_places365.pth.tar resnet50_places365.keras
     python -m sskt_tf.convert_torch --arch vgg16 vgg16-397923af.pth vgg16_imagenet.keras
+    python -m sskt_tf.convert_torch --arch resnet18_3d resnet-18-kinetics.pth resnet18_3d_kinetics.keras
 
 The two arguments after the flags: the checkpoint, a PyTorch `.pth` (state dict) or `.pth.tar`
 (a dict with `state_dict`), and the `.keras` file to write (replaced only with `--overwrite`).
@@ -15,10 +16,20 @@ any size (ImageNet mean/std inside, as torchvision's transforms; VGG pools adapt
 torchvision's) and returns logits, so `--sources=/path/x.keras` uses it as is. Reads plain state
 dicts (`.pth`), checkpoints that hold one under `state_dict` (`.pth.tar`), and `module.` prefixes
 of DataParallel. Needs torch: `pip install ".[torch]"`.
+
+The `resnet*_3d` archs read Hara et al.'s 3D ResNets (kenshohara/3D-ResNets-PyTorch,
+models/resnet.py, which the SSKT authors' video code uses), e.g. their Kinetics-400 checkpoints
+`resnet-18-kinetics.pth` (a dict with `state_dict` and `arch`, e.g. 'resnet-18', checked against
+--arch). The shortcut is read from the checkpoint: a `layer2.0.downsample.0.weight` tensor means
+"B" (1x1x1 projections: their ResNet-50 and deeper), none means "A" (zero-padded identity: their
+ResNet-18/34). The converted model takes raw [0, 255] RGB clips `[N, T, H, W, 3]` of any size (the
+ActivityNet mean subtracted inside, as their training did) and returns logits; it initialises a
+video target (`--model=resnet18_3d` with the same `--resnet_shortcut`).
 """
 
 import os
 import pickle
+import re
 
 import numpy as np
 from absl import flags
@@ -30,8 +41,12 @@ from sskt_tf.errors import UserError, one_line, writable_file
 ARCHS = {f"resnet{depth}": ("resnet", depth, True) for depth in (18, 34, 50, 101, 152)}
 ARCHS.update({f"vgg{depth}": ("vgg", depth, False) for depth in (11, 13, 16, 19)})
 ARCHS.update({f"vgg{depth}_bn": ("vgg", depth, True) for depth in (11, 13, 16, 19)})
+# Hara et al.'s 3D ResNets, as 3D-ResNets-PyTorch's resnet10 ... resnet200.
+ARCHS.update({f"resnet{depth}_3d": ("resnet3d", depth, True) for depth in (10, 18, 34, 50, 101, 152, 200)})
 # The state-dict key of each family's last Linear layer: its rows are the classes.
-_CLASSIFIER = {"resnet": "fc.weight", "vgg": "classifier.6.weight"}
+_CLASSIFIER = {"resnet": "fc.weight", "vgg": "classifier.6.weight", "resnet3d": "fc.weight"}
+# The tensor that only a 3D ResNet with shortcut "B" has (layer2's first block always changes the shape).
+_SHORTCUT_B_KEY = "layer2.0.downsample.0.weight"
 # BatchNorm's step counter: PyTorch bookkeeping, not a weight.
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
 
@@ -60,6 +75,30 @@ def load_state_dict(path, allow_pickle=False):
         path: a `.pth` state dict, or a checkpoint dict holding it under `state_dict` (`.pth.tar`).
         allow_pickle: unpickle arbitrary Python objects (`torch.load(weights_only=False)`);
             only for trusted files that hold more than tensors and plain containers.
+
+    Returns:
+        `{tensor name: numpy array}`, the names as stored (`module.` prefixes kept).
+
+    Raises:
+        UserError: a missing or unreadable file, one without tensors, or (without `allow_pickle`)
+            one holding other Python objects.
+    """
+    return load_checkpoint(path, allow_pickle)[0]
+
+
+def load_checkpoint(path, allow_pickle=False):
+    """`load_state_dict`, and the architecture the checkpoint records, if any.
+
+    Args:
+        path, allow_pickle: as `load_state_dict`.
+
+    Returns:
+        `(state_dict, recorded_arch)`: the state dict as `load_state_dict` returns it, and the
+        checkpoint dict's `arch` entry (str; e.g. 'resnet-18' in 3D-ResNets-PyTorch's files,
+        'resnet50' in CSAIL Places365's), or None where there is none.
+
+    Raises:
+        UserError: as `load_state_dict`.
     """
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path!r} does not exist; pass the path of a downloaded .pth or .pth.tar file.")
@@ -97,7 +136,10 @@ def load_state_dict(path, allow_pickle=False):
         ) from None
     if hasattr(checkpoint, "state_dict") and callable(checkpoint.state_dict):  # a whole nn.Module
         checkpoint = checkpoint.state_dict()
+    recorded_arch = None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        if isinstance(checkpoint.get("arch"), str):
+            recorded_arch = checkpoint["arch"]
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict) or not any(hasattr(v, "shape") for v in checkpoint.values()):
         keys = list(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
@@ -105,7 +147,7 @@ def load_state_dict(path, allow_pickle=False):
             f"checkpoint {path!r} holds no state dict (found {keys}); expected a dict of tensors, "
             "or a dict with one under 'state_dict'."
         )
-    return {k: _to_numpy(v) for k, v in checkpoint.items() if hasattr(v, "shape")}
+    return {k: _to_numpy(v) for k, v in checkpoint.items() if hasattr(v, "shape")}, recorded_arch
 
 
 def _chw_to_hwc_rows(weight, height, width, channels):
@@ -123,6 +165,10 @@ def _expected_tensors(layer, flattened=None):
     import keras
 
     module = layer.name.replace("_", ".")  # torchvision module path: layer1_0_conv1 -> layer1.0.conv1
+    if isinstance(layer, keras.layers.Conv3D):
+        kt, kh, kw, cin, cout = layer.kernel.shape
+        # PyTorch Conv3d (out, in, kt, kh, kw) -> Keras (kt, kh, kw, in, out); Hara's ResNets have no bias.
+        return [(f"{module}.weight", (cout, cin, kt, kh, kw), lambda w: w.transpose(2, 3, 4, 1, 0))]
     if isinstance(layer, keras.layers.Conv2D):
         kh, kw, cin, cout = layer.kernel.shape
         # PyTorch (out, in, kh, kw) -> Keras (kh, kw, in, out). ResNets' convs have no bias, VGGs' do.
@@ -139,11 +185,50 @@ def _expected_tensors(layer, flattened=None):
 
 
 def _missing(origin, arch, keys):
-    family = ARCHS[arch][0]
-    kind = "ResNet of that depth" if family == "resnet" else "VGG of that depth (BatchNorm: the _bn archs)"
+    kind = {
+        "resnet": "a torchvision-layout ResNet of that depth",
+        "vgg": "a torchvision-layout VGG of that depth (BatchNorm: the _bn archs)",
+        "resnet3d": "a 3D ResNet of that depth in 3D-ResNets-PyTorch's layout",
+    }[ARCHS[arch][0]]
     return UserError(
         f"{origin} lacks {len(keys)} tensors that --arch={arch} needs (first: {', '.join(keys[:4])}). "
-        f"Is it a torchvision-layout {kind}? Check --arch."
+        f"Is it {kind}? Check --arch."
+    )
+
+
+def detect_shortcut(state_dict):
+    """The shortcut of a 3D-ResNets-PyTorch state dict: "B" (1x1x1 projections) or "A" (zero-padded identity).
+
+    Every 3D ResNet's layer2 begins with a block that halves the size and doubles the width, so
+    shortcut "B" always gives it a `layer2.0.downsample.0.weight`, and "A" (no parameters) never.
+
+    Args:
+        state_dict: `{name: tensor or array}`; `module.` prefixes are ignored.
+
+    Returns:
+        "A" or "B".
+    """
+    return "B" if any(k.removeprefix("module.") == _SHORTCUT_B_KEY for k in state_dict) else "A"
+
+
+def check_recorded_arch(recorded_arch, arch, origin="the checkpoint"):
+    """Refuses an `--arch` whose depth differs from the one the checkpoint records in its `arch` entry.
+
+    3D-ResNets-PyTorch records e.g. 'resnet-18' (and its own loader asserts the match), CSAIL
+    Places365 e.g. 'resnet50'. Only ResNet depths are compared (the entry does not say 2D or 3D);
+    entries of other forms, and None, pass.
+
+    Raises:
+        UserError: the depths differ; the message names the matching --arch.
+    """
+    family, depth = ARCHS[arch][:2] if arch in ARCHS else (None, None)
+    match = re.fullmatch(r"resnet-?(\d+)", recorded_arch or "")
+    if family not in ("resnet", "resnet3d") or not match or int(match.group(1)) == depth:
+        return
+    suggestion = f"resnet{match.group(1)}" + ("_3d" if family == "resnet3d" else "")
+    fix = f"pass --arch={suggestion}" if suggestion in ARCHS else "that depth is not supported"
+    raise UserError(
+        f"{origin} records arch {recorded_arch!r} (its 'arch' entry), but --arch={arch} is a ResNet-{depth}; {fix}."
     )
 
 
@@ -176,9 +261,12 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
     Args:
         state_dict: `{name: tensor or array}` in torchvision's layout (ResNet: `conv1.weight`,
             `layer1.0.bn1.running_var`, `fc.bias`, ...; VGG: `features.0.weight`,
-            `classifier.6.bias`, ...); `module.` prefixes are removed.
+            `classifier.6.bias`, ...), or 3D-ResNets-PyTorch's for the `_3d` archs (the ResNet
+            names, Conv3d weights); `module.` prefixes are removed.
         arch: "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", or "vgg11",
-            "vgg13", "vgg16", "vgg19" with or without "_bn".
+            "vgg13", "vgg16", "vgg19" with or without "_bn"; or a 3D ResNet, "resnet10_3d",
+            "resnet18_3d", "resnet34_3d", "resnet50_3d", "resnet101_3d", "resnet152_3d",
+            "resnet200_3d", whose shortcut comes from the state dict (`detect_shortcut`).
         num_classes: classifier width; default the first dimension of `fc.weight`
             (`classifier.6.weight` for VGG).
         name: Keras model name; default `arch`.
@@ -186,7 +274,12 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
 
     Returns:
         A functional `keras.Model` from raw [0, 255] RGB images [N, H, W, 3] (any H, W; VGG
-        at least 32 px) to logits.
+        at least 32 px) to logits; for the 3D ResNets `resnet3d_classifier`'s, from raw clips
+        [N, T, H, W, 3].
+
+    Raises:
+        UserError: an unknown `arch`, a bad `num_classes`, or a state dict that does not fit
+            `arch` (a missing, unused or misshapen tensor; 2D weights for a 3D arch or back).
 
     Example:
     >>> state_dict = torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict()
@@ -194,6 +287,7 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
     >>> model.save("vgg16_imagenet.keras")
     """
     from sskt_tf.models.resnet import resnet_classifier
+    from sskt_tf.models.resnet3d import resnet3d_classifier
 
     if arch not in ARCHS:
         raise UserError(f"--arch={arch} is not supported. Allowed: {', '.join(ARCHS)}.")
@@ -206,8 +300,20 @@ def convert(state_dict, arch, num_classes=None, name=None, origin="the state dic
         if classifier not in weights:
             raise UserError(f"{origin} has no {classifier}, so the number of classes is unknown; pass --num_classes.")
         num_classes = int(weights[classifier].shape[0])
+    stem, stem_ndim = weights.get("conv1.weight"), {"resnet": 4, "resnet3d": 5}.get(family)
+    if stem_ndim and stem is not None and stem.ndim in (4, 5) and stem.ndim != stem_ndim:
+        # An image ResNet for a video arch or back: say so, rather than that every tensor has the wrong shape.
+        video = stem.ndim == 5
+        suggestion = f"resnet{depth}_3d" if video else f"resnet{depth}"
+        fix = f"pass --arch={suggestion}" if suggestion in ARCHS else "check --arch"
+        raise UserError(
+            f"{origin}: conv1.weight has shape {tuple(stem.shape)}, a {'3D (video)' if video else '2D (image)'} "
+            f"convolution, but --arch={arch} is a {'2D' if video else '3D'} ResNet; {fix}."
+        )
     if family == "vgg":
         model, flattened = _vgg(weights, arch, num_classes, name or arch, origin)
+    elif family == "resnet3d":
+        model, flattened = resnet3d_classifier(depth, num_classes, detect_shortcut(weights), name=name or arch), {}
     else:
         model, flattened = resnet_classifier(depth, num_classes, name=name or arch), {}
 
@@ -252,7 +358,8 @@ def convert_checkpoint(checkpoint, output, arch, *, num_classes=None, allow_pick
     interrupted save never leaves half a model where a source was. Prints one line: what was written.
 
     Args:
-        checkpoint: a PyTorch `.pth` (state dict) or `.pth.tar` (a dict with `state_dict`).
+        checkpoint: a PyTorch `.pth` (state dict) or `.pth.tar` (a dict with `state_dict`; an
+            `arch` entry there must name the depth of `arch`, see `check_recorded_arch`).
         output: the `.keras` file to write; its file name (letters, digits, `_`) names the model.
         arch: the checkpoint's architecture, a key of `ARCHS` (see `convert`).
         num_classes: classifier width; None: from the checkpoint (see `convert`).
@@ -271,7 +378,8 @@ def convert_checkpoint(checkpoint, output, arch, *, num_classes=None, allow_pick
     if os.path.isfile(output) and not overwrite:
         raise UserError(f"output {output!r} exists; pass --overwrite to replace it, or another output path.")
     writable_file(output, None, what="output .keras file")  # Before the checkpoint is read.
-    state_dict = load_state_dict(checkpoint, allow_pickle=allow_pickle)
+    state_dict, recorded_arch = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    check_recorded_arch(recorded_arch, arch, origin=f"checkpoint {checkpoint!r}")
     stem = os.path.splitext(os.path.basename(output))[0]
     name = "".join(c if c.isalnum() else "_" for c in stem) or arch
     model = convert(state_dict, arch, num_classes, name=name, origin=f"checkpoint {checkpoint!r}")
@@ -280,9 +388,18 @@ def convert_checkpoint(checkpoint, output, arch, *, num_classes=None, allow_pick
     model.save(tmp)
     os.replace(tmp, output)
     parameters = sum(int(np.prod(w.shape)) for w in model.trainable_weights)  # as torch counts them
+    if ARCHS[arch][0] == "resnet3d":
+        shortcut = detect_shortcut(state_dict)
+        what = f"{arch} (shortcut {shortcut})"
+        use = (
+            f"initialise a video target with it: --model={arch} --resnet_shortcut={shortcut} "
+            f"--init_checkpoint={output}"
+        )
+    else:
+        what, use = arch, f"use it as --sources={output}"
     print(
-        f"wrote {output}: {arch}, {model.output_shape[-1]} classes, {parameters:,} parameters "
-        f"from {len(state_dict)} tensors of {checkpoint}; use it as --sources={output}"
+        f"wrote {output}: {what}, {model.output_shape[-1]} classes, {parameters:,} parameters "
+        f"from {len(state_dict)} tensors of {checkpoint}; {use}"
     )
     return model
 
@@ -291,11 +408,20 @@ def convert_checkpoint(checkpoint, output, arch, *, num_classes=None, allow_pick
 def define_flags(flag_values):
     """Defines the flags of `python -m sskt_tf.convert_torch` on `flag_values` (see `sskt_tf.cli`)."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_enum("arch", None, list(ARCHS), "the checkpoint's architecture", required=True, **fv)
+    flags.DEFINE_enum(
+        "arch",
+        None,
+        list(ARCHS),
+        "the checkpoint's architecture: torchvision's resnet*/vgg* (images), or Hara et al.'s 3D ResNets "
+        "resnet*_3d (video clips; 3D-ResNets-PyTorch, shortcut A or B read from the checkpoint)",
+        required=True,
+        **fv,
+    )
     flags.DEFINE_integer(
         "num_classes",
         None,
-        "classifier width (1000 ImageNet, 365 Places365); default: from fc.weight (VGG: classifier.6.weight)",
+        "classifier width (1000 ImageNet, 365 Places365, 400 Kinetics); default: from fc.weight "
+        "(VGG: classifier.6.weight)",
         **fv,
     )
     flags.DEFINE_bool(

@@ -3,8 +3,11 @@
 import keras
 
 from sskt_tf.errors import UserError
-from sskt_tf.models.layers import BatchNormalization
+from sskt_tf.models.layers import BatchNormalization, GlobalAveragePooling
 from sskt_tf.names import HEAD_NAMES
+
+# spatial_dims -> the transfer module's convolution: images' feature maps, clips'.
+_CONVS = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
@@ -17,7 +20,8 @@ class LinearHead(keras.layers.Layer):
         **kwargs: `keras.layers.Layer` arguments (`name`, ...).
 
     Call arguments:
-        features: dict of stage outputs `[B, H, W, C]`, as the backbones return.
+        features: dict of stage outputs `[B, H, W, C]` (a 3D target's `[B, T, H, W, C]`), as the
+            backbones return.
 
     Returns:
         float32 logits `[B, num_classes]` (also under mixed precision).
@@ -32,7 +36,9 @@ class LinearHead(keras.layers.Layer):
         self.feature_key = feature_key
 
         # === Layers ===
-        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        # Any rank: images' and clips' feature maps. It has no weights, so checkpoints saved with
+        # GlobalAveragePooling2D here load as before.
+        self.pool = GlobalAveragePooling(name="pool")
         # The logits of an auxiliary head are compared with source logits in float32.
         self.dense = keras.layers.Dense(self.num_classes, dtype="float32", name="logits")
 
@@ -58,7 +64,14 @@ class TransferModule(keras.layers.Layer):
     conv1x1 -> BN -> ReLU, with `middle_channels` then `out_channels` filters;
     the branches are globally average-pooled, their mean goes to a Dense layer.
     For CIFAR ResNets (stage widths 16/32/64) this is middle 32, out 64, as in
-    the reference code (models/small_resnet.py, lines 39-80).
+    the reference code (models/small_resnet.py, lines 39-80). For video targets
+    (`spatial_dims=3`) the convolutions are 1x1x1, 3x3x3 (stride 2 in time, height
+    and width) and 1x1x1, as the reference's 3D_SSKT/models/resnet.py.
+
+    The convolutions have no bias (each is followed by BatchNorm, whose shift subsumes it;
+    the reference's have one) and pad "same": on even sizes Keras pads a stride-2 3x3 window
+    (0, 1) where torch pads (1, 1), so the windows start one step later, in a randomly
+    initialised branch that is pooled right after; the 2D and 3D modules do alike.
 
     Args:
         num_classes: size of the source's label space.
@@ -66,14 +79,20 @@ class TransferModule(keras.layers.Layer):
         middle_channels: bottleneck width; default `out_channels // 2`.
         stage_keys: the stage outputs that get a branch.
         sync_bn: BatchNorm statistics over all replicas.
+        spatial_dims: 2 for images' stage outputs `[B, H, W, C]` (2D convolutions), 3 for video
+            clips' `[B, T, H, W, C]` (3D convolutions).
         **kwargs: `keras.layers.Layer` arguments (`name`, ...).
 
     Call arguments:
-        features: dict of stage outputs `[B, H, W, C]`, as the backbones return.
+        features: dict of stage outputs `[B, H, W, C]` (`[B, T, H, W, C]` with `spatial_dims=3`),
+            as the backbones return.
         training: BatchNorm in training mode (batch statistics).
 
     Returns:
         float32 logits `[B, num_classes]` (also under mixed precision).
+
+    Raises:
+        ValueError: `spatial_dims` other than 2 or 3.
 
     Reference: S. Hong, J. Yoon, J. Kim, M.-K. Choi, "Self-Supervised Knowledge
     Transfer via Loosely Supervised Auxiliary Tasks", WACV 2022.
@@ -86,18 +105,22 @@ class TransferModule(keras.layers.Layer):
         middle_channels=None,
         stage_keys=("stage1", "stage2", "stage3"),
         sync_bn=False,
+        spatial_dims=2,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if spatial_dims not in _CONVS:
+            raise ValueError(f"spatial_dims must be 2 (images) or 3 (clips). Received: spatial_dims={spatial_dims}")
         self.num_classes = int(num_classes)
         self.out_channels = int(out_channels)
         self.middle_channels = int(middle_channels or out_channels // 2)
         self.stage_keys = tuple(stage_keys)
         self.sync_bn = bool(sync_bn)
+        self.spatial_dims = int(spatial_dims)
 
         # === Layers ===
         self.branches = [self._branch(key) for key in self.stage_keys]
-        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.pool = GlobalAveragePooling(name="pool")
         self.dense = keras.layers.Dense(self.num_classes, dtype="float32", name="logits")
 
     def _branch(self, key):
@@ -106,7 +129,7 @@ class TransferModule(keras.layers.Layer):
             [(self.middle_channels, 1, 1), (self.middle_channels, 3, 2), (self.out_channels, 1, 1)]
         ):
             layers += [
-                keras.layers.Conv2D(
+                _CONVS[self.spatial_dims](
                     filters,
                     size,
                     strides=stride,
@@ -143,12 +166,13 @@ class TransferModule(keras.layers.Layer):
                 "middle_channels": self.middle_channels,
                 "stage_keys": self.stage_keys,
                 "sync_bn": self.sync_bn,
+                "spatial_dims": self.spatial_dims,
             }
         )
         return config
 
 
-def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False, width=None):
+def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False, width=None, spatial_dims=2):
     """Builds the auxiliary head `kind` (the `--aux_head` flag) for a backbone with `stage_channels`.
 
     Args:
@@ -161,6 +185,8 @@ def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False, widt
         width: output width of the transfer module's branches (middle: half of it); default the
             last stage's width, as the reference for CIFAR ResNets. The reference's ImageNet-style
             targets use 1000 (their backbones' `transfer_width`).
+        spatial_dims: 2 for image targets, 3 for video targets (the transfer module's 3D
+            convolutions; the linear head pools any rank).
 
     Returns:
         An unbuilt `LinearHead` or `TransferModule`: dict of stage outputs -> float32 logits
@@ -175,6 +201,11 @@ def build_head(kind, num_classes, stage_channels, name=None, sync_bn=False, widt
     if kind == "transfer_module":
         keys = tuple(stage_channels)
         return TransferModule(
-            num_classes, out_channels=width or stage_channels[keys[-1]], stage_keys=keys, sync_bn=sync_bn, name=name
+            num_classes,
+            out_channels=width or stage_channels[keys[-1]],
+            stage_keys=keys,
+            sync_bn=sync_bn,
+            spatial_dims=spatial_dims,
+            name=name,
         )
     raise UserError(f"--aux_head={kind} is not a known head. Allowed: {', '.join(HEAD_NAMES)}.")

@@ -1,7 +1,8 @@
 """Tests of the PyTorch -> Keras ResNet and VGG converter: logits parity with torch, checkpoint formats, errors.
 
 The torch ResNets and VGGs are written here (torchvision's layout and module names, v1.5
-bottlenecks, VGG's adaptive 7x7 pooling) so that the tests need torch but not torchvision.
+bottlenecks, VGG's adaptive 7x7 pooling) so that the tests need torch but not torchvision; so are
+Hara et al.'s 3D ResNets (3D-ResNets-PyTorch's layout, shortcuts A and B) for the video targets.
 """
 
 import argparse
@@ -383,7 +384,7 @@ def test_wrong_vgg_variant_names_the_tensor(narrow_vgg16_bn):
 
 
 @pytest.mark.slow
-def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tmp_path):
+def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, checkpoints_3d, tmp_path):
     ckpt = checkpoints("resnet18")
     out, unused = tmp_path / "resnet18_places365.keras", str(tmp_path / "x.keras")
     command = [sys.executable, "-m", "sskt_tf.convert_torch"]
@@ -393,6 +394,7 @@ def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tm
         "no --arch": [*command, ckpt.pth, unused],
         "unknown --arch": [*command, "--arch", "resnet7", ckpt.pth, unused],
         "no output": [*command, "--arch=resnet18", ckpt.pth],
+        "3D depth": [*command, "--arch=resnet34_3d", checkpoints_3d("resnet18_3d-A").path, unused],
     }
     results = dict(zip(cases, run_commands(list(cases.values()))))
     rc, stdout, stderr = results["converts"]
@@ -403,6 +405,7 @@ def test_command_line_converts_and_reports_bad_input_in_one_line(checkpoints, tm
         "no --arch": ["error: --arch is required and was not given", "the checkpoint's architecture", "pass --arch=<value>"],
         "unknown --arch": ["error: flag --arch=resnet7: value should be one of <resnet18|resnet34|"],
         "no output": ["error: the following arguments are required: output; see python -m sskt_tf.convert_torch --help."],
+        "3D depth": ["records arch 'resnet-18' (its 'arch' entry), but --arch=resnet34_3d is a ResNet-34; pass --arch=resnet18_3d."],
     }
     for name, needles in expected.items():
         assert_one_error_line(results[name], *needles)
@@ -419,3 +422,276 @@ def test_an_output_path_that_cannot_be_a_file_is_refused_before_the_checkpoint_i
     with pytest.raises(UserError, match=f"cannot write the output .keras file there, {tmp_path / 'a_file'} is a file"):
         convert_torch.convert_checkpoint(missing, str(tmp_path / "a_file" / "x.keras"), "resnet18")
     assert (tmp_path / "a_file").read_text() == "x"
+
+
+# --- Hara et al.'s 3D ResNets (kenshohara/3D-ResNets-PyTorch, models/resnet.py) ----------------------
+#
+# Written here from the paper's description and that file's module names: Conv3d stem 7x7x7 stride
+# (1, 2, 2), MaxPool3d(3, 2, 1), blocks of 3x3x3 convs (bottlenecks: 1x1x1, 3x3x3 with the stride,
+# 1x1x1), layers 2-4 striding time as well as space; shortcut "A" = avg_pool3d(kernel 1, stride) with
+# zero channels concatenated after, "B" = Conv3d 1x1x1 + BatchNorm3d as `downsample.0/1`. Clips are
+# [N, 3, T, H, W] there, raw 0..255 values minus the ActivityNet mean.
+
+ACTIVITYNET_MEAN = np.array([114.7748, 107.7354, 99.4750], np.float32)
+
+
+class BasicBlock3D(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, width, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv3d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.conv2 = nn.Conv3d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm3d(width)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck3D(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, width, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv3d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
+        self.conv2 = nn.Conv3d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm3d(width)
+        self.conv3 = nn.Conv3d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm3d(width * 4)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ZeroPadDownsample(nn.Module):
+    """Shortcut "A": a functools.partial of `downsample_basic_block` there (no parameters, no state dict entry)."""
+
+    def __init__(self, channels, stride):
+        super().__init__()
+        self.channels, self.stride = channels, stride
+
+    def forward(self, x):
+        x = nn.functional.avg_pool3d(x, kernel_size=1, stride=self.stride)
+        return torch.cat([x, x.new_zeros(x.shape[0], self.channels - x.shape[1], *x.shape[2:])], dim=1)
+
+
+class TorchResNet3D(nn.Module):
+    def __init__(self, block, layers, shortcut, num_classes):
+        super().__init__()
+        self.conv1 = nn.Conv3d(3, 64, 7, (1, 2, 2), 3, bias=False)
+        self.bn1 = nn.BatchNorm3d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool3d(3, 2, 1)
+        cin = 64
+        for i, (width, n) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+            blocks = []
+            for b in range(n):
+                stride = 2 if (i > 1 and b == 0) else 1
+                downsample, cout = None, width * block.expansion
+                if stride != 1 or cin != cout:
+                    if shortcut == "A":
+                        downsample = ZeroPadDownsample(cout, stride)
+                    else:
+                        downsample = nn.Sequential(nn.Conv3d(cin, cout, 1, stride, bias=False), nn.BatchNorm3d(cout))
+                blocks.append(block(cin, width, stride, downsample))
+                cin = cout
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        # Their AvgPool3d over the whole last map of a 16-frame 112-px clip: the mean over it.
+        return self.fc(x.mean(dim=(2, 3, 4)))
+
+
+ARCHS_3D = {
+    10: (BasicBlock3D, (1, 1, 1, 1)),
+    18: (BasicBlock3D, (2, 2, 2, 2)),
+    34: (BasicBlock3D, (3, 4, 6, 3)),
+    50: (Bottleneck3D, (3, 4, 6, 3)),
+}
+
+
+def torch_count(depth, shortcut, num_classes=400):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        net = TorchResNet3D(*ARCHS_3D[depth], shortcut, num_classes)
+    return sum(p.numel() for p in net.parameters())
+
+
+def trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def random_torch_resnet3d(depth, shortcut, num_classes, seed):
+    """A torch 3D ResNet in eval mode with random weights and logits of +-10 or so (see `random_torch_resnet`)."""
+    torch.manual_seed(seed)
+    net = TorchResNet3D(*ARCHS_3D[depth], shortcut, num_classes)
+    last_bn = "bn3" if ARCHS_3D[depth][0] is Bottleneck3D else "bn2"
+    with torch.no_grad():
+        for name, m in net.named_modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.weight.uniform_(*((0.1, 0.5) if name.endswith(last_bn) else (0.5, 1.5)))
+                m.bias.normal_(0.0, 0.2)
+                m.momentum = None
+        net.train()
+        net(torch.from_numpy(video_clips((2, 6, 48, 48, 3), seed + 100) - ACTIVITYNET_MEAN).permute(0, 4, 1, 2, 3))
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.add_(torch.randn_like(m.running_mean) * 0.2 * m.running_var.sqrt())
+                m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.0))
+        net.fc.weight.mul_(5.0)
+        net.fc.bias.normal_(0.0, 0.5)
+    return net.eval()
+
+
+def video_clips(shape, seed=0):
+    return np.random.RandomState(seed).uniform(0, 255, shape).astype(np.float32)
+
+
+def torch_clip_logits(net, clips):
+    """3D-ResNets-PyTorch's preprocessing: raw values minus the ActivityNet mean; [N, T, H, W, 3] -> [N, 3, T, H, W]."""
+    with torch.no_grad():
+        return net(torch.from_numpy((clips - ACTIVITYNET_MEAN).transpose(0, 4, 1, 2, 3).copy())).numpy()
+
+
+# key -> (depth, shortcut, classes, seed, saved as a checkpoint file). Clips of 6 frames at 48 px: even
+# sizes (where Keras' "same" padding would differ from torch's) and an odd time length after the max-pool.
+SETTINGS_3D = {
+    "resnet18_3d-A": (18, "A", 400, 0, True),  # Hara et al.'s Kinetics ResNet-18 layout
+    "resnet10_3d-B": (10, "B", 5, 1, True),  # the projections of B in basic blocks
+    "resnet50_3d-B": (50, "B", 400, 2, False),  # their Kinetics ResNet-50 layout (190 MB: not written)
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints_3d(tmp_path_factory):
+    """key of SETTINGS_3D -> a random torch 3D ResNet, saved as 3D-ResNets-PyTorch saves its checkpoints."""
+    made = {}
+
+    def get(key):
+        if key not in made:
+            depth, shortcut, num_classes, seed, saved = SETTINGS_3D[key]
+            net = random_torch_resnet3d(depth, shortcut, num_classes, seed)
+            # Their train.py: {'epoch', 'arch': 'resnet-18', 'state_dict' (DataParallel's "module."), 'optimizer'}.
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+            checkpoint = {
+                "epoch": 200,
+                "arch": f"resnet-{depth}",
+                "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+            }
+            path = None
+            if saved:
+                path = str(tmp_path_factory.mktemp(key) / f"resnet-{depth}-kinetics.pth")
+                # The released Kinetics files predate torch 1.6's zip format.
+                torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+            x = video_clips((2, 6, 48, 48, 3), seed)
+            made[key] = argparse.Namespace(
+                arch=f"resnet{depth}_3d", depth=depth, shortcut=shortcut, num_classes=num_classes, net=net,
+                checkpoint=checkpoint, path=path, x=x, logits=torch_clip_logits(net, x),
+            )
+        return made[key]
+
+    return get
+
+
+@pytest.mark.parametrize("key", sorted(SETTINGS_3D))
+def test_hara_3d_checkpoints_convert_to_torchs_logits(checkpoints_3d, key):
+    ckpt = checkpoints_3d(key)
+    if ckpt.path:
+        state_dict, recorded_arch = convert_torch.load_checkpoint(ckpt.path)
+        assert recorded_arch == f"resnet-{ckpt.depth}"
+    else:
+        state_dict = ckpt.checkpoint["state_dict"]
+    assert convert_torch.detect_shortcut(state_dict) == ckpt.shortcut
+    model = convert_torch.convert(state_dict, ckpt.arch)
+    assert model.input_shape == (None, None, None, None, 3) and model.output_shape == (None, ckpt.num_classes)
+    _assert_logits_match(model(ckpt.x).numpy(), ckpt.logits, f"{key} on 6x48x48 clips")
+    # The same parameters as the independent torch network (counted on torch's side without weights).
+    assert trainable_count(model) == torch_count(ckpt.depth, ckpt.shortcut, ckpt.num_classes)
+
+
+@pytest.mark.parametrize("depth, shortcut", [(18, "B"), (34, "A"), (34, "B"), (50, "A")])
+def test_3d_resnet_parameter_counts_equal_torchs(depth, shortcut):
+    from sskt_tf.models import resnet3d_classifier
+
+    count = trainable_count(resnet3d_classifier(depth, 400, shortcut))
+    assert count == torch_count(depth, shortcut)
+    # 18 A, 10 B and 50 B are compared above, on converted networks.
+
+
+def test_3d_resnet_parameter_counts_in_millions():
+    # As quoted for Hara et al.'s Kinetics models: ResNet-18 (A) 33.2M, ResNet-34 (A) 63.5M with their
+    # 400-way classifier; ResNet-50 (B) 46.2M without it (47.0M with).
+    assert round(torch_count(18, "A") / 1e6, 1) == 33.2 and torch_count(18, "A") == 33_235_280
+    assert round(torch_count(34, "A") / 1e6, 1) == 63.5 and torch_count(34, "A") == 63_544_912
+    assert round((torch_count(50, "B") - (2048 * 400 + 400)) / 1e6, 1) == 46.2 and torch_count(50, "B") == 47_018_576
+
+
+def test_cli_writes_a_3d_classifier_whose_layers_a_video_target_shares(checkpoints_3d, tmp_path, capsys):
+    from sskt_tf.models import get_backbone
+
+    ckpt = checkpoints_3d("resnet10_3d-B")
+    out = tmp_path / "resnet10_3d_kinetics.keras"
+    convert_torch.convert_checkpoint(ckpt.path, str(out), "resnet10_3d")
+    printed = capsys.readouterr().out
+    count = torch_count(10, "B", 5)
+    assert printed.startswith(f"wrote {out}: resnet10_3d (shortcut B), 5 classes, {count:,} parameters"), printed
+    assert f"--model=resnet10_3d --resnet_shortcut=B --init_checkpoint={out}" in printed
+    reloaded = keras.saving.load_model(str(out), compile=False)
+    assert reloaded.name == "resnet10_3d_kinetics"
+    np.testing.assert_allclose(reloaded(ckpt.x).numpy(), ckpt.logits, atol=1e-4, rtol=0)
+    # Every weighted layer of the video target has its namesake, of the same shapes, in the converted model.
+    backbone = get_backbone("resnet10_3d", (None, None, None, 3), shortcut="B")
+    weighted = {l.name: [tuple(w.shape) for w in l.weights] for l in backbone.layers if l.weights}
+    # Stem conv and BN, 4 blocks x (2 convs, 2 BNs), 3 projections x (conv, BN).
+    assert len(weighted) == 2 + 4 * 4 + 3 * 2 and all(
+        [tuple(w.shape) for w in reloaded.get_layer(name).weights] == shapes for name, shapes in weighted.items()
+    )
+
+
+def test_bad_3d_checkpoints_are_refused_in_one_line(checkpoints_3d, checkpoints, tmp_path):
+    ckpt = checkpoints_3d("resnet18_3d-A")
+    state_dict = ckpt.checkpoint["state_dict"]
+
+    def refused(match, *args, **kwargs):
+        with pytest.raises(UserError, match=match) as raised:
+            convert_torch.convert(*args, **kwargs)
+        assert "\n" not in str(raised.value)
+
+    missing = {k: v for k, v in state_dict.items() if k != "module.layer3.1.bn2.running_var"}
+    refused(r"lacks 1 tensors .*first: layer3\.1\.bn2\.running_var\)\. Is it a 3D ResNet of that depth in "
+            "3D-ResNets-PyTorch's layout", missing, "resnet18_3d")
+    refused(r"has 40 tensors that --arch=resnet10_3d does not use \(first: layer1\.1\.bn1\.bias", state_dict,
+            "resnet10_3d")
+    # Image and video ResNets mistaken for one another: said so, with the arch to pass.
+    refused(r"conv1\.weight has shape \(64, 3, 7, 7, 7\), a 3D \(video\) convolution, but --arch=resnet18 is a 2D "
+            r"ResNet; pass --arch=resnet18_3d\.$", state_dict, "resnet18")
+    refused(r"conv1\.weight has shape \(64, 3, 7, 7\), a 2D \(image\) convolution, but --arch=resnet18_3d is a 3D "
+            r"ResNet; pass --arch=resnet18\.$", checkpoints("resnet18").net.state_dict(), "resnet18_3d")
+    # Shortcut B read as A where its first projection is missing: the other projections are left over.
+    b = dict(checkpoints_3d("resnet10_3d-B").checkpoint["state_dict"])
+    del b["module.layer2.0.downsample.0.weight"]
+    refused(r"has 14 tensors that --arch=resnet10_3d does not use \(first: layer2\.0\.downsample\.1\.bias", b,
+            "resnet10_3d")
+    # The depth the checkpoint records (3D-ResNets-PyTorch asserts it too), before any tensor is read.
+    out = str(tmp_path / "x.keras")
+    with pytest.raises(UserError, match=r"records arch 'resnet-18' \(its 'arch' entry\), but --arch=resnet34_3d is a "
+                       r"ResNet-34; pass --arch=resnet18_3d\.$"):
+        convert_torch.convert_checkpoint(ckpt.path, out, "resnet34_3d")
+    assert not os.path.exists(out)
+    convert_torch.check_recorded_arch("resnet-18", "resnet18")  # the entry does not say 2D or 3D
+    convert_torch.check_recorded_arch("resnext-101", "resnet101_3d")  # other forms are not compared
+    with pytest.raises(UserError, match=r"records arch 'resnet-200'.*--arch=resnet50 is a ResNet-50; that depth is not"):
+        convert_torch.check_recorded_arch("resnet-200", "resnet50")

@@ -133,12 +133,13 @@ def _bn_pair(shape=(None, 5, 6, 4)):
     return ours, theirs
 
 
-def test_batch_normalization_trains_as_keras_and_runs_the_fused_kernel():
+@pytest.mark.parametrize("shape", [(8, 5, 6, 4), (4, 2, 5, 6, 4)], ids=["images", "clips"])
+def test_batch_normalization_trains_as_keras_and_runs_the_fused_kernel(shape):
     import tensorflow as tf
 
-    ours, theirs = _bn_pair()
-    x = tf.constant(np.random.RandomState(1).normal(3, 2, (8, 5, 6, 4)).astype("float32"))
-    upstream = tf.constant(np.random.RandomState(2).normal(0, 1, (8, 5, 6, 4)).astype("float32"))
+    ours, theirs = _bn_pair((None, *shape[1:]))
+    x = tf.constant(np.random.RandomState(1).normal(3, 2, shape).astype("float32"))
+    upstream = tf.constant(np.random.RandomState(2).normal(0, 1, shape).astype("float32"))
     results = []
     for layer in (ours, theirs):
         with tf.GradientTape(persistent=True) as tape:
@@ -149,21 +150,50 @@ def test_batch_normalization_trains_as_keras_and_runs_the_fused_kernel():
         results.append([y, *grads, layer.moving_mean, layer.moving_variance])
     for a, b in zip(*results):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
-    # Moving variance follows the biased batch variance (Keras'), not the kernel's unbiased one.
-    biased = np.var(x.numpy(), axis=(0, 1, 2))
+    # Moving variance follows the biased batch variance over every axis but the channels (Keras'),
+    # not the kernel's unbiased one.
+    biased = np.var(x.numpy(), axis=tuple(range(len(shape) - 1)))
     np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 * _BN_WEIGHTS[3] + 0.1 * biased, rtol=1e-5)
     # The fused kernel is what ran: its op is in the traced training graph, and not in inference.
     graph = tf.function(lambda t, training: ours(t, training=training))
     ops = lambda training: {op.type for op in graph.get_concrete_function(x, training).graph.get_operations()}  # noqa: E731
     assert "FusedBatchNormV3" in ops(True) and "FusedBatchNormV3" not in ops(False)
-    # What the kernel does not serve (5-D inputs, a clip's frames) is Keras' own computation.
-    ours3d, theirs3d = _bn_pair((None, 2, 5, 6, 4))
-    x5 = tf.reshape(x, (4, 2, 5, 6, 4))
-    np.testing.assert_array_equal(ours3d(x5, training=True).numpy(), theirs3d(x5, training=True).numpy())
     # Same variable names as Keras' (checkpoints of either load into the other) and a round-tripping config.
     assert [w.path for w in ours.weights] == [w.path.replace(theirs.name, ours.name) for w in theirs.weights]
     assert type(ours).from_config(ours.get_config()).get_config() == ours.get_config()
 
+
+def test_batch_normalization_leaves_other_ranks_to_keras():
+    import tensorflow as tf
+
+    ours, theirs = _bn_pair((None, 3, 4))
+    x = tf.constant(np.random.RandomState(1).normal(3, 2, (8, 3, 4)).astype("float32"))
+    np.testing.assert_array_equal(ours(x, training=True).numpy(), theirs(x, training=True).numpy())
+    graph = tf.function(lambda t: ours(t, training=True)).get_concrete_function(x).graph
+    assert "FusedBatchNormV3" not in {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize(
+    "shape, keras_pool",
+    [((2, 5, 3, 4), keras.layers.GlobalAveragePooling2D), ((2, 3, 5, 2, 4), keras.layers.GlobalAveragePooling3D)],
+    ids=["images", "clips"],
+)
+def test_global_average_pooling_of_images_and_clips(shape, keras_pool):
+    from sskt_tf.models.layers import GlobalAveragePooling
+
+    x = np.random.RandomState(0).randn(*shape).astype(np.float32)
+    pooled = GlobalAveragePooling(name="pool")(x).numpy()
+    np.testing.assert_allclose(pooled, x.mean(axis=tuple(range(1, len(shape) - 1))), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pooled, keras_pool()(x).numpy(), rtol=1e-6, atol=1e-6)
+    assert GlobalAveragePooling().compute_output_shape((None, *[None] * (len(shape) - 2), 4)) == (None, 4)
+    inputs = keras.Input((None,) * (len(shape) - 2) + (4,))
+    assert keras.Model(inputs, GlobalAveragePooling()(inputs)).output_shape == (None, 4)
+
+
+def test_global_average_pooling_round_trips(tmp_path):
+    from sskt_tf.models.layers import GlobalAveragePooling
+
+    assert_round_trips(GlobalAveragePooling(name="pool"), np.random.RandomState(0).randn(2, 3, 4, 4, 5), tmp_path)
 
 
 def test_resnet20_steps_to_the_same_loss_and_weights_with_the_fused_batch_norm_as_with_keras(monkeypatch):

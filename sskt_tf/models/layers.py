@@ -21,7 +21,8 @@ class ImageNormalization(keras.layers.Layer):
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        images: `[B, H, W, 3]` of any real dtype, raw values in 0..255.
+        images: `[B, H, W, 3]` (or clips `[B, T, H, W, 3]`, any rank with RGB last) of any real
+            dtype, raw values in 0..255.
 
     Returns:
         The normalised images, same shape, in the layer's compute dtype.
@@ -65,6 +66,39 @@ def adaptive_pool_bins(in_size, out_size):
     """
     # -((-a) // b) is ceil(a / b) in integer arithmetic, exact where float division is not.
     return [((i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)) for i in range(out_size)]
+
+
+@keras.saving.register_keras_serializable(package="sskt_tf")
+class GlobalAveragePooling(keras.layers.Layer):
+    """The mean over every axis but the batch and the channels: images' and clips' feature maps alike.
+
+    `keras.layers.GlobalAveragePooling2D` for `[B, H, W, C]`, `GlobalAveragePooling3D` for clips'
+    `[B, T, H, W, C]`, in one layer without weights, so that the heads and classifiers that pool a
+    stage serve 2D and 3D targets unchanged.
+
+    Args:
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: float `[B, ..., C]`, channels last, rank 3 or more.
+
+    Returns:
+        `[B, C]`, the mean over the axes between, in the layer's compute dtype.
+
+    Example:
+    >>> GlobalAveragePooling()(keras.ops.ones((2, 4, 7, 7, 512))).shape
+    TensorShape([2, 512])
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.input_spec = keras.layers.InputSpec(min_ndim=3)
+
+    def call(self, inputs):
+        return keras.ops.mean(inputs, axis=tuple(range(1, len(inputs.shape) - 1)))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
 
 
 @keras.saving.register_keras_serializable(package="sskt_tf")
@@ -208,6 +242,11 @@ def class_names_of(model):
     return None
 
 
+# Input rank -> the fused kernel's channels-last layout. TensorFlow's kernel folds a clip's 5-D map
+# into a 4-D one (N, T * H, W, C) on every device; the statistics per channel are the same.
+_FUSED_FORMATS = {4: "NHWC", 5: "NDHWC"}
+
+
 @keras.saving.register_keras_serializable(package="sskt_tf")
 class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` whose training step runs TensorFlow's fused kernel.
@@ -221,10 +260,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
     variance as Keras uses it (the fused kernel returns the unbiased one, rescaled here by (n - 1) / n).
     Outputs, moving statistics and gradients equal Keras' within float32 rounding.
 
-    The fused kernel serves training steps of trainable layers on float32 `[B, H, W, C]`
-    inputs normalised over the last axis, with scale and center, no mask, no renorm and no
-    synchronisation across replicas; every other call (inference, `synchronized=True`, mixed
-    precision, 5-D inputs) is Keras' own. Weights and config are Keras' (same variable names).
+    The fused kernel serves training steps of trainable layers on float32 images' `[B, H, W, C]`
+    and clips' `[B, T, H, W, C]` feature maps normalised over the last axis, with scale and center,
+    no mask, no renorm and no synchronisation across replicas; every other call (inference,
+    `synchronized=True`, mixed precision, other ranks) is Keras' own. Weights and config are
+    Keras' (same variable names).
 
     Args:
         **kwargs: `keras.layers.BatchNormalization` arguments.
@@ -239,8 +279,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and not self.synchronized
             and self.scale
             and self.center
-            and len(inputs.shape) == 4
-            and self.axis in (-1, 3)
+            and len(inputs.shape) in _FUSED_FORMATS
+            and self.axis in (-1, len(inputs.shape) - 1)
             and inputs.dtype == tf.float32
             and self.compute_dtype == "float32"
         )
@@ -248,10 +288,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fused(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
+        rank = len(inputs.shape)
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+            inputs, self.gamma, self.beta, epsilon=self.epsilon, data_format=_FUSED_FORMATS[rank], is_training=True
         )
-        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[: rank - 1]), tf.float32)  # Values per channel.
         variance = variance * ((count - 1.0) / count)  # The kernel's is Bessel-corrected; Keras' is not.
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
