@@ -36,6 +36,10 @@ setup(
         # The confusion-matrix picture of python -m sskt_tf.evaluate and compare's comparison.png (keras-cv's
         # plot_image_gallery needs it too).
         "matplotlib",
+        # PyAV: FFmpeg's decoders for the .avi/.mp4 of prepare_video and video_folder:, a maintained wheel with FFmpeg inside (17: frame rotation, scaler threads).
+        "av>=17",
+        # Pillow writes the videos' JPEG frames; matplotlib depends on it already.
+        "pillow",
     ],
     # pip install . (or -e .) is everything a user needs. torch only reads PyTorch checkpoints
     # (python -m sskt_tf.convert_torch; a CPU build is enough); dev: the tests and notebook runs.
@@ -51,6 +55,7 @@ setup(
             "sskt-predict=sskt_tf.predict:run",
             "sskt-compare=sskt_tf.compare:run",
             "sskt-convert-torch=sskt_tf.convert_torch:run",
+            "sskt-prepare-video=sskt_tf.prepare_video:run",
         ]
     },
 )

@@ -1,4 +1,5 @@
-"""Input pipelines for SSKT: TFDS (CIFAR, STL-10, VOC 2007, any `tfds:<name>`), image folders, synthetic data.
+"""Input pipelines for SSKT: TFDS (CIFAR, STL-10, VOC 2007, any `tfds:<name>`), image folders, synthetic data,
+and videos (UCF101, HMDB51, folders of videos, synthetic videos).
 
 `load` returns a `Datasets` whose `train` stream is infinite, shuffled, batched and
 augmented (by default like the reference PyTorch code: RandomCrop(size, padding=4) with
@@ -19,6 +20,8 @@ Layout, as big_vision's `datasets/`:
     tfds.py       TFDS datasets (fails fast offline)
     folder.py     image folders and the check that every image decodes (cached)
     synthetic.py  generated single- and multi-label data
+    video.py      video datasets: Hara et al.'s clip sampling and the clip streams (`Datasets.clip_length`)
+    video_index.py  the videos of UCF101, HMDB51 and video folders, with their split lists
 """
 
 from sskt_tf.data.load import Datasets, load

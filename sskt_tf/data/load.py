@@ -1,9 +1,10 @@
 """`load`: one `--dataset` value and the input flags -> the `Datasets` a run trains and evaluates on.
 
-`--dataset` names a kind of source through `KINDS`, a table of its forms; each kind is one module
-of this package with a `source(dataset, *, data_dir, image_size, seed, skip_bad_images)`
+`--dataset` names a kind of source through `KINDS`, a table of its forms; each kind of images is one
+module of this package with a `source(dataset, *, data_dir, image_size, seed, skip_bad_images)`
 function that returns a `pipeline.Source` (see `tfds.source`). Adding a kind is one module and one
-row of `KINDS`, as big_vision's `datasets/` (google-research/big_vision) adds a data source.
+row of `KINDS`, as big_vision's `datasets/` (google-research/big_vision) adds a data source. The
+kind "video" (clips instead of images) builds its own streams: `video.load`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +22,9 @@ from sskt_tf.config import AugmentationConfig
 from sskt_tf.data import pipeline
 from sskt_tf.errors import UserError
 from sskt_tf.names import AUGMENTS
+
+if TYPE_CHECKING:
+    from sskt_tf.data import video
 
 # Every form of --dataset, as errors list them, and the module of sskt_tf.data that reads it. A form
 # with a "<...>" part matches every value that starts with what precedes it; the others match
@@ -35,6 +39,11 @@ KINDS = (
     ("synthetic", "synthetic"),
     ("synthetic:<num_classes>", "synthetic"),
     ("synthetic_multilabel:<num_classes>", "synthetic"),
+    ("ucf101", "video"),
+    ("hmdb51", "video"),
+    ("video_folder:<path>", "video"),
+    ("synthetic_video", "video"),
+    ("synthetic_video:<num_classes>", "video"),
 )
 ALLOWED_DATASETS = tuple(form for form, _ in KINDS)
 
@@ -47,7 +56,7 @@ def kind_of(dataset: str) -> str | None:
 
     Returns:
         The module name under `sskt_tf.data` of the first `KINDS` row that `dataset` matches
-        ("tfds", "folder", "synthetic"), or None when no row does.
+        ("tfds", "folder", "synthetic", "video"), or None when no row does.
     """
     for form, module in KINDS:
         prefix, placeholder, _ = form.partition("<")
@@ -64,25 +73,32 @@ class Datasets:
         train: infinite, shuffled, batched (drop_remainder=True) and augmented stream of
             `(images float32 [B, H, W, 3] in 0..255, labels)`, i.e. `train_from(0)`. Labels are
             int32 `[B]`, float32 multi-hot `[B, num_classes]` when `multi_label`, or float32
-            soft rows `[B, num_classes]` when batches are mixed (MixUp, CutMix).
+            soft rows `[B, num_classes]` when batches are mixed (MixUp, CutMix). Video datasets
+            (`is_video`): `(clips float32 [B, T, H, W, 3] in 0..255, labels int32 [B])`, one
+            random clip per training video per pass.
         test: one pass over the test split, batched with the partial last batch kept,
-            never augmented, same element types as `train` (labels never soft).
+            never augmented, same element types as `train` (labels never soft). Video
+            datasets: centre-cropped clips at Hara et al.'s per-epoch validation starts
+            (`video.eval_starts`: three per video, more for videos shorter than 2T or so).
         num_classes: number of classes.
         class_names: class names; the label is the index.
         image_size: `(H, W)` in pixels of every image in every stream.
         num_train: training examples actually used (after the validation hold-out, then
-            `train_subset`, and without skipped bad files).
-        num_test: test examples.
+            `train_subset`, and without skipped bad files); videos for video datasets.
+        num_test: test examples (video datasets: test videos).
         steps_per_epoch: `num_train // batch_size`.
         multi_label: labels are float32 multi-hot `[B, num_classes]` instead of int32 `[B]`
             (VOC, `synthetic_multilabel`); train with `--target_loss=bce`.
         validation: one un-augmented pass over the validation set, like `test`
             (batched with `eval_batch_size`), or None without one.
-        num_validation: validation examples (0 without a validation set).
+        num_validation: validation examples (0 without a validation set); video datasets: videos.
         validation_from: "validation_split" (held out of the training set), "val/" (the
             `val/` folder of a folder dataset), or None.
         bad_files: image files left out because they cannot be decoded
             (`skip_bad_images=True`, folder datasets), sorted.
+        clip_length: frames per clip T of a video dataset; None for images.
+        test_videos: video datasets: the final test, every non-overlapping clip of every test
+            video with the video of each (`video.VideoClips`), for video accuracy; else None.
     """
 
     train: tf.data.Dataset
@@ -98,14 +114,25 @@ class Datasets:
     num_validation: int = 0
     validation_from: str | None = None
     bad_files: tuple[str, ...] = ()
+    clip_length: int | None = None
+    test_videos: video.VideoClips | None = None
     # How `train_from` and `train_ordered` build their streams.
-    _train_stream: pipeline.TrainStream | None = dataclasses.field(default=None, repr=False, compare=False)
+    _train_stream: pipeline.TrainStream | video.ClipStream | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def is_video(self) -> bool:
+        """Whether examples are clips `[T, H, W, 3]` (a video dataset) rather than images."""
+        return self.clip_length is not None
 
     @property
     def content_key(self) -> str:
         """What the training files are: their paths with sizes and modification times (folders), the TFDS
-        version (TFDS), the generator's seed (synthetic); see `pipeline.Split.key`."""
-        return self._train_stream.split.key if self._train_stream is not None else ""
+        version (TFDS), the generator's seed (synthetic); see `pipeline.Split.key`. Video datasets: the
+        video list's key (`VideoList.key`) and what selected the training videos (seed, validation
+        share, subset)."""
+        if self._train_stream is None:
+            return ""
+        return self._train_stream.key if self.is_video else self._train_stream.split.key
 
     def train_from(self, start_batch: int, extras: Sequence[np.ndarray] = (), replay=None) -> tf.data.Dataset:
         """`train` from its `start_batch`-th batch on: the stream a resumed run must see.
@@ -124,9 +151,13 @@ class Datasets:
         Raises:
             UserError: `extras` or `replay` with mixed batches (MixUp or CutMix), whose images no
                 longer belong to one example; `replay` with RandAugment, whose operations it does
-                not store.
+                not store; `extras` or `replay` with a video dataset.
             ValueError: an array of `extras` without one row per training example.
         """
+        if self.is_video:
+            if extras or replay is not None:
+                raise UserError(_NO_SOFT_LABEL_CACHE)
+            return self._train_stream.batches(start_batch)
         augmentation = self._train_stream.augmenter.augmentation
         if (extras or replay is not None) and augmentation.mixes:
             raise UserError(
@@ -145,8 +176,19 @@ class Datasets:
 
         Returns:
             `ceil(num_train / batch_size)` batches `(images float32 [B, H, W, 3] in 0..255, labels)`.
+
+        Raises:
+            UserError: a video dataset, whose training clips differ at every step (nothing to store).
         """
+        if self.is_video:
+            raise UserError(_NO_SOFT_LABEL_CACHE)
         return pipeline.eval_stream(self._train_stream.split, batch_size, "none")
+
+
+_NO_SOFT_LABEL_CACHE = (
+    "--soft_label_cache does not apply to video datasets (a training clip is drawn anew at every step, so "
+    "there is no fixed view to store logits of); use --soft_label_cache=off."
+)
 
 
 def load(
@@ -164,6 +206,8 @@ def load(
     validation_split: float = 0.0,
     skip_bad_images: bool = False,
     deterministic: bool = False,
+    clip_length: int = 16,
+    video_split: int = 1,
 ) -> Datasets:
     """Builds the training, validation and test pipelines for `dataset`.
 
@@ -206,15 +250,34 @@ def load(
               its own colour and stripe pattern plus noise, so a model can learn it.
               `synthetic_multilabel:<num_classes>`: the same with one to three classes
               per image (the mean of their patterns) and multi-hot float32 labels.
+            Video datasets (clips of `clip_length` frames; `sskt_tf.data.video`):
+            - `ucf101`, `hmdb51`: frame folders `<data_dir>/frames/<class>/<video>/image_00001.jpg`
+              (written by `python -m sskt_tf.prepare_video`) and the official split lists under
+              `data_dir` (`ucfTrainTestlist/`, `testTrainMulti_7030_splits/`); `video_split`
+              chooses the split.
+            - `video_folder:<path>`: `<path>/train/<class>/<video files>`, `<path>/test/...`
+              (and optionally `val/`); their frames are extracted once into
+              `$XDG_CACHE_HOME/sskt_tf/video_frames/` (default `~/.cache`).
+            - `synthetic_video` or `synthetic_video:<num_classes>` (2 to 16, default 4): 96
+              train and 32 test videos of 20 to 28 frames of 40x40 pixels generated from
+              `seed`, held in memory, a class per direction of motion of a square over noise.
+            Training clips: a random start (loop-padded when fewer than `clip_length` frames
+            are left), a multi-scale corner crop and a flip, the same for every frame (Hara
+            et al., CVPR 2018); `test` and `validation`: centre-cropped clips, three per
+            video (`video.eval_starts`); `Datasets.test_videos`: every non-overlapping clip,
+            for video accuracy.
         batch_size: training batch size; the partial batch at the end of an epoch is
             dropped.
         eval_batch_size: test and validation batch size (default `batch_size`); the
             partial last batch is kept.
         data_dir: TFDS data directory (default: TFDS's own, `$TFDS_DATA_DIR` or
-            `~/tensorflow_datasets`). Unused by folder and synthetic datasets.
+            `~/tensorflow_datasets`); the dataset's root for `ucf101` and `hmdb51`.
+            Unused by folder and synthetic datasets.
         image_size: `(H, W)` to resize every image to (bilinear). Default: the CIFAR
             size, the most common size of the training images of a folder dataset,
-            or 32x32 for synthetic data.
+            or 32x32 for synthetic data. Video datasets: the size every frame's square
+            crop is resized to (bilinear with antialiasing); default 112x112, 32x32 for
+            `synthetic_video`.
         seed: seeds the validation hold-out, the training subset, the shuffle order,
             the augmentation and the synthetic data.
         train_subset: if set, train on a fixed random subset of this many examples of
@@ -222,7 +285,9 @@ def load(
         augment: an `sskt_tf.config.AugmentationConfig`, or one of its kinds: "none",
             "standard" (random crop of the 4-padded image and flip), "randaugment".
             With mixing (MixUp/CutMix), training labels are float32 soft rows
-            `[B, num_classes]`.
+            `[B, num_classes]`. Video datasets: "standard" is the multi-scale corner crop
+            and flip of the clip, "none" the evaluation's centre crop; RandAugment, MixUp
+            and CutMix are refused.
         cache: where decoded images are kept between epochs, for every split:
             "memory" (after the first pass, about `examples * H * W * 3` bytes),
             "disk" (a `tf.data` cache file per split under `cache_dir`, written
@@ -231,7 +296,8 @@ def load(
             parallel, every epoch; TFDS data is read from its records), or "auto":
             "memory" while the decoded splits (training, then validation, then test)
             fit in `pipeline.AUTO_CACHE_RAM_SHARE` of physical RAM, "none" for the rest
-            (printed). The training batches are bit-identical whichever is used.
+            (printed). The training batches are bit-identical whichever is used. Video
+            datasets: "auto" or "none" (clips are decoded at every step).
         cache_dir: directory of the "disk" cache (needed for it); created when the
             first pass starts. It belongs to one process at a time.
         validation_split: F in [0, 1). 0 (default): no validation set (the paper's
@@ -243,10 +309,15 @@ def load(
             validation set would be empty, a class would be left without training
             examples, or a folder dataset has `val/` as well.
         skip_bad_images: folder datasets: leave out image files that cannot be
-            decoded (returned in `Datasets.bad_files`) instead of raising.
+            decoded (returned in `Datasets.bad_files`) instead of raising. Refused for
+            video datasets.
         deterministic: run RandAugment one batch at a time, which makes its stream
             bit-reproducible (and resumable) at the cost of parallelism. The other
-            augmentations are reproducible either way.
+            augmentations (and video clips) are reproducible either way.
+        clip_length: video datasets: frames per clip T (default 16, Hara et al.'s).
+            Unused by image datasets.
+        video_split: `ucf101`, `hmdb51`: which official train/test split, 1, 2 or 3.
+            Unused by other datasets.
 
     Returns:
         A `Datasets`.
@@ -278,6 +349,22 @@ def load(
             f"--dataset={dataset!r} is not a known dataset; allowed: "
             f"{', '.join(ALLOWED_DATASETS)}. Pass one of these, e.g. --dataset=cifar10 "
             "or --dataset=folder:/path/to/images."
+        )
+    if kind == "video":
+        return importlib.import_module("sskt_tf.data.video").load(
+            dataset,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            data_dir=data_dir,
+            image_size=image_size,
+            seed=seed,
+            train_subset=train_subset,
+            augment=augment,
+            cache=cache,
+            validation_split=validation_split,
+            skip_bad_images=skip_bad_images,
+            clip_length=clip_length,
+            video_split=video_split,
         )
     source = importlib.import_module(f"sskt_tf.data.{kind}").source(
         dataset, data_dir=data_dir, image_size=image_size, seed=seed, skip_bad_images=skip_bad_images

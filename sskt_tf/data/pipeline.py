@@ -138,7 +138,8 @@ def hold_out(
     """Splits a seeded validation set of about `fraction` of the examples off `split`; prints its size.
 
     Single-label data is stratified: per class, `round(fraction * n_c)` examples, at least 1 for a
-    class with 2 or more. Multi-label data: `round(fraction * n)` examples drawn at random.
+    class with 2 or more. Multi-label data: `round(fraction * n)` examples drawn at random
+    (`hold_out_mask` draws them).
 
     Args:
         dataset: the `--dataset` value, for messages.
@@ -156,18 +157,52 @@ def hold_out(
             would be empty.
         ValueError: the split's labels do not number `split.size` (a bug of the kind's module).
     """
-    flag = f"--validation_split={fraction}"
     labels = split.label_array()
     if len(labels) != split.size:
         raise ValueError(f"{len(labels)} labels for {split.size} examples")
     split = dataclasses.replace(split, labels=labels)
+    held = hold_out_mask(dataset, labels, fraction, seed, class_names, multi_label)
+    return select(split, ~held), select(split, held)
+
+
+def hold_out_mask(
+    dataset: str,
+    labels: np.ndarray,
+    fraction: float,
+    seed: int,
+    class_names: Sequence[str],
+    multi_label: bool,
+    unit: str = "examples",
+    items: str = "images",
+) -> np.ndarray:
+    """Which examples `hold_out` puts in the validation set; prints its size.
+
+    Args:
+        dataset: the `--dataset` value, for messages.
+        labels: int32 `[n]` class indices, or float32 multi-hot `[n, num_classes]`.
+        fraction: the share to hold out, in (0, 1).
+        seed: seeds the draw (a stream of its own, independent of the other uses of `seed`).
+        class_names: the class names (label `c` is `class_names[c]`).
+        multi_label: whether labels are multi-hot.
+        unit: what an example is called in messages ("examples"; "videos" for video datasets).
+        items: what a user adds to a class that has too few ("images"; "videos").
+
+    Returns:
+        bool `[n]`, True for the validation examples.
+
+    Raises:
+        UserError: when a class would be left without training examples, or the validation set
+            would be empty.
+    """
+    flag = f"--validation_split={fraction}"
+    size = len(labels)
     rng = np.random.default_rng([seed, 0x76616C])  # Its own stream: independent of the other draws from `seed`.
-    held = np.zeros(split.size, dtype=bool)
+    held = np.zeros(size, dtype=bool)
     if multi_label:
-        k = int(math.floor(fraction * split.size + 0.5))
-        if k >= split.size:
-            raise UserError(f"{flag} holds out all {split.size} training examples of {dataset}; pass a smaller share.")
-        held[rng.choice(split.size, size=k, replace=False)] = True
+        k = int(math.floor(fraction * size + 0.5))
+        if k >= size:
+            raise UserError(f"{flag} holds out all {size} training {unit} of {dataset}; pass a smaller share.")
+        held[rng.choice(size, size=k, replace=False)] = True
         present = labels.sum(axis=0) > 0
         left = labels[~held].sum(axis=0) > 0
         lost = [class_names[c] for c in np.flatnonzero(present & ~left)]
@@ -178,6 +213,7 @@ def hold_out(
             )
         how = "drawn at random (multi-label)"
     else:
+        one = unit[:-1] if unit.endswith("s") else unit
         for c in range(len(class_names)):
             index = np.flatnonzero(labels == c)
             n_c = len(index)
@@ -188,23 +224,23 @@ def hold_out(
                 k = max(k, 1)
             if k >= n_c:
                 raise UserError(
-                    f"{flag} would hold out all {n_c} training example{'s' if n_c > 1 else ''} of class "
+                    f"{flag} would hold out all {n_c} training {one if n_c == 1 else unit} of class "
                     f"{class_names[c]!r} of {dataset}, leaving it none to train on; pass a smaller "
-                    "--validation_split, or add training images of that class."
+                    f"--validation_split, or add training {items} of that class."
                 )
             held[rng.choice(index, size=k, replace=False)] = True
         how = "stratified: round(share x class size) per class, at least 1 per class of 2 or more"
     k = int(held.sum())
     if k == 0:
         raise UserError(
-            f"{flag} holds out no example of the {split.size} training examples of {dataset}, so the "
+            f"{flag} holds out no example of the {size} training {unit} of {dataset}, so the "
             "validation set would be empty; pass a larger --validation_split, or 0 for no validation set."
         )
     info(
-        f"{dataset}: validation set of {k} of the {split.size} training examples ({flag}, seed {seed}, {how}); "
-        f"training on the other {split.size - k}."
+        f"{dataset}: validation set of {k} of the {size} training {unit} ({flag}, seed {seed}, {how}); "
+        f"training on the other {size - k}."
     )
-    return select(split, ~held), select(split, held)
+    return held
 
 
 def subset(split: Split, n: int, seed: int) -> Split:
@@ -218,11 +254,16 @@ def subset(split: Split, n: int, seed: int) -> Split:
     Returns:
         A `Split` of `n` examples, in the order of `split`.
     """
+    return select(split, subset_mask(split.size, n, seed))
+
+
+def subset_mask(size: int, n: int, seed: int) -> np.ndarray:
+    """Which of `size` examples `subset` keeps: bool `[size]` with `n` seeded True entries."""
     # Sorted indices keep the source order, so a streamed source is read front to back.
-    keep = np.sort(np.random.default_rng(seed).choice(split.size, size=n, replace=False))
-    mask = np.zeros(split.size, dtype=bool)
+    keep = np.sort(np.random.default_rng(seed).choice(size, size=n, replace=False))
+    mask = np.zeros(size, dtype=bool)
     mask[keep] = True
-    return select(split, mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------- caches

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from sskt_tf import data
+from sskt_tf.config import is_video_dataset
 from sskt_tf.data import tfds as data_tfds
 
 # The module, not the function `sskt_tf.data.load` that the package exposes under the same name.
@@ -55,14 +56,22 @@ def test_every_dataset_form_goes_to_the_module_of_its_kind():
         "folder:/data/images": "folder", "folder:/a:b": "folder", "folder:": "folder",
         "synthetic": "synthetic", "synthetic:3": "synthetic", "synthetic:": "synthetic",
         "synthetic_multilabel:4": "synthetic",
+        "ucf101": "video", "hmdb51": "video", "video_folder:/data/clips": "video", "video_folder:": "video",
+        "synthetic_video": "video", "synthetic_video:3": "video",
         # Not a form of the table: the error that lists ALLOWED_DATASETS.
         "synthetic_multilabel": None, "cifar10:x": None, "folder": None, "tfds": None, "imagenet": None, "": None,
+        "ucf101:1": None, "video_folder": None, "synthetic_videos": None,
     }
     assert {name: load_lib.kind_of(name) for name in expected} == expected
     assert load_lib.ALLOWED_DATASETS == tuple(form for form, _ in load_lib.KINDS)
     # The exact TFDS names of the table are those the tfds module describes.
     assert {form for form, kind in load_lib.KINDS if kind == "tfds" and "<" not in form} == set(data_tfds.NAMED)
     # Every kind's module takes the arguments load passes.
-    for kind in {kind for _, kind in load_lib.KINDS}:
+    for kind in {kind for _, kind in load_lib.KINDS} - {"video"}:
         source = importlib.import_module(f"sskt_tf.data.{kind}").source
         assert list(inspect.signature(source).parameters) == ["dataset", "data_dir", "image_size", "seed", "skip_bad_images"]
+    # Video kinds get every argument of load but those of image caches and RandAugment.
+    video_load = inspect.signature(importlib.import_module("sskt_tf.data.video").load).parameters
+    assert set(video_load) == set(inspect.signature(load_lib.load).parameters) - {"cache_dir", "deterministic"}
+    # config.py's list of video forms is the table's.
+    assert all(is_video_dataset(name) == (kind == "video") for name, kind in expected.items() if kind)
