@@ -331,6 +331,56 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["lr"] = self._rate()
 
 
+class ReduceLROnPlateau(keras.callbacks.Callback):
+    """`--lr_schedule=plateau`: multiplies the learning rate by `factor` when the monitored loss stalls.
+
+    PyTorch's `ReduceLROnPlateau(mode="min")` with its defaults (relative threshold 1e-4, no
+    cooldown, no minimum), the video reference's scheduler (Hara et al.'s 3D-ResNets-PyTorch, as
+    the SSKT authors' 3D code uses it), stepped after every evaluation with its validation loss:
+    a loss below `best * (1 - 1e-4)` becomes the best and clears the count of bad evaluations;
+    any other adds one, and more than `patience` of them in a row multiply the rate by `factor`
+    and clear the count. Epochs that do not evaluate (`--eval_every`) change nothing.
+
+    Its state (`best`, `bad_evaluations`) travels in the resumption state (`state()`); the rate
+    itself is an optimizer variable, saved with the optimizer.
+
+    Args:
+        factor: the multiplier, in (0, 1) (`--lr_gamma`).
+        patience: bad evaluations tolerated (`--lr_patience`).
+        monitor: the log entry, `val_loss`.
+        restored: a `state()` of the run this one resumes, or None.
+    """
+
+    THRESHOLD = 1e-4
+
+    def __init__(self, factor, patience, monitor="val_loss", restored=None):
+        super().__init__()
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.monitor = monitor
+        restored = restored or {}
+        self.best = restored.get("best")
+        self.bad_evaluations = int(restored.get("bad_evaluations", 0))
+
+    def state(self):
+        """What a resumed run needs: `{"best": float or None, "bad_evaluations": int}`."""
+        return {"best": self.best, "bad_evaluations": self.bad_evaluations}
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or value < self.best * (1 - self.THRESHOLD):
+            self.best, self.bad_evaluations = value, 0
+            return
+        self.bad_evaluations += 1
+        if self.bad_evaluations > self.patience:
+            optimizer = self.model.optimizer
+            optimizer.learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) * self.factor
+            self.bad_evaluations = 0
+
+
 class EpochSummaries(keras.callbacks.Callback):
     """TensorBoard scalars of every epoch, at step = the epoch's number counted from 1.
 

@@ -30,12 +30,14 @@ from sskt_tf.names import (
     METHODS,
     MODEL_NAMES,
     PRECISIONS,
+    RESNET_SHORTCUTS,
     SOFT_LABEL_CACHES,
     SOURCE_BN_MODES,
     SOURCE_OUTPUTS,
     SOURCE_PRECISIONS,
     STRATEGIES,
     TARGET_LOSSES,
+    VIDEO_SOURCE_FRAMES,
 )
 
 # The flags that belong to one method, and that method. Any other --method refuses them, and
@@ -114,7 +116,18 @@ def _absolute_path(flag, path):
 
 def _absolute_dataset(flag, dataset):
     prefix, _, path = dataset.partition(":")
-    return f"folder:{_absolute(path)}" if prefix == "folder" and path else dataset
+    return f"{prefix}:{_absolute(path)}" if prefix in ("folder", "video_folder") and path else dataset
+
+
+def is_video_dataset(dataset):
+    """Whether a `--dataset` value names videos (clips `[T, H, W, 3]`) rather than images: the forms the
+    data package reads with `sskt_tf.data.video` (`sskt_tf.data.load.KINDS`, tests/test_config.py checks)."""
+    return dataset in ("ucf101", "hmdb51", "synthetic_video") or dataset.startswith(("video_folder:", "synthetic_video:"))
+
+
+def is_video_model(model):
+    """Whether a `--model` name is a 3D network (clips in), by its `_3d` suffix."""
+    return model.endswith("_3d")
 
 
 def _absolute_spec(spec):
@@ -258,9 +271,11 @@ class Config:
     """
 
     # Data.
-    dataset: str = _flag("cifar10", "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>.", parse=_absolute_dataset, group="Data")
-    data_dir: str | None = _flag(None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/).", parse=_absolute_path)
-    image_size: tuple[int, int] | None = _flag(None, "H[,W] for folder and synthetic datasets (default: the most common size of the training images, 32 for synthetic).", parse=_image_size)
+    dataset: str = _flag("cifar10", "cifar10 | cifar100 | stl10 | voc2007 (multi-label: --target_loss=bce) | tfds:<name> (TFDS) | folder:<dir with train/ and test/> | synthetic[:classes] | synthetic_multilabel:<classes>; videos: ucf101 | hmdb51 (frame folders and the official split lists under --data_dir) | video_folder:<dir with train/ and test/ of <class>/<video files>> | synthetic_video[:classes].", parse=_absolute_dataset, group="Data")
+    data_dir: str | None = _flag(None, "TFDS data directory (offline: put the original archive in <data_dir>/downloads/manual/); ucf101, hmdb51: the dataset's root (frames/ from python -m sskt_tf.prepare_video, and the split lists).", parse=_absolute_path)
+    image_size: tuple[int, int] | None = _flag(None, "H[,W] for folder and synthetic datasets (default: the most common size of the training images, 32 for synthetic); videos: the crop size of every frame (default 112, 32 for synthetic_video).", parse=_image_size)
+    clip_length: int = _flag(16, "Video datasets: frames per clip (the reference's 16).")
+    video_split: int = _flag(1, "ucf101, hmdb51: which of the three official train/test splits, 1, 2 or 3.")
     train_subset: int | None = _flag(None, "Train on a fixed random subset of this many examples (quick experiments).")
     # Share of the training set held out (seeded, stratified) to choose best.keras; 0: the paper's protocol.
     validation_split: float = _flag(0.0, "Hold out this share of the training set (seeded, stratified) to choose best.keras and show validation metrics; the test set is then scored once, at the end. 0 (default): the paper's protocol, best.keras chosen on the test set. A folder: dataset with a val/ directory uses it instead.")
@@ -271,6 +286,9 @@ class Config:
     # Target.
     model: str = _flag("resnet20", "Target network.", choices=MODEL_NAMES, group="Target")
     target_loss: str = _flag("ce", "Loss of the target task.", choices=TARGET_LOSSES)
+    resnet_shortcut: str = _flag("B", "3D ResNets (--model=resnet*_3d): Hara et al.'s shortcut where the shape changes, A (subsample + zero channels, no parameters; their Kinetics ResNet-18 and 34) or B (1x1x1 convolution + BN).", choices=RESNET_SHORTCUTS)
+    init_checkpoint: str | None = _flag(None, "Start the target's backbone from the weights of this .keras file (e.g. Hara's Kinetics 3D ResNet converted by python -m sskt_tf.convert_torch, or a target.keras), matched layer by layer; the classifier and the auxiliary heads start new.", parse=_absolute_path)
+    finetune_from: str | None = _flag(None, "Train the target's backbone from this stage on (e.g. stage4, the reference's fine-tuning from layer4); the earlier stages are frozen, their BatchNorm in inference mode. The classifier and the auxiliary heads train.")
     # Sources and auxiliary tasks.
     sources: tuple[str, ...] = _flag((), "Comma-separated source specs (empty: scratch): <application>:imagenet, <application>:/path/weights.h5, <application>:random[:classes], /path/model.keras, keras_hub:<preset name or directory> (a KerasHub image classifier).", parse=_specs, group="Sources and auxiliary tasks")
     aux_head: str = _flag("linear", "Auxiliary head on the target for each source.", choices=HEAD_NAMES)
@@ -280,6 +298,8 @@ class Config:
     kd_reduction: str = _flag("batchmean", "For --aux_loss=kd: batchmean (true KL) or mean (PyTorch KLDivLoss() default of the reference code: / classes).", choices=KD_REDUCTIONS)
     source_scale: float = _flag(7 / 3, "Sources see the (augmented) batch resized by this factor (a number or a fraction), floor per side: 32 -> 74, 96 -> 224.", parse=_fraction, flag_default="7/3", kind="string")
     source_bn: str = _flag("inference", "inference: sources use their moving BatchNorm statistics; batch: batch statistics, as the reference code (statistics never updated).", choices=SOURCE_BN_MODES)
+    video_source_frames: str = _flag("middle", "Video datasets: the frames of each clip the 2D sources see: middle (the reference: the middle frame's logits), mean (the mean of the logits of --video_source_num_frames evenly spaced frames).", choices=VIDEO_SOURCE_FRAMES)
+    video_source_num_frames: int = _flag(4, "--video_source_frames=mean: how many evenly spaced frames (the centres of equal segments of the clip).")
     source_outputs: str = _flag("auto", "What the sources and the --teacher output: auto (a final softmax is detected and stripped, so its logits are used), logits, probabilities (their log is taken as logits).", choices=SOURCE_OUTPUTS)
     # Method: SSKT or a baseline (sskt_tf.methods).
     method: str = _flag("sskt", "sskt (with --sources; none: scratch), or a baseline: scratch (the target alone), kd (distillation from --teacher), dml (deep mutual learning of --dml_peers peers), maxl (meta auxiliary learning).", choices=METHODS, group="Method and baselines")
@@ -299,10 +319,12 @@ class Config:
     steps_per_epoch: int | None = _flag(None, "Steps per epoch (default: training examples // batch size).")
     lr: float = _flag(0.1, "Peak learning rate of SGD.")
     momentum: float = _flag(0.9, "SGD momentum.")
+    dampening: float = _flag(0.0, "SGD dampening, as PyTorch's: the momentum buffer adds (1 - dampening) x the gradient (the video reference: 0.9). > 0 uses PyTorch's SGD update exactly.")
     weight_decay: float = _flag(5e-4, "Coupled L2 (added to the gradient before momentum, as PyTorch SGD) on every target weight.")
-    lr_schedule: str = _flag("multistep", "multistep: x lr_gamma at each of --lr_milestones; cosine: to 0 over the run; constant.", choices=LR_SCHEDULES)
+    lr_schedule: str = _flag("multistep", "multistep: x lr_gamma at each of --lr_milestones; cosine: to 0 over the run; constant; plateau: x lr_gamma when the validation loss (the test loss without a validation set) has not improved for --lr_patience evaluations (PyTorch's ReduceLROnPlateau, the video reference's).", choices=LR_SCHEDULES)
     lr_milestones: tuple[int, ...] = _flag((60, 120, 160), "Epochs at which multistep multiplies the learning rate by --lr_gamma (ignored by the other schedules).", parse=_ints)
-    lr_gamma: float = _flag(0.2, "Multistep decay factor.")
+    lr_gamma: float = _flag(0.2, "Decay factor of multistep and plateau.")
+    lr_patience: int = _flag(10, "--lr_schedule=plateau: evaluations without improvement of the loss before the learning rate is multiplied by --lr_gamma.")
     seed: int = _flag(0, "Seed of weights, data order and augmentation.")
     eval_every: int = _flag(1, "Evaluate (and consider best.keras) every N epochs, and always after the last.")
     # Execution and outputs.
@@ -373,10 +395,14 @@ def _check_config(c):
         ("lr", c.lr > 0, "> 0"),
         ("weight_decay", c.weight_decay >= 0, ">= 0"),
         ("momentum", 0 <= c.momentum < 1, "in [0, 1)"),
+        ("dampening", 0 <= c.dampening < 1, "in [0, 1)"),
         ("lr_gamma", c.lr_gamma > 0, "> 0"),
+        ("lr_patience", c.lr_patience >= 0, ">= 0"),
     ):
         if not ok:
             bad(f"--{name} must be {allowed}. Received: {getattr(c, name)}.")
+    if c.dampening > 0 and c.momentum == 0:
+        bad(f"--dampening={c.dampening} damps the momentum buffer, but --momentum=0 has none; set --momentum > 0 or drop --dampening.")
     if list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m < 1 for m in c.lr_milestones):
         bad(f"--lr_milestones must be increasing positive epochs. Received: {','.join(map(str, c.lr_milestones))}.")
     cache = c.soft_label_cache
@@ -412,9 +438,33 @@ def _check_config(c):
         bad(f"--tpu={c.tpu} only applies to --strategy=tpu; received --strategy={c.strategy}.")
     if c.image_size is not None and (len(c.image_size) != 2 or min(c.image_size) < 1):
         bad(f"--image_size must be one or two positive integers. Received: {c.image_size}.")
+    _check_video(c, bad)
     if c.target_loss == "bce" and c.method not in ("sskt", "scratch"):
         bad(f"--target_loss=bce (multi-label) only applies to --method=sskt or scratch; received --method={c.method}.")
     _check_method(c, bad)
+
+
+def _check_video(c, bad):
+    """Videos and 3D targets go together, with what applies to clips."""
+    video, model_3d = is_video_dataset(c.dataset), is_video_model(c.model)
+    if c.clip_length < 1:
+        bad(f"--clip_length must be >= 1 frame. Received: {c.clip_length}.")
+    if c.video_split not in (1, 2, 3):
+        bad(f"--video_split must be 1, 2 or 3 (the official splits of UCF101 and HMDB51). Received: {c.video_split}.")
+    if c.video_source_num_frames < 1:
+        bad(f"--video_source_num_frames must be >= 1. Received: {c.video_source_num_frames}.")
+    if video and not model_3d:
+        bad(f"--dataset={c.dataset} holds videos, but --model={c.model} is a 2D network; use a 3D target: --model=resnet18_3d (or resnet10_3d, resnet34_3d, resnet50_3d).")
+    if model_3d and not video:
+        bad(f"--model={c.model} is a 3D network for video clips, but --dataset={c.dataset} holds images; use a video dataset (ucf101, hmdb51, video_folder:<dir>, synthetic_video) or a 2D --model.")
+    if not video:
+        return
+    if c.soft_label_cache != "off":
+        bad(f"--soft_label_cache={c.soft_label_cache} stores one logit vector per image; it does not apply to video datasets ({c.dataset}), whose sources see frames of a new clip every step. Use --soft_label_cache=off.")
+    if c.method == "maxl":
+        bad(f"--method=maxl is not implemented for video datasets ({c.dataset}); use --method=sskt, scratch, kd or dml.")
+    if c.augmentation.kind == "randaugment" or c.augmentation.mixes:
+        bad(f"--dataset={c.dataset}: video clips get the reference's multi-scale corner crop and flip (--augment=standard) or none; RandAugment, --mixup and --cutmix are for images.")
 
 
 def _check_numbers(c, bad):
@@ -593,6 +643,18 @@ def from_flags(fl=flags.FLAGS):
     for name in ("replay_views", "replay_top_k"):
         if fl[name].present and fl.soft_label_cache != "replay":
             raise UserError(f"--{name}={fl[name].value} only applies to --soft_label_cache=replay; received --soft_label_cache={fl.soft_label_cache}.")
+    video = is_video_dataset(_absolute_dataset("dataset", fl.dataset))
+    for name in ("clip_length", "video_source_frames", "video_source_num_frames"):
+        if fl[name].present and not video:
+            raise UserError(f"--{name}={fl[name].value} only applies to video datasets; received --dataset={fl.dataset}.")
+    if fl["video_split"].present and fl.dataset not in ("ucf101", "hmdb51"):
+        raise UserError(f"--video_split={fl.video_split} only applies to --dataset=ucf101 or hmdb51 (their official splits); received --dataset={fl.dataset}.")
+    if fl["video_source_num_frames"].present and fl.video_source_frames != "mean":
+        raise UserError(f"--video_source_num_frames={fl.video_source_num_frames} only applies to --video_source_frames=mean; received --video_source_frames={fl.video_source_frames}.")
+    if fl["resnet_shortcut"].present and not is_video_model(fl.model):
+        raise UserError(f"--resnet_shortcut={fl.resnet_shortcut} only applies to the 3D ResNets (--model=resnet*_3d); received --model={fl.model}.")
+    if fl["lr_patience"].present and fl.lr_schedule != "plateau":
+        raise UserError(f"--lr_patience={fl.lr_patience} only applies to --lr_schedule=plateau; received --lr_schedule={fl.lr_schedule}.")
     if fl["mix_prob"].present and not (fl.mixup > 0 or fl.cutmix > 0):
         raise UserError(f"--mix_prob={fl.mix_prob} only applies with --mixup or --cutmix > 0; both are 0.")
     return Config(**_field_values(fl, Config))

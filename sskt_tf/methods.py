@@ -13,6 +13,8 @@ the target alone for export, Mean trackers per loss term, evaluation of the targ
 train_lib asks of a run (`sources`, `extra_targets`, `split_results`) answered by each model itself.
 """
 
+import keras
+
 from sskt_tf import heads, models, sources
 from sskt_tf.baselines import DMLModel, KDModel, MAXLModel, build_label_generator
 from sskt_tf.errors import UserError
@@ -20,8 +22,16 @@ from sskt_tf.names import METHODS
 from sskt_tf.sskt import SSKTModel
 
 
-def _backbone(config, image_size):
-    return models.get_backbone(config.model, (*image_size, 3), sync_bn=config.sync_bn)
+def _backbone(config, input_shape):
+    return models.get_backbone(config.model, input_shape, sync_bn=config.sync_bn, shortcut=config.resnet_shortcut)
+
+
+def _source_kwargs(config, clip_length):
+    """What every frozen network of `config` shares: precision, outputs, and what it sees of a clip."""
+    kwargs = dict(outputs=config.source_outputs)
+    if clip_length is not None:
+        kwargs.update(video_frames=config.video_source_frames, video_num_frames=config.video_source_num_frames)
+    return kwargs
 
 
 def _target_kwargs(config, backbone, class_names=None):
@@ -64,9 +74,9 @@ def _check_teacher_names(spec, teacher_names, class_names):
     )
 
 
-def _sskt(config, image_size, num_classes, class_names=None):
+def _sskt(config, image_size, num_classes, class_names=None, clip_length=None):
     """SSKT: target `config.model`, one source and auxiliary head per `config.sources` (none: scratch)."""
-    backbone = _backbone(config, image_size)
+    backbone = _backbone(config, _input_shape(image_size, clip_length))
     frozen, aux_heads, names = [], [], set()
     for spec in config.sources:
         name = base = sources.source_name(spec)
@@ -82,7 +92,7 @@ def _sskt(config, image_size, num_classes, class_names=None):
             config.source_bn,
             name=f"source_{name}",
             dtype_policy=config.precision if config.source_precision == "same" else config.source_precision,
-            outputs=config.source_outputs,
+            **_source_kwargs(config, clip_length),
         )
         frozen.append(source)
         aux_heads.append(
@@ -94,6 +104,7 @@ def _sskt(config, image_size, num_classes, class_names=None):
                 sync_bn=config.sync_bn,
                 # The reference widens ImageNet-style targets' branches to 1000 (a backbone attribute).
                 width=backbone.transfer_width,
+                spatial_dims=3 if clip_length is not None else 2,
             )
         )
     return SSKTModel(
@@ -110,13 +121,20 @@ def _sskt(config, image_size, num_classes, class_names=None):
     )
 
 
-def _kd(config, image_size, num_classes, class_names=None):
-    backbone = _backbone(config, image_size)
+def _kd(config, image_size, num_classes, class_names=None, clip_length=None):
+    backbone = _backbone(config, _input_shape(image_size, clip_length))
     # A KD teacher shares the target's label space, so it was trained on this data: it sees the
     # target's image size (or its own fixed input size, with a printed line), not the sources'
     # 7/3 upscaling.
     teacher = sources.build_source(
-        config.teacher, image_size, 1.0, config.source_bn, name="teacher", outputs=config.source_outputs, flag="--teacher"
+        config.teacher,
+        image_size,
+        1.0,
+        config.source_bn,
+        name="teacher",
+        outputs=config.source_outputs,
+        flag="--teacher",
+        clip_length=clip_length,
     )
     if teacher.num_classes != num_classes:
         raise UserError(
@@ -136,11 +154,11 @@ def _kd(config, image_size, num_classes, class_names=None):
     )
 
 
-def _dml(config, image_size, num_classes, class_names=None):
+def _dml(config, image_size, num_classes, class_names=None, clip_length=None):
     peers = []
     for k in range(config.dml_peers):
         # Each backbone draws its own initial weights from the seeded global generator.
-        backbone = _backbone(config, image_size)
+        backbone = _backbone(config, _input_shape(image_size, clip_length))
         # The scratch target (SSKTModel without sources, a TargetModel). Its class name also names
         # each peer's part of the saved training state (layers/sskt_model, layers/sskt_model_1, ...):
         # another class would stop the states of earlier runs from loading.
@@ -148,15 +166,15 @@ def _dml(config, image_size, num_classes, class_names=None):
     return DMLModel(peers, weight_decay=config.weight_decay, name="dml")
 
 
-def _maxl(config, image_size, num_classes, class_names=None):
+def _maxl(config, image_size, num_classes, class_names=None, clip_length=None):
     psi = config.maxl_psi * num_classes if len(config.maxl_psi) == 1 else config.maxl_psi
     if len(psi) != num_classes:
         raise UserError(
             f"--maxl_psi={','.join(map(str, config.maxl_psi))}: give one value or one per class; the "
             f"dataset has {num_classes} classes."
         )
-    backbone = _backbone(config, image_size)
-    generator_backbone = _backbone(config, image_size)
+    backbone = _backbone(config, _input_shape(image_size, clip_length))
+    generator_backbone = _backbone(config, _input_shape(image_size, clip_length))
     kwargs = _target_kwargs(config, backbone, class_names)
     generator = build_label_generator(generator_backbone, sum(psi), kwargs["feature_key"])
     return MAXLModel(
@@ -189,7 +207,12 @@ def method_of(config):
     return "scratch" if config.method == "sskt" and not config.sources else config.method
 
 
-def build_model(config, image_size, num_classes, class_names=None):
+def _input_shape(image_size, clip_length):
+    """The target's input: `(H, W, 3)` images, or `(T, H, W, 3)` clips."""
+    return (*image_size, 3) if clip_length is None else (clip_length, *image_size, 3)
+
+
+def build_model(config, image_size, num_classes, class_names=None, clip_length=None):
     """The built model of `config.method`; call it inside the strategy's scope.
 
     Builds the target `config.model` and what the method adds: SSKT's sources (`config.sources`,
@@ -204,6 +227,8 @@ def build_model(config, image_size, num_classes, class_names=None):
         class_names: the dataset's class names (one str per class), or None. Stored in every
             saved target (`TargetModel.target_model`), and compared with a `--teacher` that
             stores its own.
+        clip_length: frames per clip of a video dataset (the target then takes `(None, T, H, W, 3)`
+            clips, the sources see their frames); None for images.
 
     Returns:
         A built `sskt_tf.models.TrainingModel`: `SSKTModel` (sskt, scratch), `KDModel`,
@@ -219,9 +244,105 @@ def build_model(config, image_size, num_classes, class_names=None):
     builders = {"sskt": _sskt, "scratch": _sskt, "kd": _kd, "dml": _dml, "maxl": _maxl}
     if config.method not in builders:
         raise UserError(f"--method={config.method} is not known. Allowed: {', '.join(METHODS)}.")
-    model = builders[config.method](config, image_size, num_classes, class_names)
-    model.build((None, *image_size, 3))
+    model = builders[config.method](config, image_size, num_classes, class_names, clip_length)
+    model.build((None, *_input_shape(image_size, clip_length)))
+    backbones = [target.backbone for target in _targets(model)]
+    if config.init_checkpoint:
+        for backbone in backbones:
+            initialize_backbone(backbone, config.init_checkpoint)
+    if config.finetune_from:
+        for backbone in backbones:
+            freeze_before(backbone, config.finetune_from)
     return model
+
+
+def _targets(model):
+    """The `TargetModel`s a model trains: DML's peers, or the model itself."""
+    return list(getattr(model, "peers", [model]))
+
+
+def initialize_backbone(backbone, path, flag="--init_checkpoint"):
+    """Sets every weight of `backbone` from the layer of the same name in the `.keras` file `path`.
+
+    The file may hold a whole classifier (e.g. Hara et al.'s Kinetics 3D ResNet converted by
+    `python -m sskt_tf.convert_torch`, whose layer names are the backbone's), or a target saved by a
+    run (its backbone nested inside). Its other layers (the classifier `fc`, a `classifier`) are not
+    used: the target's classifier and heads start new. Prints one line.
+
+    Args:
+        backbone: the built `sskt_tf.models.Backbone` to initialise.
+        path: the `.keras` file.
+        flag: the flag named in messages.
+
+    Raises:
+        UserError: a file that does not load; a backbone layer with weights that the file lacks or
+            holds with other shapes (another depth, shortcut or width).
+    """
+    try:
+        saved = keras.saving.load_model(path, compile=False)
+    except Exception as e:
+        raise UserError(
+            f"{flag}={path}: cannot load it as a Keras 3 .keras file ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+            "pass a file written by python -m sskt_tf.convert_torch or by a training run (target.keras)."
+        ) from None
+    by_name = {}
+    for layer in saved._flatten_layers(include_self=False, recursive=True):
+        if layer.weights and not isinstance(layer, keras.Model):
+            by_name.setdefault(layer.name, layer)
+    missing, mismatched, loaded = [], [], 0
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if not layer.weights or isinstance(layer, keras.Model):
+            continue
+        source = by_name.get(layer.name)
+        if source is None:
+            missing.append(layer.name)
+            continue
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [tuple(w.shape) for w in source.weights] != shapes:
+            mismatched.append(f"{layer.name} {shapes[0]} vs {tuple(source.weights[0].shape)}")
+            continue
+        layer.set_weights([w.numpy() if hasattr(w, "numpy") else keras.ops.convert_to_numpy(w) for w in source.weights])
+        loaded += 1
+    if missing or mismatched:
+        what = (
+            f"lacks {len(missing)} layers of --model's backbone (first: {', '.join(missing[:3])})"
+            if missing
+            else f"holds {len(mismatched)} layers with other shapes (first: {mismatched[0]})"
+        )
+        raise UserError(
+            f"{flag}={path} {what}; it must be the same network as --model={backbone.name} "
+            "(depth, --resnet_shortcut, widths): convert the checkpoint with the matching --arch."
+        )
+    unused = sorted(name for name in by_name if name not in {l.name for l in backbone._flatten_layers(include_self=False, recursive=True)})
+    print(f"{flag}={path}: the backbone's {loaded} layers with weights start from it; not used: {', '.join(unused) or 'nothing'}.")
+
+
+def freeze_before(backbone, stage, flag="--finetune_from"):
+    """Freezes every layer of `backbone` that computes the stages before `stage` (stem included).
+
+    Frozen layers take no gradient, no weight decay and, for BatchNormalization, run in inference
+    mode (their moving statistics stay as loaded). The reference's fine-tuning (Hara et al.) instead
+    leaves them in the optimizer at learning rate 0, in training mode, so its frozen BatchNorm
+    statistics keep moving.
+
+    Args:
+        backbone: a built `Backbone` with outputs `stage1` ... `stageN`.
+        stage: the first stage that trains, e.g. "stage4".
+        flag: the flag named in messages.
+
+    Raises:
+        UserError: `stage` is not one of the backbone's stages after the first.
+    """
+    stages = list(backbone.stage_channels)
+    if stage not in stages[1:]:
+        raise UserError(
+            f"{flag}={stage}: the first stage that trains must be one of {', '.join(stages[1:])} of --model={backbone.name} "
+            "(leave the flag out to train every stage)."
+        )
+    # Everything the previous stage's output depends on: the stem and the stages before `stage`.
+    earlier = keras.Model(backbone.input, backbone.output[stages[stages.index(stage) - 1]])
+    for layer in earlier.layers:
+        layer.trainable = False
 
 
 def frozen_networks(model):

@@ -50,6 +50,68 @@ def single_label_metrics(labels, logits):
     return metrics
 
 
+def video_scores(logits, video_ids, num_videos):
+    """Each video's score: the mean over its clips of the softmax of their logits (see `video_metrics`).
+
+    Args:
+        logits: float `[N, C]`, one row per clip.
+        video_ids: int `[N]`, the video of each clip, in `[0, num_videos)`.
+        num_videos: V.
+
+    Returns:
+        float64 `[V, C]`, rows summing to 1 (a video without a clip: a row of NaN).
+    """
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    scores = np.zeros((num_videos, logits.shape[1]))
+    np.add.at(scores, np.asarray(video_ids), probabilities)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return scores / np.bincount(video_ids, minlength=num_videos)[:, None]
+
+
+def video_metrics(logits, video_ids, video_labels):
+    """Clip-level and video-level top-1 (and top-5) accuracy of the clips of whole videos.
+
+    A video's scores are the softmax of each of its clips' logits, averaged over its clips, as Hara
+    et al.'s test (3D-ResNets-PyTorch) and the SSKT authors' 3D code score a video from its
+    non-overlapping clips; the video accuracy is the paper's number for UCF101 and HMDB51.
+
+    Args:
+        logits: float `[N, C]`, one row per clip.
+        video_ids: int `[N]`, the video of each clip, in `[0, V)`; every video has a clip.
+        video_labels: int `[V]`, each video's class.
+
+    Returns:
+        `{"accuracy", "video_accuracy", "clip_accuracy", "loss"}` (fractions; `accuracy` is the
+        video accuracy, `loss` the mean cross-entropy of the clips, in nats), plus
+        `"top5_accuracy"` (videos) and `"clip_top5_accuracy"` from `TOP5_MIN_CLASSES` classes on.
+
+    Raises:
+        ValueError: a video without a clip, or ids and logits of different lengths.
+    """
+    logits = np.asarray(logits, np.float64)
+    video_ids = np.asarray(video_ids)
+    video_labels = np.asarray(video_labels)
+    if len(video_ids) != len(logits):
+        raise ValueError(f"one video id per clip: {len(video_ids)} ids for {len(logits)} clips")
+    counts = np.bincount(video_ids, minlength=len(video_labels))
+    if len(counts) != len(video_labels) or counts.min() == 0:
+        raise ValueError("every video needs at least one clip, and every id a video")
+    clips = single_label_metrics(video_labels[video_ids], logits)
+    videos = single_label_metrics(video_labels, np.log(np.maximum(video_scores(logits, video_ids, len(video_labels)), 1e-300)))
+    metrics = {
+        "accuracy": videos["accuracy"],
+        "video_accuracy": videos["accuracy"],
+        "clip_accuracy": clips["accuracy"],
+        "loss": clips["loss"],
+    }
+    if "top5_accuracy" in videos:
+        metrics["top5_accuracy"] = videos["top5_accuracy"]
+        metrics["clip_top5_accuracy"] = clips["top5_accuracy"]
+    return metrics
+
+
 def confusion_matrix(labels, predictions, num_classes):
     """Counts of (true class, predicted class) pairs.
 

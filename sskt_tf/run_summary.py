@@ -22,6 +22,7 @@ generator), each with its parameter count, the steps, and where the outputs go. 
 import os
 
 from sskt_tf import methods, soft_labels
+from sskt_tf.config import is_video_dataset
 from sskt_tf import run_dir as run_dir_lib
 
 SUMMARY_FILE = "summary.txt"
@@ -66,13 +67,20 @@ def _validation(config, data):
         where = f"held out of the training set (--validation_split={config.validation_split:g})"
     else:
         where = f"from {data.validation_from}"
-    return f"{_plural(data.num_validation, 'image')} {where}; picks best.keras, evaluated {cadence}"
+    unit = "video" if data.clip_length else "image"
+    return f"{_plural(data.num_validation, unit)} {where}; picks best.keras, evaluated {cadence}"
 
 
 def _dataset(config, data):
-    parts = [f"{_plural(data.num_train, 'training image')}", f"{_plural(data.num_test, 'test image')}"]
+    unit = "video" if data.clip_length else "image"
+    parts = [f"{_plural(data.num_train, 'training ' + unit)}", f"{_plural(data.num_test, 'test ' + unit)}"]
     labels = "labels (multi-label)" if data.multi_label else "classes"
     parts += [f"{data.num_classes} {labels}", f"{_size(data.image_size)} px"]
+    if data.clip_length:
+        parts.append(
+            f"clips of {_plural(data.clip_length, 'frame')}; per-epoch evaluation on up to 3 clips per video, the final test "
+            f"on every non-overlapping clip ({_plural(data.test_videos.num_clips, 'clip')}), scored per clip and per video"
+        )
     if config.skip_bad_images:
         parts.append(f"{_plural(len(data.bad_files), 'undecodable file')} skipped (--skip_bad_images)")
     return f"{config.dataset}: {', '.join(parts)}"
@@ -83,8 +91,15 @@ def _schedule(config):
     sgd = f"SGD lr {config.lr:g}, momentum {config.momentum:g}, coupled L2 {config.weight_decay:g}"
     if config.lr_schedule == "cosine":
         return f"{sgd}; cosine to 0 over {_plural(config.epochs, 'epoch')}"
+    if config.dampening:
+        sgd += f", dampening {config.dampening:g} (PyTorch's SGD)"
     if config.lr_schedule == "constant":
         return f"{sgd}; constant"
+    if config.lr_schedule == "plateau":
+        return (
+            f"{sgd}; x{config.lr_gamma:g} after more than {_plural(config.lr_patience, 'evaluation')} without a lower "
+            "validation loss (PyTorch's ReduceLROnPlateau)"
+        )
     inside = [m for m in config.lr_milestones if m < config.epochs]
     text = f"{sgd}; x{config.lr_gamma:g} after epochs {','.join(map(str, config.lr_milestones))}"
     if len(inside) < len(config.lr_milestones):
@@ -104,8 +119,15 @@ def _method_rows(config, model):
     sources = list(getattr(model, "sources", ()))
     if sources:
         heads = list(getattr(model, "aux_heads", ()))
+        seen = ""
+        if config.clip_length and is_video_dataset(config.dataset):
+            seen = (
+                "; each sees the middle frame of the clip (--video_source_frames=middle)"
+                if config.video_source_frames == "middle"
+                else f"; each sees {_plural(min(config.video_source_num_frames, config.clip_length), 'evenly spaced frame')} of the clip, logits averaged"
+            )
         lines.append(
-            _row("sources", f"frozen (BatchNorm: {config.source_bn}); each with a {config.aux_head} head on the target")
+            _row("sources", f"frozen (BatchNorm: {config.source_bn}); each with a {config.aux_head} head on the target{seen}")
         )
         rows = [
             (

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from sskt_tf.errors import UserError
 from sskt_tf.models.layers import AdaptiveAveragePooling2D, class_names_of
-from sskt_tf.names import SOURCE_BN_MODES, SOURCE_OUTPUTS
+from sskt_tf.names import SOURCE_BN_MODES, SOURCE_OUTPUTS, VIDEO_SOURCE_FRAMES
 
 # What a built `Source`'s network returns: logits as they are, or probabilities whose log is taken.
 NETWORK_OUTPUTS = ("logits", "probabilities")
@@ -182,6 +182,12 @@ def _all_layers(model):
     return model._flatten_layers(include_self=False, recursive=True)
 
 
+def _is_plain_batch_norm(layer):
+    """A BatchNormalization that `--source_bn=batch` replaces: Keras' or a subclass (this project's fused
+    one, in converted PyTorch networks), not one already replaced."""
+    return isinstance(layer, keras.layers.BatchNormalization) and not isinstance(layer, BatchStatsNormalization)
+
+
 def _converted(model, batch_statistics=False, dtype_policy=None):
     """A copy of `model` with BatchStatsNormalization for BatchNormalization and/or another dtype policy."""
 
@@ -189,7 +195,7 @@ def _converted(model, batch_statistics=False, dtype_policy=None):
         config = layer.get_config()
         if dtype_policy is not None and "dtype" in config:
             config["dtype"] = dtype_policy
-        if batch_statistics and type(layer) is keras.layers.BatchNormalization:
+        if batch_statistics and _is_plain_batch_norm(layer):
             return BatchStatsNormalization.from_config(config)
         return layer.__class__.from_config(config)
 
@@ -233,9 +239,16 @@ class Source(keras.layers.Layer):
         stripped_activation: None, or "softmax"/"sigmoid" when `build_source` removed the
             network's final activation (a record for configs and the soft-label cache key;
             the network given is already the stripped copy).
+        video_frames: what an image network sees of a clip `[N, T, H, W, 3]`: "middle" (frame
+            `T // 2`, the SSKT authors' 3D code), or "mean" (the mean of the logits of
+            `video_num_frames` evenly spaced frames, the centres of equal segments of the clip).
+        video_num_frames: frames of "mean" (at most T are used, each once).
+        clip_input: the network itself takes clips `[N, T, H, W, 3]` (a video KD teacher): it
+            sees the clip, resized frame by frame to `image_size`.
 
     Call arguments:
-        images: float `[N, H, W, 3]`, raw RGB in 0..255 (any size; resized to `image_size`).
+        images: float `[N, H, W, 3]`, raw RGB in 0..255 (any size; resized to `image_size`), or
+            clips `[N, T, H, W, 3]` (see `video_frames`).
 
     Returns:
         float32 logits `[N, num_classes]`, without gradient.
@@ -255,6 +268,9 @@ class Source(keras.layers.Layer):
         network_dtype=None,
         network_outputs="logits",
         stripped_activation=None,
+        video_frames="middle",
+        video_num_frames=4,
+        clip_input=False,
         **kwargs,
     ):
         kwargs["trainable"] = False
@@ -268,10 +284,13 @@ class Source(keras.layers.Layer):
         self.source_bn = source_bn
         self.network_outputs = network_outputs
         self.stripped_activation = stripped_activation
+        if video_frames not in VIDEO_SOURCE_FRAMES:
+            raise UserError(f"--video_source_frames={video_frames} is not known. Allowed: {', '.join(VIDEO_SOURCE_FRAMES)}.")
+        self.video_frames = video_frames
+        self.video_num_frames = int(video_num_frames)
+        self.clip_input = bool(clip_input)
         # A reloaded source already holds BatchStatsNormalization layers: no second conversion.
-        batch_statistics = source_bn == "batch" and any(
-            type(layer) is keras.layers.BatchNormalization for layer in _all_layers(network)
-        )
+        batch_statistics = source_bn == "batch" and any(_is_plain_batch_norm(layer) for layer in _all_layers(network))
         # The layers that compute: a nested model's own policy (a KerasHub task keeps its saved one
         # while its layers take the requested one) computes nothing.
         if network_dtype is not None and {
@@ -287,16 +306,45 @@ class Source(keras.layers.Layer):
         self.num_classes = int(self.network.output_shape[-1])
 
     def build(self, input_shape):
-        self.network.build((None, *self.image_size, 3))
+        if not self.clip_input:
+            self.network.build((None, *self.image_size, 3))
+
+    def frame_indices(self, clip_length):
+        """The frames of a clip of `clip_length` frames that an image network sees (`video_frames`).
+
+        Returns:
+            list of int, 0-based: `[T // 2]` for "middle"; for "mean" with k = min(video_num_frames, T),
+            `floor((2 i + 1) T / (2 k))` for i < k, the centre frame of each of k equal segments.
+        """
+        if self.video_frames == "middle":
+            return [clip_length // 2]
+        k = min(self.video_num_frames, clip_length)
+        return [(2 * i + 1) * clip_length // (2 * k) for i in range(k)]
+
+    def _resized(self, images):
+        if tuple(images.shape[-3:-1]) == self.image_size:
+            return images
+        if images.shape.rank == 5:  # A clip teacher's clips: every frame resized alike.
+            frames = tf.reshape(images, [-1, *images.shape[2:]])
+            frames = tf.image.resize(frames, self.image_size, method="bilinear")
+            return tf.reshape(frames, [-1, images.shape[1], *self.image_size, 3])
+        return tf.image.resize(images, self.image_size, method="bilinear")
+
+    def _logits(self, images):
+        outputs = tf.cast(self.network(self._resized(images), training=False), tf.float32)
+        if self.network_outputs == "probabilities":
+            outputs = tf.math.log(tf.maximum(outputs, _TINY))
+        return outputs
 
     def call(self, images):
         images = keras.ops.cast(images, "float32")
-        if tuple(images.shape[1:3]) != self.image_size:
-            images = tf.image.resize(images, self.image_size, method="bilinear")
-        outputs = tf.cast(self.network(images, training=False), tf.float32)
-        if self.network_outputs == "probabilities":
-            outputs = tf.math.log(tf.maximum(outputs, _TINY))
-        return tf.stop_gradient(outputs)
+        if images.shape.rank == 5 and not self.clip_input:
+            # An image network on a clip: its chosen frames, one batch of images, logits averaged per clip.
+            index = self.frame_indices(images.shape[1])
+            frames = tf.gather(images, index, axis=1)
+            logits = self._logits(tf.reshape(frames, [-1, *images.shape[2:]]))
+            return tf.stop_gradient(tf.reduce_mean(tf.reshape(logits, [-1, len(index), self.num_classes]), axis=1))
+        return tf.stop_gradient(self._logits(images))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
@@ -316,6 +364,9 @@ class Source(keras.layers.Layer):
                 "source_bn": self.source_bn,
                 "network_outputs": self.network_outputs,
                 "stripped_activation": self.stripped_activation,
+                "video_frames": self.video_frames,
+                "video_num_frames": self.video_num_frames,
+                "clip_input": self.clip_input,
             }
         )
         return config
@@ -776,12 +827,13 @@ def _refuse(flag, spec, problem, fix):
     return UserError(f"{flag}={spec}: {problem}; {fix}.")
 
 
-def _loaded_keras_file(flag, path):
-    """Loads `path`, checking it maps one RGB image batch `[N, H, W, 3]` to one `[N, classes]` output.
+def _loaded_keras_file(flag, path, clips=False):
+    """Loads `path`, checking it maps one RGB image batch `[N, H, W, 3]` (or, with `clips`, one clip
+    batch `[N, T, H, W, 3]`) to one `[N, classes]` output.
 
     Raises:
         UserError: a missing or unloadable file; several inputs; inputs that are not 4-D
-            channels-last RGB images; several outputs; outputs that are not `[N, classes]`.
+            (5-D) channels-last RGB images (clips); several outputs; outputs that are not `[N, classes]`.
     """
     if not os.path.isfile(path):
         what = "is a directory" if os.path.isdir(path) else "does not exist"
@@ -805,7 +857,11 @@ def _loaded_keras_file(flag, path):
             f"{flag}: could not load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             "It must be a .keras file saved by Keras 3; custom layers must be importable."
         ) from None
-    form = "one image batch [N, H, W, 3] (raw RGB, 0..255) to logits [N, classes]"
+    form = (
+        "one clip batch [N, T, H, W, 3] (raw RGB, 0..255) to logits [N, classes], a video target such as the target.keras of a video run"
+        if clips
+        else "one image batch [N, H, W, 3] (raw RGB, 0..255) to logits [N, classes]"
+    )
     try:
         inputs, outputs = net.inputs, net.outputs
         in_shape, out_shape = net.input_shape, net.output_shape
@@ -819,10 +875,10 @@ def _loaded_keras_file(flag, path):
             flag, path, f"the model takes {len(inputs or [])} inputs {in_shape}; a source or teacher takes "
             f"{form}", "pass a model with one image input",
         )
-    if len(in_shape) != 4:
+    if len(in_shape) != (5 if clips else 4):
         raise _refuse(
-            flag, path, f"the model takes inputs of shape {in_shape}, not image batches; it must map {form}",
-            "pass a model whose input is keras.Input((H, W, 3))",
+            flag, path, f"the model takes inputs of shape {in_shape}, not {'clip' if clips else 'image'} batches; it must map {form}",
+            "pass a model whose input is keras.Input((T, H, W, 3))" if clips else "pass a model whose input is keras.Input((H, W, 3))",
         )
     # (N, 3, H, W) with free H and W ends in None: that is channels first, not "any channels".
     channels_first = in_shape[1] == 3 and in_shape[-1] != 3
@@ -980,6 +1036,7 @@ def _without_final_activation(model, found):
 
 def _probe_batch(size):
     # Its own generator: the probe must not draw from the seeded global one that training uses.
+    # `size` is (H, W), or (T, H, W) for a network of clips.
     return np.random.default_rng(0).uniform(0.0, 255.0, (4, *size, 3)).astype(np.float32)
 
 
@@ -1155,6 +1212,9 @@ def build_source(
     dtype_policy=None,
     outputs="auto",
     flag="--sources",
+    video_frames="middle",
+    video_num_frames=4,
+    clip_length=None,
 ):
     """Builds the frozen `Source` for one `--sources` (or `--teacher`) entry, checking it first.
 
@@ -1185,6 +1245,11 @@ def build_source(
             for applications and KerasHub presets, the file's own for `.keras` sources.
         outputs: `--source_outputs`: "auto", "logits" or "probabilities".
         flag: the flag named in messages, "--sources" or "--teacher".
+        video_frames: on video data, the frames of each clip an image network sees, "middle" or
+            "mean" (`--video_source_frames`, see `Source`).
+        video_num_frames: the frames of "mean" (`--video_source_num_frames`).
+        clip_length: a network of clips: the `.keras` file of a video target, `[N, T, H, W, 3]`
+            -> logits, with T = `clip_length` (a video run's KD teacher). None: an image network.
 
     Returns:
         A built, frozen `Source`: raw RGB images `[N, H, W, 3]` in 0..255 (any size) -> float32
@@ -1204,6 +1269,8 @@ def build_source(
         raise UserError(f"--source_outputs={outputs} is not known. Allowed: {', '.join(SOURCE_OUTPUTS)}.")
     size = scaled_size(image_size, source_scale)
     network_outputs, stripped = "logits", None
+    if clip_length is not None:
+        return _clip_teacher(flag, spec, image_size, clip_length, source_bn, name, outputs)
     if spec.startswith(KERAS_HUB_PREFIX):
         network, size = _keras_hub_network(flag, spec, size, dtype_policy)
         network, network_outputs, stripped = _adapted_keras_file(flag, spec, network, size, outputs)
@@ -1222,5 +1289,35 @@ def build_source(
         network_dtype=dtype_policy,
         network_outputs=network_outputs,
         stripped_activation=stripped,
+        video_frames=video_frames,
+        video_num_frames=video_num_frames,
+        name=name or f"source_{source_name(spec)}",
+    )
+
+
+def _clip_teacher(flag, spec, image_size, clip_length, source_bn, name, outputs):
+    """The `Source` of a `.keras` network of clips (a video KD teacher); see `build_source`."""
+    if not spec.endswith(".keras"):
+        raise UserError(
+            f"{flag}={spec}: on video data the teacher is a network of clips [N, T, H, W, 3], the .keras file of "
+            "a video target (e.g. <run>/target.keras of a video run on the same data); image networks serve as --sources."
+        )
+    network = _loaded_keras_file(flag, spec, clips=True)
+    wanted = (clip_length, *image_size)
+    fixed = tuple(network.input_shape[1:4])
+    if any(f is not None and f != w for f, w in zip(fixed, wanted)):
+        raise _refuse(
+            flag, spec, f"the network takes clips of {'x'.join(str(f) for f in fixed)} frames x pixels, the data gives "
+            f"{'x'.join(map(str, wanted))}", "pass --clip_length and --image_size as the teacher was trained, or another teacher",
+        )
+    network, network_outputs, stripped = _adapted_keras_file(flag, spec, network, wanted, outputs)
+    return Source(
+        network,
+        image_size,
+        spec=spec,
+        source_bn=source_bn,
+        network_outputs=network_outputs,
+        stripped_activation=stripped,
+        clip_input=True,
         name=name or f"source_{source_name(spec)}",
     )

@@ -30,6 +30,7 @@ from sskt_tf import callbacks as callbacks_lib
 from sskt_tf import config as config_lib
 from sskt_tf import data as data_lib
 from sskt_tf import diagnostics, distribute, losses, methods, optim, soft_labels
+from sskt_tf import metrics as metrics_lib
 from sskt_tf import run_dir as run_dir_lib
 from sskt_tf import run_summary
 from sskt_tf.errors import UserError, writable_dir
@@ -122,6 +123,11 @@ def _train(config, strategy, start, tracker):
     source_diagnostics = diagnostics.SourceDiagnostics(
         model.sources, config.source_temperatures, last=restored.get("source_diagnostics")
     )
+    plateau = (
+        callbacks_lib.ReduceLROnPlateau(config.lr_gamma, config.lr_patience, restored=restored.get("plateau"))
+        if config.lr_schedule == "plateau"
+        else None
+    )
     checkpoint = callbacks_lib.TargetCheckpoint(
         os.path.join(out, "checkpoints"),
         monitor="val_map" if data.multi_label else "val_accuracy",
@@ -132,6 +138,7 @@ def _train(config, strategy, start, tracker):
             "throughput": throughput.history(),
             "source_diagnostics": source_diagnostics.last,
             "wall_seconds": earlier_seconds + time.perf_counter() - start,
+            **({"plateau": plateau.state()} if plateau is not None else {}),
         },
     )
     try:
@@ -151,6 +158,7 @@ def _train(config, strategy, start, tracker):
                 tracker,
                 multi_label_validation=validation if data.multi_label else None,
                 source_diagnostics=source_diagnostics,
+                plateau=plateau,
             ),
             verbose=config.verbose,
             shuffle=False,  # The pipeline shuffles, seeded.
@@ -190,6 +198,8 @@ def _load_data(config):
         validation_split=config.validation_split,
         skip_bad_images=config.skip_bad_images,
         deterministic=config.deterministic,
+        clip_length=config.clip_length,
+        video_split=config.video_split,
     )
     losses.check_target_loss(config.dataset, data.multi_label, config.target_loss)
     return data
@@ -198,7 +208,9 @@ def _load_data(config):
 def _build_model(config, data, strategy, steps_per_epoch):
     """The method's model under `strategy`, compiled, its optimizer built (`methods.build_model`)."""
     with strategy.scope():
-        model = methods.build_model(config, data.image_size, data.num_classes, class_names=data.class_names)
+        model = methods.build_model(
+            config, data.image_size, data.num_classes, class_names=data.class_names, clip_length=data.clip_length
+        )
         model.compile(optimizer=optim.build_optimizer(config, steps_per_epoch), jit_compile=_jit(config.jit_compile))
         # Built before fit: resumption loads its state, and Keras' own symbolic build of a
         # distributed batch fails under MultiWorkerMirroredStrategy (see TrainingModel).
@@ -262,7 +274,15 @@ def validation_epochs(epochs, eval_every):
 
 
 def build_callbacks(
-    config, throughput, checkpoint, steps_per_epoch, initial_epoch, tracker, multi_label_validation=None, source_diagnostics=None
+    config,
+    throughput,
+    checkpoint,
+    steps_per_epoch,
+    initial_epoch,
+    tracker,
+    multi_label_validation=None,
+    source_diagnostics=None,
+    plateau=None,
 ):
     """The callbacks of `fit`, in the order their epoch-end writes must happen (see `callbacks.TargetCheckpoint`).
 
@@ -276,6 +296,7 @@ def build_callbacks(
         multi_label_validation: the validation set of a multi-label run (its exact mAP is logged), or None.
         source_diagnostics: the run's `diagnostics.SourceDiagnostics` (a warning after epoch 1, the last
             per-source values), or None.
+        plateau: the run's `callbacks.ReduceLROnPlateau` (`--lr_schedule=plateau`), or None.
 
     Returns:
         The list of Keras callbacks.
@@ -292,12 +313,16 @@ def build_callbacks(
         callbacks_lib.EpochSummaries(os.path.join(out, "tensorboard")),
         # Before the checkpoint, whose resumption state carries its last values.
         *([source_diagnostics] if source_diagnostics is not None else []),
+        # After the rate of this epoch was logged; before the commit, which carries its state.
+        *([plateau] if plateau is not None else []),
         checkpoint,  # Last: commits the epoch (the resumption state), then writes the targets.
     ]
 
 
 def _evaluate(config, model, data):
     """`(test metrics as floats, the method's extra results.json fields)` of the target on the test set."""
+    if data.test_videos is not None:
+        return _evaluate_videos(config, model, data.test_videos)
     test = model.evaluate(data.test, verbose=0, return_dict=True)
     # DML: `test` is peer 0's, every peer's is in `peers`, and peer k >= 1 is also saved as peer_<k>.keras.
     test, method_results = model.split_results({k: float(v) for k, v in test.items()})
@@ -305,6 +330,21 @@ def _evaluate(config, model, data):
     if getattr(model, "multi_label", False):
         test.update(callbacks_lib.multi_label_metrics(model, data.test))
     return test, method_results
+
+
+def _evaluate_videos(config, model, videos):
+    """`_evaluate` of a video run: every non-overlapping clip of every test video, scored as clips and as
+    videos (`metrics.video_metrics`; `accuracy` is the video accuracy, the paper's number). DML scores
+    each peer, in results.json's `peers`."""
+    targets = model.peer_target_models() if hasattr(model, "peer_target_models") else [model.target_model()]
+    scored = [
+        metrics_lib.video_metrics(target.predict(videos.clips, verbose=0), videos.video_ids, videos.labels)
+        for target in targets
+    ]
+    _, method_results = model.split_results({})
+    if len(scored) > 1:
+        method_results["peers"] = scored
+    return scored[0], {"method": methods.method_of(config), **method_results}
 
 
 def write_results(config, model, data, epochs_completed, throughput, wall_seconds, checkpoint, split, source_diagnostics=None):
@@ -358,6 +398,7 @@ def write_results(config, model, data, epochs_completed, throughput, wall_second
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),
         "image_size": list(data.image_size),
+        **({"clip_length": data.clip_length, "num_test_clips": data.test_videos.num_clips} if data.test_videos is not None else {}),
         "target_parameters": int(target.count_params()),
         "sources": [
             {"spec": s.spec, "classes": s.num_classes, "input_size": list(s.image_size), **(source_diagnostics or {}).get(s.name, {})}

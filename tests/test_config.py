@@ -97,6 +97,20 @@ def test_per_source_alpha_and_temperature(monkeypatch):
         (["--momentum=1"], "--momentum must be in [0, 1). Received: 1.0."),
         (["--lr=0"], "--lr must be > 0. Received: 0.0."),
         (["--alpha=-1"], "--alpha must be >= 0. Received: -1.0."),
+        # Videos and 3D targets.
+        (["--dataset=ucf101"], "--dataset=ucf101 holds videos, but --model=resnet20 is a 2D network; use a 3D target"),
+        (["--model=resnet18_3d"], "--model=resnet18_3d is a 3D network for video clips, but --dataset=cifar10 holds images"),
+        (["--clip_length=8"], "--clip_length=8 only applies to video datasets; received --dataset=cifar10"),
+        (["--dataset=synthetic_video", "--model=resnet10_3d", "--video_split=2"], "--video_split=2 only applies to --dataset=ucf101 or hmdb51"),
+        (["--dataset=ucf101", "--model=resnet18_3d", "--video_split=4"], "--video_split must be 1, 2 or 3"),
+        (["--dataset=ucf101", "--model=resnet18_3d", "--clip_length=0"], "--clip_length must be >= 1 frame"),
+        (["--dataset=ucf101", "--model=resnet18_3d", "--video_source_num_frames=3"], "--video_source_num_frames=3 only applies to --video_source_frames=mean"),
+        (["--resnet_shortcut=A"], "--resnet_shortcut=A only applies to the 3D ResNets (--model=resnet*_3d); received --model=resnet20"),
+        (["--dataset=ucf101", "--model=resnet18_3d", "--soft_label_cache=replay"], "--soft_label_cache=replay stores one logit vector per image; it does not apply to video datasets"),
+        (["--dataset=hmdb51", "--model=resnet18_3d", "--method=maxl"], "--method=maxl is not implemented for video datasets"),
+        (["--dataset=hmdb51", "--model=resnet18_3d", "--mixup=0.2"], "video clips get the reference's multi-scale corner crop and flip"),
+        (["--lr_patience=3"], "--lr_patience=3 only applies to --lr_schedule=plateau; received --lr_schedule=multistep"),
+        (["--lr_schedule=plateau", "--lr_patience=-1"], "--lr_patience must be >= 0"),
     ],
 )
 def test_bad_or_contradicting_flags(args, message, monkeypatch):
@@ -187,6 +201,12 @@ _NON_DEFAULT = [
     ),
     config_lib.Config(method="kd", output_dir="/runs/x", teacher="/runs/t/target.keras", kd_alpha=0.5, soft_label_cache="replay", replay_views=4, replay_top_k=5, soft_label_cache_dir="/cache"),
     config_lib.Config(method="dml", output_dir="/runs/x", dml_peers=3),
+    config_lib.Config(
+        method="sskt", dataset="ucf101", data_dir="/data/ucf101", image_size=(96, 96), clip_length=8, video_split=2,
+        model="resnet34_3d", resnet_shortcut="A", init_checkpoint="/k/resnet34_3d.keras", finetune_from="stage3",
+        sources=("resnet50:imagenet",), video_source_frames="mean", video_source_num_frames=3, dampening=0.9,
+        lr_schedule="plateau", lr_patience=5, output_dir="/runs/x",
+    ),
     config_lib.Config(
         method="maxl", output_dir="/runs/x", maxl_psi=(5, 6), maxl_aux_weight=0.5, maxl_entropy_weight=0.1, maxl_generator_lr=0.01,
         maxl_first_order=True,

@@ -74,3 +74,34 @@ def test_top5_is_reported_only_above_five_classes():
     # Class 5 scores lowest of 6 (rank 6: a miss); class 1 has 4 classes above it (rank 5: a hit).
     scores = metrics.single_label_metrics([5, 1], np.array([[6.0, 5, 4, 3, 2, 1], [0, 1, 2, 3, 4, 5]]))
     assert scores["top5_accuracy"] == 0.5 and scores["accuracy"] == 0.0
+
+
+def test_video_metrics_average_the_clips_softmax_per_video():
+    """Three videos of 2, 1 and 3 clips, scored by hand: the mean of the clips' softmax decides the video."""
+    log = np.log
+    # Video 0 (class 0): clip A says class 1 mildly, clip B says class 0 strongly -> the mean says 0.
+    # Video 1 (class 2): one clip, class 2. Video 2 (class 1): its clips say 1 strongly, then 0 mildly twice:
+    # a vote of the clips says 0, the mean of their softmax (0.4, 0.5, 0.1) says 1.
+    probabilities = np.array(
+        [
+            [0.4, 0.6, 0.0],
+            [0.9, 0.1, 0.0],
+            [0.1, 0.1, 0.8],
+            [0.2, 0.7, 0.1],
+            [0.5, 0.4, 0.1],
+            [0.5, 0.4, 0.1],
+        ]
+    )
+    logits = log(np.maximum(probabilities, 1e-12)) + 3.0  # Logits up to a per-row shift.
+    video_ids = np.array([0, 0, 1, 2, 2, 2])
+    video_labels = np.array([0, 2, 1])
+    out = metrics.video_metrics(logits, video_ids, video_labels)
+    # Clips: right are B (0), the video-1 clip (2) and the first clip of video 2 (1): 3 of 6.
+    assert out["clip_accuracy"] == pytest.approx(3 / 6)
+    assert np.argmax(probabilities[3:].mean(axis=0)) == 1
+    assert out["video_accuracy"] == out["accuracy"] == pytest.approx(3 / 3)
+    expected_loss = -np.mean(log(np.maximum(probabilities[np.arange(6), video_labels[video_ids]], 1e-12)))
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-9)
+    assert "top5_accuracy" not in out  # 3 classes.
+    with pytest.raises(ValueError, match="every video needs at least one clip"):
+        metrics.video_metrics(logits, np.array([0, 0, 0, 2, 2, 2]), video_labels)

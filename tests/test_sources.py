@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from sskt_tf import losses, sources
 from sskt_tf.errors import UserError
+from sskt_tf.models.layers import BatchNormalization as FusedBatchNormalization
 from round_trip import assert_round_trips
 
 RNG = np.random.RandomState(0)
@@ -121,11 +122,11 @@ def test_weights_file_loads_offline(tmp_path):
     assert loaded.name == "source_mobilenet_v2_mobilenet_v2_weights"
 
 
-def _tiny_model(input_shape=(16, 16, 3), classes=3):
+def _tiny_model(input_shape=(16, 16, 3), classes=3, batch_norm=keras.layers.BatchNormalization):
     inputs = keras.Input(input_shape)
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     x = keras.layers.Conv2D(4, 3, padding="same")(x)
-    x = keras.layers.BatchNormalization()(x)
+    x = batch_norm()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(classes)(x), name="tiny")
 
@@ -151,8 +152,10 @@ def _moving_stats(model):
     return [w.numpy().copy() for w in model.weights if "moving" in w.path]
 
 
-def test_batch_mode_uses_batch_statistics_and_never_updates(tmp_path):
-    model = _tiny_model()
+# Keras' layer, and this project's fused one, which converted PyTorch networks (convert_torch) carry.
+@pytest.mark.parametrize("batch_norm", [keras.layers.BatchNormalization, FusedBatchNormalization], ids=["keras", "fused"])
+def test_batch_mode_uses_batch_statistics_and_never_updates(tmp_path, batch_norm):
+    model = _tiny_model(batch_norm=batch_norm)
     bn = next(l for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
     bn.moving_mean.assign([0.3, -0.2, 0.1, 0.5])
     bn.moving_variance.assign([2.0, 0.5, 1.5, 3.0])
@@ -595,3 +598,30 @@ def test_a_fixed_input_size_is_used_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().out == ""  # The size it would receive anyway: nothing to say.
     sources.build_source(path, (32, 32), 1.0, flag="--teacher")
     assert "instead of 32x32 (not the target's size)" in capsys.readouterr().out
+
+
+def _frame_logits_model():
+    """An image network whose logits are the mean of each colour channel: a frame's logits name it."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, x, name="frame_means")
+
+
+@pytest.mark.parametrize("frames, k, expected", [("middle", 4, [3]), ("mean", 3, [1, 3, 5]), ("mean", 9, list(range(7)))])
+def test_an_image_source_sees_the_chosen_frames_of_a_clip(frames, k, expected, tmp_path):
+    """--video_source_frames: a clip of 7 frames whose frame t is flat t * 10 (+ the channel): middle is frame
+    7 // 2 = 3, as the reference's inputs[:, :, T // 2]; mean of k frames averages the logits of the centres of k
+    equal segments, floor((2i + 1) 7 / 2k): (1, 3, 5) for k = 3; k above T uses every frame once."""
+    path = str(tmp_path / "frame_means.keras")
+    _frame_logits_model().save(path)
+    source = sources.build_source(path, (8, 8), source_scale=1.0, video_frames=frames, video_num_frames=k)
+    assert source.frame_indices(7) == expected
+    clips = np.zeros((2, 7, 8, 8, 3), np.float32)
+    for t in range(7):
+        clips[:, t] = t * 10 + np.arange(3)
+    clips[1] += 100
+    logits = source(clips).numpy()
+    want = np.stack([np.mean([t * 10 + np.arange(3) + offset for t in expected], axis=0) for offset in (0, 100)])
+    np.testing.assert_allclose(logits, want, rtol=1e-6)
+    clone = assert_round_trips(source, clips, rtol=1e-6, atol=1e-6)
+    assert clone.video_frames == frames and clone.video_num_frames == k

@@ -116,7 +116,9 @@ class TargetModel(TrainingModel):
         super().__init__(weight_decay=weight_decay, **kwargs)
         # === Layers ===
         self.backbone = backbone
-        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        # 3D backbones (video) end in [B, T, H, W, C] feature maps.
+        video = len(backbone.output[feature_key].shape) == 5
+        self.pool = (keras.layers.GlobalAveragePooling3D if video else keras.layers.GlobalAveragePooling2D)(name="pool")
         # Logits in float32 also under mixed precision, for stable softmax and losses.
         self.classifier = Classifier(num_classes, class_names=class_names, dtype="float32", name="classifier")
 
@@ -158,7 +160,8 @@ class TargetModel(TrainingModel):
             name: the model's name; default `<backbone name>_target`.
 
         Returns:
-            A functional model, float raw RGB `[N, H, W, 3]` in 0..255 -> float32 logits `[N, C]`.
+            A functional model, float raw RGB `[N, H, W, 3]` in 0..255 (clips `[N, T, H, W, 3]` for a
+            3D backbone) -> float32 logits `[N, C]`.
             Its last layer, the classifier, stores `class_names` (`sskt_tf.models.class_names_of`
             reads them back, also from a reloaded file).
         """
