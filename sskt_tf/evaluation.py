@@ -31,6 +31,7 @@ import tensorflow as tf
 from sskt_tf import data as data_lib
 from sskt_tf import metrics as metrics_lib  # Shared with training.
 from sskt_tf.data import folder as folder_data
+from sskt_tf.config import is_video_dataset
 from sskt_tf.data.load import kind_of
 from sskt_tf.errors import UserError, blocking_file, writable_dir
 from sskt_tf.serving.trained import load_trained
@@ -157,7 +158,7 @@ def check_output_dir(path, flag="--output_dir"):
     return path
 
 
-def _load_test_data(dataset, *, data_dir, image_size, batch_size, skip_bad_images):
+def _load_test_data(dataset, *, data_dir, image_size, batch_size, skip_bad_images, clip_length=None, video_split=1):
     return data_lib.load(
         dataset,
         batch_size=1,  # The training stream is not used; 1 fits any dataset.
@@ -167,6 +168,7 @@ def _load_test_data(dataset, *, data_dir, image_size, batch_size, skip_bad_image
         augment="none",
         cache="none",  # One pass over the test set: nothing to keep.
         skip_bad_images=skip_bad_images,
+        **({"clip_length": clip_length, "video_split": video_split} if clip_length else {}),
     )
 
 
@@ -212,8 +214,17 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
         ImportError: a single-label model and no matplotlib for `confusion_matrix.png`.
     """
     check_output_dir(output_dir)  # Before the test set is read; creates nothing.
+    if bool(trained.clip_length) != is_video_dataset(dataset):
+        model_kind, data_kind = ("a video", "images") if trained.clip_length else ("an image", "videos")
+        raise UserError(f"--model is {model_kind} model but --dataset={dataset} holds {data_kind}; pass the kind of dataset the model was trained on.")
     data = _load_test_data(
-        dataset, data_dir=data_dir, image_size=tuple(trained.image_size), batch_size=batch_size, skip_bad_images=skip_bad_images
+        dataset,
+        data_dir=data_dir,
+        image_size=tuple(trained.image_size),
+        batch_size=batch_size,
+        skip_bad_images=skip_bad_images,
+        clip_length=trained.clip_length,
+        video_split=int(trained.config.get("video_split") or 1),
     )
     if data.num_classes != trained.num_classes:
         raise UserError(
@@ -227,7 +238,14 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
             f"{list(trained.class_names)[:5]}...; pass the dataset the model was trained on."
         )
     class_names = list(data.class_names)
-    logits, labels = predict_logits(trained.model, data.test, count=data.num_test, verbose=1 if verbose else 0)
+    videos = data.test_videos
+    if videos is not None:
+        # Video: every non-overlapping clip, scored per video (the mean of its clips' softmax).
+        clip_logits, _ = predict_logits(trained.model, videos.clips, count=videos.num_clips, verbose=1 if verbose else 0)
+        labels = np.asarray(videos.labels)
+        logits = np.log(np.maximum(metrics_lib.video_scores(clip_logits, videos.video_ids, len(labels)), 1e-300))
+    else:
+        logits, labels = predict_logits(trained.model, data.test, count=data.num_test, verbose=1 if verbose else 0)
     writable_dir(output_dir, "--output_dir")  # Everything passed: now the directory is created.
     results = {
         "model": trained.model_path,
@@ -250,7 +268,11 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
         table = {"support": targets.sum(axis=0).astype(np.int64), "average_precision": ap}
     else:
         matrix = metrics_lib.confusion_matrix(labels, np.argmax(logits, axis=1), len(class_names))
-        results["test"] = metrics_lib.single_label_metrics(labels, logits)
+        results["test"] = (
+            metrics_lib.video_metrics(clip_logits, videos.video_ids, labels)
+            if videos is not None
+            else metrics_lib.single_label_metrics(labels, logits)
+        )
         table = metrics_lib.per_class_table(matrix)
         _write_csv(
             os.path.join(output_dir, "confusion_matrix.csv"),

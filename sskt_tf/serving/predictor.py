@@ -1,4 +1,4 @@
-"""Inference on image files: the top classes of each, from a run, a `.keras` file or a SavedModel.
+"""Inference on image or video files: the top classes of each, from a run, a `.keras` file or a SavedModel.
 
 `predict` is what `python -m sskt_tf.predict` does, without printing (`format_predictions` gives
 its text); notebooks call it too. `Predictor` scores encoded images (JPEG, PNG, BMP, GIF, WebP)
@@ -6,6 +6,12 @@ of any size: an exported SavedModel (`sskt_tf.serving.saved_model`) decodes and 
 its `serve_image_bytes` signature; a run directory or `.keras` file (`sskt_tf.serving.trained`)
 goes through the same decoding and resizing (`sskt_tf.serving.preprocessing.decode_images`).
 Scores are softmax probabilities, or one sigmoid per label for multi-label models.
+
+A video target scores video files (`.mp4`, `.avi`, ... decoded with PyAV, `sskt_tf.video_io`): their
+frames scaled to a short side of 240 px as `python -m sskt_tf.prepare_video` stores them, every
+non-overlapping clip of the training length (`sskt_tf.data.video.test_starts`, loop-padded), each
+cropped and resized as the test set's clips, and the video's score the mean of its clips'
+probabilities (the video accuracy's score).
 """
 
 import os
@@ -16,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sskt_tf import video_io
 from sskt_tf.errors import UserError
 from sskt_tf.serving.preprocessing import decode_images
 from sskt_tf.serving.saved_model import BYTES_SIGNATURE, is_saved_model
@@ -77,8 +84,17 @@ class Predictor:
 
     def __init__(self, model_path, multi_label=None):
         model_path = os.path.expanduser(str(model_path))
+        self.clip_length = None  # Frames per clip of a video model (`video_probabilities`); None for images.
         if os.path.isdir(model_path) and is_saved_model(model_path):
             loaded = tf.saved_model.load(model_path)
+            default = loaded.signatures.get("serving_default")
+            clips = default is not None and "clips" in default.structured_input_signature[1]
+            if clips:  # A video target's export: one signature of uint8 clips.
+                self._serve_clips = default
+                self.clip_length = int(default.structured_input_signature[1]["clips"].shape[1])
+                self.class_names = tuple(n.decode() for n in loaded.class_names[0].numpy())
+                self._keras = None
+                return
             if BYTES_SIGNATURE not in loaded.signatures:
                 raise UserError(
                     f"--model={model_path} is a SavedModel without a {BYTES_SIGNATURE} signature; "
@@ -95,6 +111,7 @@ class Predictor:
             )
             self._keras = trained
             self.class_names = trained.class_names
+            self.clip_length = trained.clip_length
 
     def probabilities(self, encoded_images):
         """The scores of encoded images, each resized (bilinear) to the model's training size.
@@ -116,6 +133,45 @@ class Predictor:
         images = decode_images(batch, tuple(trained.image_size))
         logits = trained.model(images, training=False)
         return trained.probabilities(logits).numpy()
+
+
+    def video_probabilities(self, frames, batch_size=DEFAULT_BATCH_SIZE):
+        """The score of one video: the mean of the probabilities of its non-overlapping clips.
+
+        Args:
+            frames: uint8 `[F, H, W, 3]`, every frame of the video.
+            batch_size: clips per model call.
+
+        Returns:
+            float32 `[C]`.
+        """
+        from sskt_tf.data.video import centre_clips, test_starts
+
+        t = self.clip_length
+        starts = test_starts(len(frames), t)
+        index = np.stack([b + np.arange(t) % min(t, len(frames) - b) for b in starts])
+        probs = []
+        for first in range(0, len(index), batch_size):
+            clips = tf.constant(frames[index[first : first + batch_size]])
+            if self._keras is None:
+                probs.append(self._serve_clips(clips=clips)["probabilities"].numpy())
+            else:
+                trained = self._keras
+                probs.append(trained.probabilities(trained.model(centre_clips(clips, tuple(trained.image_size)), training=False)).numpy())
+        return np.concatenate(probs).mean(axis=0)
+
+
+def read_video(path):
+    """The frames of a video file, as the data pipeline stores them (short side 240 px).
+
+    Raises:
+        UserError: `<path>: ...`: a missing file or a directory, or a file PyAV cannot decode.
+    """
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file; pass paths of video files.")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory; pass video files.")
+    return video_io.read_video(path, short_side=video_io.DEFAULT_SHORT_SIDE)
 
 
 def top_k(probabilities, class_names, k):
@@ -162,8 +218,16 @@ def predict(model, paths, *, k=DEFAULT_TOP_K, multi_label=None, batch_size=DEFAU
         raise UserError("no image given; pass one or more image files after the flags, e.g. cat.jpg ship.png.")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UserError(f"--top_k must be a positive integer. Received: {k!r}.")
+    videos = [p for p in paths if video_io.is_video_file(os.path.basename(p))]
+    if videos:
+        return _predict_videos(model, paths, videos, k, multi_label)
     encoded = [read_image(p) for p in paths]  # Every file is checked before the model loads.
     predictor = Predictor(model, multi_label=multi_label)
+    if predictor.clip_length is not None:
+        raise UserError(
+            f"--model={model} is a video model (clips of {predictor.clip_length} frames); pass video files "
+            f"({', '.join(video_io.VIDEO_EXTENSIONS)}), not images such as {paths[0]}."
+        )
     if verbose is None:
         verbose = int(len(encoded) > batch_size and getattr(sys.stdout, "isatty", lambda: False)())
     progress = keras.utils.Progbar(len(encoded), verbose=verbose, unit_name="image")
@@ -172,6 +236,22 @@ def predict(model, paths, *, k=DEFAULT_TOP_K, multi_label=None, batch_size=DEFAU
         probs.append(predictor.probabilities(encoded[start : start + batch_size]))
         progress.update(start + len(probs[-1]))
     probs = np.concatenate(probs)
+    return list(zip(paths, top_k(probs, predictor.class_names, min(k, len(predictor.class_names)))))
+
+
+def _predict_videos(model, paths, videos, k, multi_label):
+    """`predict` of video files: every file decoded first, then one score per video."""
+    if len(videos) != len(paths):
+        image = next(p for p in paths if p not in videos)
+        raise UserError(
+            f"{image}: a video model scores video files and an image model images; pass one kind per command "
+            f"(videos: {', '.join(video_io.VIDEO_EXTENSIONS)})."
+        )
+    frames = [read_video(p) for p in paths]  # Every file is checked before the model loads.
+    predictor = Predictor(model, multi_label=multi_label)
+    if predictor.clip_length is None:
+        raise UserError(f"--model={model} is an image model; video files such as {paths[0]} need a video model (a run on a video dataset).")
+    probs = np.stack([predictor.video_probabilities(f) for f in frames])
     return list(zip(paths, top_k(probs, predictor.class_names, min(k, len(predictor.class_names)))))
 
 

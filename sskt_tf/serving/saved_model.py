@@ -8,6 +8,11 @@ what the network takes):
 - `serve_image_bytes` (`BYTES_SIGNATURE`): `image_bytes`, string `[N]` of encoded JPEG/PNG/BMP/GIF
   files (the first frame of a GIF), decoded to RGB and resized the same way one by one.
 
+A video target has one signature instead, `serving_default`: `clips`, uint8 `[N, T, H, W, 3]` with
+T the training clip length and frames of any size, each cropped and resized as the test set's
+(`sskt_tf.data.video.centre_clips`: the centre square, resized to the training size). A video's
+score is the mean of its clips' probabilities (as `python -m sskt_tf.predict` does).
+
 Both return `probabilities` float32 `[N, C]` (softmax, or one sigmoid per label for multi-label
 models), `top_k_classes` `[N, k]` int32, `top_k_scores` `[N, k]` float32, `top_k_names` `[N, k]`
 string and `class_names` `[N, C]` string (the same list in every row: TF Serving's row format,
@@ -113,16 +118,25 @@ def export_saved_model(trained, output_dir, *, top_k=DEFAULT_TOP_K, overwrite=Fa
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda images: outputs(tf.cast(resize_images(images, image_size), tf.float32)),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
-    )
-    archive.add_endpoint(
-        BYTES_SIGNATURE,
-        lambda image_bytes: outputs(decode_images(image_bytes, image_size)),
-        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-    )
+    if trained.clip_length is not None:
+        from sskt_tf.data.video import centre_clips
+
+        archive.add_endpoint(
+            "serving_default",
+            lambda clips: outputs(centre_clips(clips, image_size)),
+            input_signature=[tf.TensorSpec([None, trained.clip_length, None, None, 3], tf.uint8, name="clips")],
+        )
+    else:
+        archive.add_endpoint(
+            "serving_default",
+            lambda images: outputs(tf.cast(resize_images(images, image_size), tf.float32)),
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
+        )
+        archive.add_endpoint(
+            BYTES_SIGNATURE,
+            lambda image_bytes: outputs(decode_images(image_bytes, image_size)),
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+        )
     archive.add_variable_collection("class_names", [class_names])
 
     parent = os.path.dirname(output_dir)

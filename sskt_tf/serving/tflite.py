@@ -42,13 +42,18 @@ def export_tflite(trained, output_path, *, quantize="none", overwrite=False):
         `output_path` as an absolute path.
 
     Raises:
-        UserError: an unknown `quantize`; `output_path` does not end in `.tflite` or is a
+        UserError: an unknown `quantize`; a video model; `output_path` does not end in `.tflite` or is a
             directory; it or its labels file exists without `overwrite` (checked before anything
             is converted); or either cannot be written (a parent is a file, permissions, a
             read-only or full disk).
     """
     if quantize not in QUANTIZATIONS:
         raise UserError(f"--quantize={quantize} is not known; allowed: {', '.join(QUANTIZATIONS)}.")
+    if trained.clip_length is not None:
+        raise UserError(
+            f"--format=tflite exports image models; {trained.model_path} is a video model (clips of "
+            f"{trained.clip_length} frames, 3D convolutions): export it with --format=saved_model."
+        )
     output_path = os.path.abspath(os.path.expanduser(str(output_path)))
     if not output_path.endswith(".tflite") or os.path.isdir(output_path):
         raise UserError(f"--output={output_path}: a TFLite export must be a file ending in .tflite, e.g. --output=model.tflite.")

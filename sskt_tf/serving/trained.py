@@ -25,9 +25,11 @@ class TrainedModel:
     """A trained target and what is needed to use it.
 
     Attributes:
-        model: Keras model, float32 raw RGB images `[N, H, W, 3]` in 0..255 -> float32 logits `[N, C]`.
+        model: Keras model, float32 raw RGB images `[N, H, W, 3]` in 0..255 (a video target: clips
+            `[N, T, H, W, 3]`) -> float32 logits `[N, C]`.
         class_names: one name per output, `C` strings.
-        image_size: `(H, W)` in pixels, the size the model was trained at.
+        image_size: `(H, W)` in pixels, the size the model was trained at (a video target: of
+            each frame of a clip).
         multi_label: whether the outputs are independent labels (sigmoid) rather than one class (softmax).
         model_path: the `.keras` file.
         run_dir: the run directory the model comes from, or None.
@@ -41,6 +43,7 @@ class TrainedModel:
     model_path: str
     run_dir: str | None = None
     config: dict = dataclasses.field(default_factory=dict)
+    clip_length: int | None = None  # Frames per clip T of a video target; None for images.
 
     @property
     def num_classes(self):
@@ -131,11 +134,13 @@ def load_trained(path, *, multi_label=None, flag="--model", allowed="a run direc
             f"{flag}: could not load {keras_path} ({detail}); it must be a .keras file saved by Keras 3."
         ) from None
     shape = model.input_shape
-    if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 3 or len(model.outputs) != 1 or len(model.output_shape) != 2:
+    if isinstance(shape, list) or len(shape) not in (4, 5) or shape[-1] != 3 or len(model.outputs) != 1 or len(model.output_shape) != 2:
         raise UserError(
-            f"{flag}: {keras_path} must map one image batch [N, H, W, 3] to logits [N, classes]; it has "
-            f"inputs {shape} and outputs {model.output_shape}."
+            f"{flag}: {keras_path} must map one image batch [N, H, W, 3] (or clip batch [N, T, H, W, 3]) to logits "
+            f"[N, classes]; it has inputs {shape} and outputs {model.output_shape}."
         )
+    video = len(shape) == 5
+    spatial = shape[2:4] if video else shape[1:3]
     num_outputs = model.output_shape[-1]
 
     results = run_dir_lib.run_json(run_dir, "results.json") if run_dir else {}
@@ -159,17 +164,27 @@ def load_trained(path, *, multi_label=None, flag="--model", allowed="a run direc
         )
     if results.get("image_size"):
         image_size = tuple(int(s) for s in results["image_size"])
-    elif None not in shape[1:3]:
-        image_size = tuple(int(s) for s in shape[1:3])
+    elif None not in spatial:
+        image_size = tuple(int(s) for s in spatial)
     else:
         raise UserError(
             f"{flag}: {keras_path} accepts any image size and has no results.json beside it to say which "
             "size it was trained at; pass the run directory instead."
         )
+    clip_length = None
+    if video:
+        clip_length = results.get("clip_length") or config.get("clip_length") or shape[1]
+        if clip_length is None:
+            raise UserError(
+                f"{flag}: {keras_path} takes clips of any length and has no results.json beside it to say which "
+                "length it was trained at; pass the run directory instead."
+            )
+        clip_length = int(clip_length)
     # A classifier that ends in its own softmax or sigmoid would be softened twice: its logits.
     from sskt_tf.sources import logits_model
 
-    model, activation = logits_model(flag, keras_path, model, image_size)
+    probe_size = image_size if clip_length is None else (clip_length, *image_size)
+    model, activation = logits_model(flag, keras_path, model, probe_size)
     if multi_label is None:
         multi_label = config.get("target_loss") == "bce" if config else activation == "sigmoid"
     return TrainedModel(
@@ -180,4 +195,5 @@ def load_trained(path, *, multi_label=None, flag="--model", allowed="a run direc
         model_path=keras_path,
         run_dir=run_dir,
         config=config,
+        clip_length=clip_length,
     )
