@@ -656,3 +656,62 @@ def test_a_contradiction_is_one_error_line_from_the_command(tmp_path):
     proc = _contradiction(tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: --sources=mobilenet_v2:random only applies to --method=sskt; received --method=dml" in proc.stderr
+
+
+# --- Starting from a checkpoint, fine-tuning the last stages (video rows) -----------------------------
+
+
+def _kinetics_stand_in(tmp_path, shortcut="B", seed=5):
+    """A converted-checkpoint stand-in: a whole 3D ResNet-10 classifier of 400 classes, its own weights."""
+    from sskt_tf.models import resnet3d_classifier
+
+    keras.utils.set_random_seed(seed)
+    path = str(tmp_path / f"resnet10_3d_{shortcut}.keras")
+    resnet3d_classifier(10, 400, shortcut=shortcut).save(path)
+    return path, keras.saving.load_model(path)
+
+
+def _video_config(**kwargs):
+    return Config(dataset="synthetic_video", model="resnet10_3d", output_dir="/runs/x", **kwargs)
+
+
+def test_init_checkpoint_sets_every_backbone_weight_by_layer_name(tmp_path, capsys):
+    path, saved = _kinetics_stand_in(tmp_path)
+    keras.utils.set_random_seed(0)
+    model = methods.build_model(_video_config(init_checkpoint=path), (16, 16), 3, clip_length=2)
+    captured = capsys.readouterr().out
+    assert "not used: fc" in captured
+    checked = 0
+    for layer in model.backbone.layers:
+        if layer.weights:
+            for mine, theirs in zip(layer.get_weights(), saved.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(mine, theirs)
+                checked += 1
+    assert checked > 40  # Every conv and BatchNorm (moving statistics included), not a few.
+    # The classifier starts new: 3 classes, not the checkpoint's 400.
+    assert model.classifier.kernel.shape == (512, 3)
+    # Another network: one line naming the layers, the fix.
+    other, _ = _kinetics_stand_in(tmp_path, shortcut="A")
+    with pytest.raises(UserError, match=r"--init_checkpoint=.* lacks 6 layers of --model's backbone \(first: layer2_0_downsample_0"):
+        methods.build_model(_video_config(init_checkpoint=other), (16, 16), 3, clip_length=2)
+
+
+def test_finetune_from_trains_only_the_later_stages(tmp_path):
+    """--finetune_from=stage4: a training step moves stage 4, the classifier and the heads, and leaves the stem
+    and stages 1-3 (weights and BatchNorm statistics) exactly as loaded."""
+    path, _ = _kinetics_stand_in(tmp_path)
+    keras.utils.set_random_seed(0)
+    config = _video_config(init_checkpoint=path, finetune_from="stage4", sources=("mobilenet_v2:random:7",))
+    model = methods.build_model(config, (16, 16), 3, clip_length=2)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    before = {v.path: v.numpy().copy() for v in model.backbone.weights}
+    trainable = {v.path for v in model.target_variables}
+    clips = np.random.RandomState(0).uniform(0, 255, (4, 2, 16, 16, 3)).astype(np.float32)
+    model.train_on_batch(clips, np.array([0, 1, 2, 0]))
+    moved = {p for p, w in before.items() if not np.array_equal(w, next(v for v in model.backbone.weights if v.path == p).numpy())}
+    assert moved and all(p.startswith("layer4_") for p in moved), sorted(moved)[:5]
+    assert any(p.startswith("layer4_0_bn1/moving") for p in moved)  # Its BatchNorm trains too.
+    assert not any(p.startswith(("layer3_", "layer1_", "conv1/", "bn1/")) for p in trainable)
+    assert any(p.startswith("sskt/aux_") for p in trainable)  # The head trains.
+    with pytest.raises(UserError, match="--finetune_from=stage1: the first stage that trains must be one of stage2, stage3, stage4"):
+        methods.build_model(_video_config(finetune_from="stage1"), (16, 16), 3, clip_length=2)
