@@ -18,7 +18,7 @@ import pytest
 from absl import flags
 from conftest import ROOT, assert_one_error_line, run_commands, tf_native_log_line
 
-from sskt_tf import cli, compare, convert_torch, evaluate, export, predict
+from sskt_tf import cli, compare, convert_torch, evaluate, export, predict, prepare_video
 from sskt_tf import config as config_lib
 from sskt_tf.errors import UserError
 
@@ -154,6 +154,7 @@ COMMANDS = {
     "evaluate": (evaluate.define_flags, {"dataset", "data_dir", "output_dir", "batch_size", "multi_label", "skip_bad_images"}, "string"),
     "predict": (predict.define_flags, {"top_k", "multi_label"}, "string"),
     "convert_torch": (convert_torch.define_flags, {"arch", "num_classes", "allow_pickle", "overwrite"}, None),
+    "prepare_video": (prepare_video.define_flags, {"videos", "output", "dataset", "short_side", "jpeg_quality", "workers"}, None),
 }
 
 
@@ -286,6 +287,7 @@ HELP = {
     "evaluate": ("sskt_tf.evaluate", ["Flags", "Flagfiles"]),
     "predict": ("sskt_tf.predict", ["Flags", "Flagfiles"]),
     "convert_torch": ("sskt_tf.convert_torch", ["Flags", "Flagfiles"]),
+    "prepare_video": ("sskt_tf.prepare_video", ["Flags", "Flagfiles"]),
 }
 
 
@@ -315,7 +317,7 @@ def test_help_shows_the_command_and_its_own_flags_under_headings(command, monkey
     if command == "train":
         assert "\n  --sources=<a,b,...>  (default: empty)\n      Comma-separated source specs" in out
         assert "\n  --alpha=<a,b,...>  (default: 0.1)\n" in out and "\n  --cache=auto|memory|disk|none  (default: auto)\n      Decoded" in out
-        assert "\n  --[no]overwrite  (default: false)\n" in out and "smoke, stl10_resnet20_places_imagenet" in out
+        assert "\n  --[no]overwrite  (default: false)\n" in out and "smoke, smoke_video, stl10_resnet20_places_imagenet" in out
     if command == "compare":
         assert "\n  --output_dir=<text>  (default: runs/compare)\n      Where the runs" in out
 

@@ -30,6 +30,8 @@ def test_each_choice_flag_offers_its_names_in_order():
         "soft_label_cache": names.SOFT_LABEL_CACHES,
         "jit_compile": names.JIT_CHOICES,
         "cache": names.CACHES,
+        "resnet_shortcut": names.RESNET_SHORTCUTS,
+        "video_source_frames": names.VIDEO_SOURCE_FRAMES,
     }.items():
         assert flags.FLAGS[flag].parser.enum_values == list(choices), flag
 

@@ -80,10 +80,13 @@ def _video_overrides(config):
     if not config_lib.is_video_dataset(config.dataset):
         return []
     out = ["--clip_length=4"]
+    # ResNet-18 and -34 (3D) share ResNet-10's code (tests/test_resnet3d.py builds each): the smallest trains here.
+    if _ARCHITECTURES.get(config.model) == "resnet3d_basic_blocks":
+        out.append("--model=resnet10_3d")
     if config.dataset in ("ucf101", "hmdb51"):
         out.append(f"--data_dir={_video_stand_in(config.dataset)}")
     if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
-        depth = int(config.model.removeprefix("resnet").removesuffix("_3d"))
+        depth = 10 if _ARCHITECTURES.get(config.model) == "resnet3d_basic_blocks" else int(config.model[6:-3])
         out.append(f"--init_checkpoint={_video_stand_in('kinetics', depth, config.resnet_shortcut)}")
     return out
 
@@ -420,6 +423,7 @@ _ARCHITECTURES = {
     **{f"resnet{n}": "cifar_resnet" for n in (20, 32, 44, 56, 110)},
     "resnet18": "resnet_basic_blocks",
     "resnet34": "resnet_basic_blocks",
+    **{f"resnet{n}_3d": "resnet3d_basic_blocks" for n in (10, 18, 34)},
 }
 # UCF101 and HMDB51 differ only in how their split lists are read (tests/data/test_video_index.py).
 _SAME_CODE_DATASETS = {"ucf101": "video_split_lists", "hmdb51": "video_split_lists"}

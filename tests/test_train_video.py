@@ -47,7 +47,9 @@ def _args(out, *extra):
     ]
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: xdist may interleave this module's tests with others on its worker, and pytest tears a
+# module-scoped fixture down whenever the next test is another module's (the run would train again).
+@pytest.fixture(scope="session")
 def video_run(tmp_path_factory, stand_ins):
     out = tmp_path_factory.mktemp("video") / "sskt"
     source = stand_ins("motion_source", 10)
