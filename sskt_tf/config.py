@@ -447,6 +447,11 @@ def _check_config(c):
 def _check_video(c, bad):
     """Videos and 3D targets go together, with what applies to clips."""
     video, model_3d = is_video_dataset(c.dataset), is_video_model(c.model)
+    if c.dataset.removeprefix("tfds:").split("/")[0] in ("ucf101", "hmdb51") and c.dataset.startswith("tfds:"):
+        bad(
+            f"--dataset={c.dataset}: TFDS serves UCF101 as whole videos, which this tool does not read through tfds:; "
+            "use --dataset=ucf101 with --data_dir=<root> of frame folders (python -m sskt_tf.prepare_video makes them; docs/video.md)."
+        )
     if c.clip_length < 1:
         bad(f"--clip_length must be >= 1 frame. Received: {c.clip_length}.")
     if c.video_split not in (1, 2, 3):

@@ -197,7 +197,8 @@ def summary_lines(config, data, model, steps_per_epoch, replicas=1):
     method_text = method if method == config.method else f"{method} (--method={config.method} without --sources: the target alone)"
     full_pass = data.num_train // config.batch_size
     steps = (
-        f"{_plural(config.epochs, 'epoch')} x {_plural(steps_per_epoch, 'step')} x {config.batch_size} images "
+        f"{_plural(config.epochs, 'epoch')} x {_plural(steps_per_epoch, 'step')} x {config.batch_size} "
+        f"{'clips (one per video per pass)' if data.clip_length else 'images'} "
         f"(global batch; {_plural(replicas, 'replica')})"
     )
     if steps_per_epoch != full_pass:
