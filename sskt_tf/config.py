@@ -458,6 +458,11 @@ def _check_video(c, bad):
         bad(f"--video_split must be 1, 2 or 3 (the official splits of UCF101 and HMDB51). Received: {c.video_split}.")
     if c.video_source_num_frames < 1:
         bad(f"--video_source_num_frames must be >= 1. Received: {c.video_source_num_frames}.")
+    if c.video_source_frames == "mean" and c.video_source_num_frames > c.clip_length:
+        bad(
+            f"--video_source_num_frames={c.video_source_num_frames} is more than the {c.clip_length} frames of a clip "
+            f"(--clip_length); pass at most {c.clip_length}."
+        )
     if video and not model_3d:
         bad(f"--dataset={c.dataset} holds videos, but --model={c.model} is a 2D network; use a 3D target: --model=resnet18_3d (or resnet10_3d, resnet34_3d, resnet50_3d).")
     if model_3d and not video:
@@ -656,7 +661,8 @@ def from_flags(fl=flags.FLAGS):
         raise UserError(f"--video_split={fl.video_split} only applies to --dataset=ucf101 or hmdb51 (their official splits); received --dataset={fl.dataset}.")
     if fl["video_source_num_frames"].present and fl.video_source_frames != "mean":
         raise UserError(f"--video_source_num_frames={fl.video_source_num_frames} only applies to --video_source_frames=mean; received --video_source_frames={fl.video_source_frames}.")
-    if fl["resnet_shortcut"].present and not is_video_model(fl.model):
+    # On video data, a 2D --model is the problem to name (Config's check), not its shortcut flag.
+    if fl["resnet_shortcut"].present and not is_video_model(fl.model) and not video:
         raise UserError(f"--resnet_shortcut={fl.resnet_shortcut} only applies to the 3D ResNets (--model=resnet*_3d); received --model={fl.model}.")
     if fl["lr_patience"].present and fl.lr_schedule != "plateau":
         raise UserError(f"--lr_patience={fl.lr_patience} only applies to --lr_schedule=plateau; received --lr_schedule={fl.lr_schedule}.")

@@ -31,6 +31,7 @@ import tensorflow as tf
 from sskt_tf import data as data_lib
 from sskt_tf import metrics as metrics_lib  # Shared with training.
 from sskt_tf.data import folder as folder_data
+from sskt_tf.data import video as video_data
 from sskt_tf.config import is_video_dataset
 from sskt_tf.data.load import kind_of
 from sskt_tf.errors import UserError, blocking_file, writable_dir
@@ -96,7 +97,7 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "dataset"
 
 
-def predict_logits(model, dataset, count=None, verbose=0):
+def predict_logits(model, dataset, count=None, verbose=0, unit_name="image"):
     """Logits and labels of one pass over a `(images, labels)` dataset, as numpy arrays.
 
     Args:
@@ -106,6 +107,7 @@ def predict_logits(model, dataset, count=None, verbose=0):
         count: the images in `dataset`, for the progress bar's total and time left; None: unknown.
         verbose: 1: a progress bar over the images (`keras.utils.Progbar`, on stdout); 2: one line
             at the end; 0: none.
+        unit_name: what the progress bar counts ("image", "clip").
 
     Returns:
         `(logits, labels)`: float32 `[N, C]`, and the labels concatenated as they come (int32
@@ -113,7 +115,7 @@ def predict_logits(model, dataset, count=None, verbose=0):
     """
     logits, labels = [], []
     predict = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-    progress, seen = keras.utils.Progbar(count, verbose=verbose, unit_name="image"), 0
+    progress, seen = keras.utils.Progbar(count, verbose=verbose, unit_name=unit_name), 0
     for images, batch_labels in dataset:
         logits.append(predict(images).numpy())
         labels.append(batch_labels.numpy())
@@ -241,7 +243,15 @@ def evaluate(trained, dataset, *, data_dir=None, output_dir, batch_size=DEFAULT_
     videos = data.test_videos
     if videos is not None:
         # Video: every non-overlapping clip, scored per video (the mean of its clips' softmax).
-        clip_logits, _ = predict_logits(trained.model, videos.clips, count=videos.num_clips, verbose=1 if verbose else 0)
+        try:
+            clip_logits, _ = predict_logits(
+                trained.model, videos.clips, count=videos.num_clips, verbose=1 if verbose else 0, unit_name="clip"
+            )
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+            problem = video_data.read_error(e)
+            if problem is None:
+                raise
+            raise UserError(f"{problem}; extract that video again (python -m sskt_tf.prepare_video, after deleting its folder).") from None
         labels = np.asarray(videos.labels)
         logits = np.log(np.maximum(metrics_lib.video_scores(clip_logits, videos.video_ids, len(labels)), 1e-300))
     else:
@@ -327,7 +337,8 @@ def format_report(results, columns, rows, output_dir):
     metrics = "  ".join(f"{k}={v:.4f}" for k, v in results["test"].items())
     skipped = len(results.get("skipped_images") or [])
     left_out = f", {skipped} left out that cannot be decoded" if skipped else ""
-    lines = [f"{results['model']} on {results['dataset']} ({results['num_test']} test images{left_out}): {metrics}", ""]
+    unit = "videos" if "video_accuracy" in results["test"] else "images"
+    lines = [f"{results['model']} on {results['dataset']} ({results['num_test']} test {unit}{left_out}): {metrics}", ""]
     width = max(len("class"), *(len(r[0]) for r in rows))
     lines.append(f"{'class':<{width}}  " + "  ".join(f"{c:>{max(9, len(c))}}" for c in columns))
     for row in rows:

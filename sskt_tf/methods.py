@@ -13,6 +13,9 @@ the target alone for export, Mean trackers per loss term, evaluation of the targ
 train_lib asks of a run (`sources`, `extra_targets`, `split_results`) answered by each model itself.
 """
 
+import os
+import zipfile
+
 import keras
 
 from sskt_tf import heads, models, sources
@@ -275,9 +278,13 @@ def initialize_backbone(backbone, path, flag="--init_checkpoint"):
         flag: the flag named in messages.
 
     Raises:
-        UserError: a file that does not load; a backbone layer with weights that the file lacks or
-            holds with other shapes (another depth, shortcut or width).
+        UserError: a missing file or one that is no `.keras` file or does not load; a network of
+            images for a network of clips or the reverse; a backbone layer with weights that the file
+            lacks or holds with other shapes (another depth, shortcut or width).
     """
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        what = "does not exist" if not os.path.exists(path) else "is not a .keras file (a zip archive written by Keras 3's model.save)"
+        raise UserError(f"{flag}={path} {what}; pass a file written by python -m sskt_tf.convert_torch or by a training run (target.keras).")
     try:
         saved = keras.saving.load_model(path, compile=False)
     except Exception as e:
@@ -285,6 +292,13 @@ def initialize_backbone(backbone, path, flag="--init_checkpoint"):
             f"{flag}={path}: cannot load it as a Keras 3 .keras file ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
             "pass a file written by python -m sskt_tf.convert_torch or by a training run (target.keras)."
         ) from None
+    theirs, ours = len(saved.input_shape), len(backbone.input_shape)
+    if theirs != ours:
+        kinds = {4: "images [N, H, W, 3]", 5: "clips [N, T, H, W, 3]"}
+        raise UserError(
+            f"{flag}={path} is a network of {kinds.get(theirs, saved.input_shape)}, but --model={backbone.name} takes "
+            f"{kinds.get(ours, backbone.input_shape)}; pass a checkpoint of the same network."
+        )
     by_name = {}
     for layer in saved._flatten_layers(include_self=False, recursive=True):
         if layer.weights and not isinstance(layer, keras.Model):

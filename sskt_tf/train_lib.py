@@ -31,6 +31,7 @@ from sskt_tf import config as config_lib
 from sskt_tf import data as data_lib
 from sskt_tf import diagnostics, distribute, losses, methods, optim, soft_labels
 from sskt_tf import metrics as metrics_lib
+from sskt_tf.data import video as video_data
 from sskt_tf import run_dir as run_dir_lib
 from sskt_tf import run_summary
 from sskt_tf.errors import UserError, writable_dir
@@ -165,12 +166,17 @@ def _train(config, strategy, start, tracker):
         )
     except callbacks_lib.NonFiniteLoss as e:
         raise _stopped(config, e, resume, checkpoint) from None
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+        raise _unreadable_frame(e, resume) from None
     tracker.finished = True
     epochs_completed = initial_epoch + len(history.history.get("loss", []))
     wall_seconds = earlier_seconds + time.perf_counter() - start
-    results = write_results(
-        config, model, data, epochs_completed, throughput, wall_seconds, checkpoint, split, source_diagnostics.last
-    )
+    try:
+        results = write_results(
+            config, model, data, epochs_completed, throughput, wall_seconds, checkpoint, split, source_diagnostics.last
+        )
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+        raise _unreadable_frame(e, resume) from None
     if resume is not None:
         resume.delete()  # Only now: a crash before results.json leaves a state to resume from.
     if config.export:
@@ -408,6 +414,19 @@ def write_results(config, model, data, epochs_completed, throughput, wall_second
     }
     run_dir_lib.write_json(os.path.join(config.output_dir, "results.json"), results)
     return results
+
+
+def _unreadable_frame(error, resume):
+    """The UserError of a video frame file that could not be read during the run, or `error` itself."""
+    problem = video_data.read_error(error)
+    if problem is None:
+        return error
+    saved = resume.saved_epoch() if resume else 0
+    kept = f"; the same command resumes after epoch {saved}" if saved else ""
+    return UserError(
+        f"{problem} (a frame of the video data, read when its clip was); extract that video again "
+        f"(python -m sskt_tf.prepare_video, after deleting its folder) or remove it from the split{kept}."
+    )
 
 
 def _finite_or_text(value):

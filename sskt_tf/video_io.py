@@ -88,12 +88,13 @@ def is_finished(frame_dir: str) -> bool:
 
 
 def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """`(width, height)` with the short side scaled to `short_side` px and the aspect ratio kept.
+    """`(width, height)` with the short side scaled down to `short_side` px and the aspect ratio kept.
 
     The long side is rounded to the nearest pixel (halves up), as ffmpeg's `scale=-1:<short_side>`
-    computes it; `short_side=None` keeps the size.
+    computes it. A video whose short side is `short_side` or less keeps its size (Hara et al.'s
+    ffmpeg script would enlarge it: more pixels on disk, no more detail); `short_side=None` keeps it too.
     """
-    if short_side is None:
+    if short_side is None or min(width, height) <= short_side:
         return width, height
     if width >= height:
         return max(1, (2 * width * short_side + height) // (2 * height)), short_side

@@ -109,6 +109,10 @@ def test_per_source_alpha_and_temperature(monkeypatch):
         (["--dataset=ucf101", "--model=resnet18_3d", "--soft_label_cache=replay"], "--soft_label_cache=replay stores one logit vector per image; it does not apply to video datasets"),
         (["--dataset=hmdb51", "--model=resnet18_3d", "--method=maxl"], "--method=maxl is not implemented for video datasets"),
         (["--dataset=hmdb51", "--model=resnet18_3d", "--mixup=0.2"], "video clips get the reference's multi-scale corner crop and flip"),
+        (["--dataset=ucf101", "--model=resnet18_3d", "--clip_length=8", "--video_source_frames=mean", "--video_source_num_frames=9"],
+         "--video_source_num_frames=9 is more than the 8 frames of a clip (--clip_length); pass at most 8"),
+        # A video flagfile with a 2D --model: the model is the problem, not the flagfile's --resnet_shortcut.
+        (["--config=video_common", "--dataset=hmdb51", "--model=resnet20"], "--dataset=hmdb51 holds videos, but --model=resnet20 is a 2D network"),
         (["--dataset=tfds:ucf101/ucf101_1"], "--dataset=tfds:ucf101/ucf101_1: TFDS serves UCF101 as whole videos"),
         (["--lr_patience=3"], "--lr_patience=3 only applies to --lr_schedule=plateau; received --lr_schedule=multistep"),
         (["--lr_schedule=plateau", "--lr_patience=-1"], "--lr_patience must be >= 0"),

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 from conftest import assert_one_error_line, run_commands
 from videos import write_damaged_video, write_video
@@ -64,7 +65,7 @@ def test_writes_the_frame_folders_resumes_and_retries_only_the_failed_videos(tmp
     # What a killed extractor of another tool left: a folder without n_frames is done again.
     (output / "Archery" / "v_Archery_g02_c01").mkdir(parents=True)
     (output / "Archery" / "v_Archery_g02_c01" / "image_00001.jpg").write_bytes(b"old")
-    args = [f"--videos={videos}", f"--output={output}", "--dataset=ucf101", "--short_side=48", "--workers=2"]
+    args = [f"--videos={videos}", f"--output={output}", "--dataset=ucf101", "--short_side=12", "--workers=2"]
     with pytest.raises(UserError) as error:
         run_main(monkeypatch, *args)
     message = one_line(error.value)
@@ -78,7 +79,7 @@ def test_writes_the_frame_folders_resumes_and_retries_only_the_failed_videos(tmp
     )
     assert printed[1] == (
         f"4 videos in 2 class folders under {videos}: 0 already extracted (skipped), 4 to extract into {output} with 2 "
-        "processes (short side 48 px, JPEG quality 90)."
+        "processes (short side 12 px, JPEG quality 90)."
     )
     assert "4/4" in printed[2]  # The progress bar.
     assert printed[-1].startswith("extracted 3 videos (9 frames) in ") and printed[-1].endswith(" frames/s.")
@@ -89,7 +90,9 @@ def test_writes_the_frame_folders_resumes_and_retries_only_the_failed_videos(tmp
     }
     assert frame_tree(output) == expected
     assert (output / "Bowling" / "v_Bowling_g01_c01" / "n_frames").read_text() == "4"
-    assert np.asarray(video_io.read_video(str(videos / "Bowling" / "v_Bowling_g01_c01.avi"), 48)).shape == (4, 48, 64, 3)
+    # The 24x32 videos scaled to a short side of 12 px.
+    assert np.asarray(video_io.read_video(str(videos / "Bowling" / "v_Bowling_g01_c01.avi"), 12)).shape == (4, 12, 16, 3)
+    assert tf.io.decode_jpeg(tf.io.read_file(str(output / "Bowling" / "v_Bowling_g01_c01" / "image_00001.jpg"))).shape == (12, 16, 3)
 
     # Run again: the finished ones are skipped, the bad one is tried again and fails again.
     stamps = {p: os.stat(output / p / "n_frames").st_mtime_ns for p in expected}

@@ -30,10 +30,11 @@ def test_read_video_gives_back_the_frames_written(tmp_path, ext):
     assert video.dtype == np.uint8 and video.shape == (5, 24, 32, 3)
     # Flat colours survive yuv420p and the codec within a few levels.
     np.testing.assert_allclose(video.mean(axis=(1, 2)), COLOURS, atol=6)
-    # Short side 48: twice the size, the aspect ratio kept, the same colours.
-    scaled = video_io.read_video(path, short_side=48)
-    assert scaled.shape == (5, 48, 64, 3)
+    # Short side 12: half the size, the aspect ratio kept, the same colours; 48 would enlarge it: kept.
+    scaled = video_io.read_video(path, short_side=12)
+    assert scaled.shape == (5, 12, 16, 3)
     np.testing.assert_allclose(scaled.mean(axis=(1, 2)), COLOURS, atol=6)
+    assert video_io.read_video(path, short_side=48).shape == (5, 24, 32, 3)
 
 
 def test_scaled_size_keeps_the_aspect_ratio_as_ffmpeg_rounds():
@@ -41,6 +42,7 @@ def test_scaled_size_keeps_the_aspect_ratio_as_ffmpeg_rounds():
     assert video_io.scaled_size(400, 300, 240) == (320, 240)
     assert video_io.scaled_size(240, 320, 240) == (240, 320)  # Portrait: the width is the short side.
     assert video_io.scaled_size(321, 240, 120) == (161, 120)  # 160.5 rounds up, as ffmpeg's av_rescale.
+    assert video_io.scaled_size(64, 48, 240) == (64, 48)  # Smaller videos are not enlarged.
     assert video_io.scaled_size(319, 240, 120) == (160, 120)  # 159.5 -> 160.
     assert video_io.scaled_size(100, 100, 50) == (50, 50)
     assert video_io.scaled_size(32, 24, None) == (32, 24)
@@ -79,9 +81,9 @@ def test_extract_frames_writes_numbered_jpegs_and_n_frames_last(tmp_path):
     assert sorted(os.listdir(out)) == [f"image_0000{i}.jpg" for i in range(1, 6)] + ["n_frames"]
     assert (out / "n_frames").read_text() == "5"  # As Hara et al.'s n_frames files: the number alone.
     assert video_io.is_finished(str(out))
-    # The default short side, 240 (Hara et al.'s): 24x32 -> 240x320.
+    # The default short side, 240 (Hara et al.'s), does not enlarge a smaller video: 24x32 stays.
     first = np.asarray(Image.open(out / "image_00001.jpg"))
-    assert first.shape == (240, 320, 3)
+    assert first.shape == (24, 32, 3)
     for i, colour in enumerate(COLOURS):
         np.testing.assert_allclose(np.asarray(Image.open(out / video_io.frame_name(i))).mean(axis=(0, 1)), colour, atol=6)
     assert os.listdir(out.parent) == ["clip"]  # No temporary directory left.

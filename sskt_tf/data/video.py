@@ -30,6 +30,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -257,10 +258,40 @@ def read_jpeg_clip(frame_dir, indices, box, clip_length: int) -> tf.Tensor:
     """
     paths = frame_paths(frame_dir, indices)
     files = [tf.io.read_file(paths[j]) for j in range(clip_length)]
-    shape = tf.image.extract_jpeg_shape(files[0])
+    # TensorFlow's decoder names no file when a frame is no JPEG: this check does (see `read_error`).
+    checks = [tf.debugging.Assert(tf.io.is_jpeg(f), [NOT_A_JPEG, paths[j]]) for j, f in enumerate(files)]
+    with tf.control_dependencies(checks):
+        shape = tf.image.extract_jpeg_shape(files[0])
     y, x, side = box(shape[0], shape[1])
     window = tf.stack([y, x, side, side])
     return tf.stack([tf.image.decode_and_crop_jpeg(f, window, channels=3) for f in files])
+
+
+# The first words of the check's message in `read_jpeg_clip`, which `read_error` recognises.
+NOT_A_JPEG = "sskt_tf: not a JPEG frame:"
+
+
+def read_error(error) -> str | None:
+    """What a TensorFlow error raised while clips were read says about a frame file, or None.
+
+    Frame folders are listed and counted up front (`video_index.count_frames`), not opened: a frame
+    deleted or damaged later surfaces when its clip is read, inside TensorFlow.
+
+    Args:
+        error: a `tf.errors.OpError` raised by a training, evaluation or prediction pass.
+
+    Returns:
+        `"<frame file>: <what is wrong>"`, or None when the error is about something else.
+    """
+    message = str(getattr(error, "message", error))
+    if isinstance(error, tf.errors.NotFoundError):
+        found = re.search(r"(\S+/image_\d+\.jpg); No such file or directory", message)
+        return f"{found.group(1)}: no such frame file" if found else None
+    if isinstance(error, tf.errors.InvalidArgumentError) and NOT_A_JPEG in message:
+        # tf.debugging.Assert prints its data as "[<marker>] [<path>]".
+        found = re.search(re.escape(NOT_A_JPEG) + r"\]?\s*\[?([^\]\s]+?\.jpg)", message)
+        return f"{found.group(1) if found else 'a frame file'}: not a JPEG image"
+    return None
 
 
 # --------------------------------------------------------------------------- videos of a split
@@ -613,6 +644,13 @@ def load(
         )
     if train.size == 0 or test.size == 0:
         raise UserError(f"--dataset={dataset} has {train.size} training and {test.size} test videos; both splits need videos.")
+    for name, split in (("training", train), ("test", test), ("validation", validation)):
+        short = 0 if split is None else int((split.num_frames < clip_length).sum())
+        if short:
+            pipeline.info(
+                f"{dataset}: {short} of the {split.size} {name} videos have fewer than --clip_length={clip_length} frames; "
+                "their clips repeat their frames (loop padding, as the reference's)."
+            )
     validation_from = None
     if validation is not None:
         if validation_split > 0:

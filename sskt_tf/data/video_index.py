@@ -96,8 +96,9 @@ def count_frames(frame_dir: str) -> int | None:
         The count (0 for a directory without frames), or None where `frame_dir` is not a directory.
 
     Raises:
-        UserError: an `n_frames` file that does not hold a whole number, or `image_*.jpg` files whose
-            numbers have gaps (the loader reads `image_00001.jpg` to `image_<count>.jpg`).
+        UserError: an `n_frames` file that does not hold a whole number or another count than the
+            folder's `image_*.jpg` files, or `image_*.jpg` files whose numbers have gaps (the loader
+            reads `image_00001.jpg` to `image_<count>.jpg`).
     """
     n_frames = os.path.join(frame_dir, video_io.N_FRAMES)
     try:
@@ -112,6 +113,15 @@ def count_frames(frame_dir: str) -> int | None:
             raise UserError(
                 f"{n_frames} holds {text[:20]!r}, not a frame count; delete the file (the frames are then counted) or "
                 "extract the video again."
+            )
+        # The loader reads image_00001.jpg to image_<n>.jpg: a frame deleted or added since shows in the count
+        # (one listing of the folder, no image opened).
+        with os.scandir(frame_dir) as entries:
+            files = sum(1 for e in entries if e.name.startswith("image_") and e.name.endswith(".jpg"))
+        if files != int(text):
+            raise UserError(
+                f"{frame_dir} has {files} image_*.jpg frames but its n_frames file says {int(text)}: frames are missing or "
+                "were added. Extract the video again (python -m sskt_tf.prepare_video; delete this folder first)."
             )
         return int(text)
     try:

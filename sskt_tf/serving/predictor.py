@@ -60,7 +60,10 @@ def read_image(path):
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         # TensorFlow wraps the reason in "{{function_node ...}} ... [Op:DecodeImage]".
         reason = "empty file" if not data else re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", e.message.splitlines()[0]).strip()
-        raise UserError(f"{path}: not a readable image ({reason}); pass JPEG, PNG, BMP, GIF or WebP files.") from None
+        raise UserError(
+            f"{path}: not a readable image ({reason}); pass JPEG, PNG, BMP, GIF or WebP files (or, to a video model, "
+            f"video files: {', '.join(video_io.VIDEO_EXTENSIONS)})."
+        ) from None
     return data
 
 

@@ -10,6 +10,7 @@ import tensorflow as tf
 from sskt_tf import data
 from sskt_tf.config import AugmentationConfig
 from sskt_tf.data import video, video_index
+from sskt_tf.errors import UserError
 
 
 def _ints(tensor):
@@ -379,3 +380,31 @@ def test_what_does_not_apply_to_videos(user_error):
         assert user_error(call).startswith("--soft_label_cache does not apply to video datasets")
     for message in (user_error(load(augment="randaugment")), user_error(load(cache="memory"))):
         assert "\n" not in message
+
+
+def test_a_frame_deleted_or_damaged_after_indexing_is_named(tmp_path):
+    """Frames are counted up front, not opened: a frame file missing or not a JPEG when its clip is read
+    becomes an error naming the file (`video.read_error`), not TensorFlow's nameless one."""
+    listed = _flat_videos(tmp_path, [6])
+    videos = video._Videos.of(listed)
+    frames = os.path.join(listed.frame_dirs[0], "image_00003.jpg")
+
+    def first_error():
+        stream, _ = video.clip_stream(videos, video.test_starts, 4, (16, 16), 1)
+        try:
+            list(stream)
+        except tf.errors.OpError as e:
+            return e
+        return None
+
+    with open(frames, "wb") as f:
+        f.write(b"junk")
+    error = first_error()
+    assert video.read_error(error) == f"{frames}: not a JPEG image"
+    os.remove(frames)
+    error = first_error()
+    assert video.read_error(error) == f"{frames}: no such frame file"
+    assert video.read_error(tf.errors.InvalidArgumentError(None, None, "Incompatible shapes")) is None
+    # Up front, the folder's count disagrees with its n_frames file: one line before anything is read.
+    with pytest.raises(UserError, match="has 5 image_\\*.jpg frames but its n_frames file says 6"):
+        video_index.count_frames(listed.frame_dirs[0])

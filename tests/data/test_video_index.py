@@ -131,7 +131,10 @@ def test_ucf101_errors_name_the_file_and_the_fix(ucf_root, tmp_path):
             f"run python -m sskt_tf.prepare_video --dataset=ucf101 --videos=<folder of the class folders of .avi files> --output={ucf_root}/frames")
     for video in ("v_Bowling_g02_c01", "v_Bowling_g03_c01"):
         os.rename(os.path.join(ucf_root, "frames", "Bowling", "." + video), os.path.join(ucf_root, "frames", "Bowling", video))
-    with open(os.path.join(ucf_root, "frames", "Bowling", "v_Bowling_g01_c01", "n_frames"), "w") as f:
+    emptied = os.path.join(ucf_root, "frames", "Bowling", "v_Bowling_g01_c01")
+    for name in os.listdir(emptied):
+        os.remove(os.path.join(emptied, name))
+    with open(os.path.join(emptied, "n_frames"), "w") as f:
         f.write("0")
     refused(lambda: video_index.ucf101(ucf_root, 1), f"1 video folder has 0 frames (first: {ucf_root}/frames/Bowling/v_Bowling_g01_c01)")
     with open(os.path.join(lists, "testlist01.txt"), "a", newline="") as f:
