@@ -2,9 +2,9 @@
 session's global state restored around every test, tiny stand-in sources, and the helpers of the
 command-line tests.
 
-The suite runs in parallel with pytest-xdist (`python -m pytest -n auto`); each worker is its own
-process with its own TensorFlow. Tests that start subprocesses or train through the command are
-marked `slow`: `python -m pytest -m "not slow"` is the quick loop while developing."""
+The suite runs in parallel with pytest-xdist, in two commands (the README's): `python -m pytest -n auto
+-m "not slow"`, then `-m slow`, the tests that start subprocesses, run notebooks or train through the
+command end to end; each worker is its own process with its own TensorFlow."""
 
 import os
 import re

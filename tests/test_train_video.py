@@ -7,7 +7,10 @@ file consistently with an independent computation, and serves as the video KD te
 its peers on the same clips.
 """
 
+import fcntl
+import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -27,7 +30,7 @@ from conftest import run_training
 CLIP_LENGTH = 8
 DATASET = "synthetic_video:2"  # Up or down: chance is 1/2.
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("video_run")]
+pytestmark = pytest.mark.slow
 
 
 def _args(out, *extra):
@@ -47,15 +50,20 @@ def _args(out, *extra):
     ]
 
 
-# Session-scoped: xdist may interleave this module's tests with others on its worker, and pytest tears a
-# module-scoped fixture down whenever the next test is another module's (the run would train again).
 @pytest.fixture(scope="session")
 def video_run(tmp_path_factory, stand_ins):
-    out = tmp_path_factory.mktemp("video") / "sskt"
-    source = stand_ins("motion_source", 10)
-    # The centre crop only (--augment=none): the motion is learnt in a few dozen steps (5 epochs measured).
-    results = run_training(_args(out, f"--sources={source}", "--alpha=0.1", "--epochs=8", "--augment=none"))
-    return out, results
+    """The run, trained once per test session: its tests may land on several xdist workers, which share
+    the session's base temporary directory; the first trains it (under a lock), the others read it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-<n>/: this session's.
+    out = root / "video_run" / "sskt"
+    with open(root / "video_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "results.json").exists():
+            source = stand_ins("motion_source", 10)
+            # The centre crop only (--augment=none): the motion is learnt in a few dozen steps (5 epochs measured).
+            run_training(_args(out, f"--sources={source}", "--alpha=0.1", "--epochs=8", "--augment=none", "--overwrite"))
+    return out, json.loads((out / "results.json").read_text())
 
 
 def test_sskt_on_clips_learns_the_motion_and_scores_clips_and_videos(video_run):

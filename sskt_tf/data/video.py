@@ -629,8 +629,9 @@ def load(
         )
     if skip_bad_images:
         raise UserError(
-            f"--skip_bad_images does not apply to video datasets ({dataset}): their frames are not checked up "
-            "front; remove the flag."
+            f"--skip_bad_images does not apply to video datasets ({dataset}): a video that does not decode is named when "
+            "its frames are extracted, and a frame folder that does not match its n_frames file when the data is "
+            "listed; remove the flag."
         )
     if image_size is None:
         side = SYNTHETIC_IMAGE_SIZE if dataset.startswith("synthetic_video") else DEFAULT_IMAGE_SIZE
