@@ -50,12 +50,15 @@ def _spec_classes(spec, default):
 
 
 # Video roots and the Kinetics checkpoint stand in for UCF101, HMDB51 and Hara's converted file: made once per
-# process, tiny (3 classes x 3 videos of 6 frames of 24x32 px; a random-weight 3D ResNet of the flagfile's depth).
+# process, when a run needs them (not while the flagfiles are grouped at collection), tiny (3 classes x 3
+# videos of 6 frames of 24x32 px; a random-weight 3D ResNet of the flagfile's depth), removed at exit.
 _VIDEO_STAND_INS = {}
 
 
 def _video_stand_in(kind, *args):
     if (kind, *args) not in _VIDEO_STAND_INS:
+        import atexit
+        import shutil
         import tempfile
 
         import videos  # tests/videos.py
@@ -63,6 +66,7 @@ def _video_stand_in(kind, *args):
         from sskt_tf.models import resnet3d_classifier
 
         root = tempfile.mkdtemp(prefix=f"sskt_{kind}_")
+        atexit.register(shutil.rmtree, root, True)
         if kind == "ucf101":
             path = videos.make_ucf101_root(root, ["Archery", "Bowling", "Drumming"], 3, num_frames=6)
         elif kind == "hmdb51":
@@ -75,8 +79,10 @@ def _video_stand_in(kind, *args):
     return _VIDEO_STAND_INS[(kind, *args)]
 
 
-def _video_overrides(config):
-    """Offline stand-ins of a video flagfile: a tiny dataset root, short clips, the Kinetics checkpoint."""
+def _video_overrides(config, dry_run=False):
+    """Offline stand-ins of a video flagfile: a tiny dataset root, short clips, the Kinetics checkpoint
+    (with `dry_run`, their would-be paths, made by nothing)."""
+    stand_in = (lambda kind, *args: f"/stand_in/{kind}") if dry_run else _video_stand_in
     if not config_lib.is_video_dataset(config.dataset):
         return []
     out = ["--clip_length=4"]
@@ -84,10 +90,10 @@ def _video_overrides(config):
     if _ARCHITECTURES.get(config.model) == "resnet3d_basic_blocks":
         out.append("--model=resnet10_3d")
     if config.dataset in ("ucf101", "hmdb51"):
-        out.append(f"--data_dir={_video_stand_in(config.dataset)}")
+        out.append(f"--data_dir={stand_in(config.dataset)}")
     if config.init_checkpoint and not os.path.exists(config.init_checkpoint):
         depth = 10 if _ARCHITECTURES.get(config.model) == "resnet3d_basic_blocks" else int(config.model[6:-3])
-        out.append(f"--init_checkpoint={_video_stand_in('kinetics', depth, config.resnet_shortcut)}")
+        out.append(f"--init_checkpoint={stand_in('kinetics', depth, config.resnet_shortcut)}")
     return out
 
 
@@ -118,7 +124,7 @@ def resolved_config(args):
             FLAGS.unparse_flags()
 
 
-def smoke_overrides(flagfile, output_dir, stand_ins):
+def smoke_overrides(flagfile, output_dir, stand_ins, dry_run=False):
     """Offline stand-ins: synthetic data with the right class count, tiny random sources, 2 steps."""
     config = resolved_config([f"--flagfile={flagfile}"])
     dataset = _DATASET_STAND_INS.get(config.dataset, config.dataset)
@@ -141,7 +147,7 @@ def smoke_overrides(flagfile, output_dir, stand_ins):
         f"--sources={','.join(specs)}",
         *teacher,
         *size,
-        *_video_overrides(config),
+        *_video_overrides(config, dry_run),
         "--epochs=1",
         "--steps_per_epoch=2",
         "--batch_size=4",
@@ -443,9 +449,9 @@ def _code_path(config):
     return json.dumps(d, sort_keys=True)
 
 
-def _flagfile_args(flagfile, output_dir, stand_ins):
+def _flagfile_args(flagfile, output_dir, stand_ins, dry_run=False):
     # One epoch: no resumption state to write (test_resilience.py tests resumption).
-    return [*smoke_overrides(flagfile, output_dir, stand_ins), "--noresume"]
+    return [*smoke_overrides(flagfile, output_dir, stand_ins, dry_run), "--noresume"]
 
 
 _FLAGFILE_RUNS = {}  # The code path -> (the trained Config, its output directory, its outcome).
@@ -478,7 +484,7 @@ def _flagfile_params():
     index = {}  # code path -> its order of appearance
     group = {}
     for flagfile in FLAGFILES:
-        args = _flagfile_args(flagfile, "OUTPUT_DIR", lambda name, classes, index=0: f"mobilenet_v2:random:{classes}")
+        args = _flagfile_args(flagfile, "OUTPUT_DIR", lambda name, classes, index=0: f"mobilenet_v2:random:{classes}", dry_run=True)
         args.remove("--output_dir=OUTPUT_DIR")
         path = _code_path(resolved_config(args))
         group[flagfile] = index.setdefault(path, len(index)) % 2
