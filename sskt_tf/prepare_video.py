@@ -42,8 +42,6 @@ DATASETS = ("folder", "ucf101", "hmdb51")
 # What each dataset's class folders number, and where its split lists go (beside frames/).
 _CLASSES = {"ucf101": 101, "hmdb51": 51}
 _SPLIT_LISTS = {"ucf101": "ucfTrainTestlist", "hmdb51": "testTrainMulti_7030_splits"}
-# The failed videos the error line names.
-_SHOWN_FAILURES = 3
 
 
 @flag_definitions
@@ -217,12 +215,10 @@ def prepare(videos, output, dataset="folder", short_side=video_io.DEFAULT_SHORT_
     note = extracted.damage_note()
     if note:
         print(note, flush=True)
-    failures = extracted.failures
-    if failures:
-        shown = "; ".join(f"{path} ({reason})" for path, reason in list(failures.items())[:_SHOWN_FAILURES])
-        more = f"; and {len(failures) - _SHOWN_FAILURES} more" if len(failures) > _SHOWN_FAILURES else ""
+    if extracted.failures:
         raise UserError(
-            f"{len(failures)} of {len(jobs)} videos could not be extracted: {shown}{more}. The others are in {output}; "
+            f"{len(extracted.failures)} of {len(jobs)} videos could not be extracted: {extracted.failures_shown()}. "
+            f"The others are in {output}; "
             "download or re-encode these files (or remove them) and run the same command again: it extracts only "
             "what is missing."
         )

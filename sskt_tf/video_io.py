@@ -400,6 +400,11 @@ class Extracted:
             f"frames that decode are written): {shown}{more}. Replace {'them' if count > 1 else 'it'} for every frame."
         )
 
+    def failures_shown(self) -> str:
+        """The first few failures, `<path> (<reason>); ...`, and how many more: for the caller's error line."""
+        shown = "; ".join(f"{path} ({reason})" for path, reason in list(self.failures.items())[:_SHOWN])
+        return shown + (f"; and {len(self.failures) - _SHOWN} more" if len(self.failures) > _SHOWN else "")
+
     @property
     def frames_per_second(self) -> float:
         """Frames written per second of wall-clock time."""

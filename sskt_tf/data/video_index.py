@@ -65,7 +65,6 @@ _FRAME_FILE = re.compile(r"image_(\d{5,})\.jpg")
 _HMDB51_SPLIT_FILE = re.compile(r"(.+)_test_split([123])\.txt")
 # HMDB51's split ids: 1 = training, 2 = testing, 0 = in neither.
 _HMDB51_IDS = {"0": None, "1": "train", "2": "test"}
-_SHOWN = 3  # Paths named in a line that counts many.
 _HOW_TO_GET = {
     "ucf101": (
         f"download UCF101.rar and UCF101TrainTestSplits-RecognitionTask.zip from {UCF101_PAGE}, unrar x UCF101.rar, unzip the "
@@ -466,12 +465,10 @@ def video_folder(
         note = extracted.damage_note(prefix=f"{flag}: ")
         if note:
             print(note, flush=True)
-        failures = extracted.failures
-        if failures:
-            shown = "; ".join(f"{p} ({why})" for p, why in list(failures.items())[:_SHOWN])
-            more = f"; and {len(failures) - _SHOWN} more" if len(failures) > _SHOWN else ""
+        if extracted.failures:
             raise UserError(
-                f"{flag}: {len(failures)} of {len(videos)} video files could not be decoded: {shown}{more}. Replace or "
+                f"{flag}: {len(extracted.failures)} of {len(videos)} video files could not be decoded: "
+                f"{extracted.failures_shown()}. Replace or "
                 "re-encode them (or remove them); the next run extracts only what is missing."
             )
 
