@@ -5,8 +5,9 @@
 
 (`sskt-prepare-video` is the same command.) Each video `<videos>/<class>/<name>.avi` becomes the
 folder `<output>/<class>/<name>/` of `image_00001.jpg`, `image_00002.jpg`, ... and an `n_frames`
-file, the layout of Hara et al.'s 3D-ResNets-PyTorch: the short side scaled to --short_side (240,
-as their `ffmpeg -vf scale=-1:240`; UCF101's and HMDB51's 320x240 videos keep their size), decoded
+file, the layout of Hara et al.'s 3D-ResNets-PyTorch: the short side scaled down to --short_side (240,
+as their `ffmpeg -vf scale=-1:240`; UCF101's and HMDB51's 320x240 videos keep their size, and so does
+any smaller video, which their script would enlarge), decoded
 with FFmpeg through PyAV (no ffmpeg program needed). `--dataset=folder` takes video files at any
 depth below --videos and writes each to the same relative folder under --output.
 
@@ -51,7 +52,7 @@ def define_flags(flag_values):
     flags.DEFINE_string("videos", None, "Directory of the video files: <class>/<video>.avi (UCF-101/ of UCF101.rar, the extracted per-class archives of HMDB51).", required=True, **fv)
     flags.DEFINE_string("output", None, "Directory of the frame folders, <output>/<class>/<video>/image_00001.jpg; for --dataset=ucf101 or hmdb51, <data_dir>/frames.", required=True, **fv)
     flags.DEFINE_enum("dataset", "folder", DATASETS, "ucf101, hmdb51: videos directly in <videos>/<class>/ (the class folders are counted against the dataset's); folder: video files at any depth below --videos.", **fv)
-    flags.DEFINE_integer("short_side", video_io.DEFAULT_SHORT_SIDE, "The frames' short side in pixels (the aspect ratio is kept; Hara et al.: 240).", **fv)
+    flags.DEFINE_integer("short_side", video_io.DEFAULT_SHORT_SIDE, "The frames' short side in pixels, at most (the aspect ratio is kept; smaller videos keep their size; Hara et al.: 240).", **fv)
     flags.DEFINE_integer("jpeg_quality", video_io.DEFAULT_JPEG_QUALITY, "JPEG quality of the frames, 1 to 95.", **fv)
     flags.DEFINE_integer("workers", None, "Videos decoded at once, one process each (default: the CPUs this process may use).", **fv)
 
