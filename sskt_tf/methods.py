@@ -303,10 +303,9 @@ def initialize_backbone(backbone, path, flag="--init_checkpoint"):
     for layer in saved._flatten_layers(include_self=False, recursive=True):
         if layer.weights and not isinstance(layer, keras.Model):
             by_name.setdefault(layer.name, layer)
-    missing, mismatched, loaded = [], [], 0
-    for layer in backbone._flatten_layers(include_self=False, recursive=True):
-        if not layer.weights or isinstance(layer, keras.Model):
-            continue
+    layers = [l for l in backbone._flatten_layers(include_self=False, recursive=True) if l.weights and not isinstance(l, keras.Model)]
+    missing, mismatched = [], []
+    for layer in layers:
         source = by_name.get(layer.name)
         if source is None:
             missing.append(layer.name)
@@ -315,8 +314,7 @@ def initialize_backbone(backbone, path, flag="--init_checkpoint"):
         if [tuple(w.shape) for w in source.weights] != shapes:
             mismatched.append(f"{layer.name} {shapes[0]} vs {tuple(source.weights[0].shape)}")
             continue
-        layer.set_weights([w.numpy() if hasattr(w, "numpy") else keras.ops.convert_to_numpy(w) for w in source.weights])
-        loaded += 1
+        layer.set_weights(source.get_weights())
     if missing or mismatched:
         what = (
             f"lacks {len(missing)} layers of --model's backbone (first: {', '.join(missing[:3])})"
@@ -327,8 +325,8 @@ def initialize_backbone(backbone, path, flag="--init_checkpoint"):
             f"{flag}={path} {what}; it must be the same network as --model={backbone.name} "
             "(depth, --resnet_shortcut, widths): convert the checkpoint with the matching --arch."
         )
-    unused = sorted(name for name in by_name if name not in {l.name for l in backbone._flatten_layers(include_self=False, recursive=True)})
-    print(f"{flag}={path}: the backbone's {loaded} layers with weights start from it; not used: {', '.join(unused) or 'nothing'}.")
+    unused = sorted(set(by_name) - {layer.name for layer in layers})
+    print(f"{flag}={path}: the backbone's {len(layers)} layers with weights start from it; not used: {', '.join(unused) or 'nothing'}.")
 
 
 def freeze_before(backbone, stage, flag="--finetune_from"):

@@ -148,11 +148,11 @@ class Predictor:
         Returns:
             float32 `[C]`.
         """
-        from sskt_tf.data.video import centre_clips, test_starts
+        from sskt_tf.data.video import centre_clips, clip_indices, test_starts
 
         t = self.clip_length
-        starts = test_starts(len(frames), t)
-        index = np.stack([b + np.arange(t) % min(t, len(frames) - b) for b in starts])
+        # The test set's clips: the same starts and loop padding as `sskt_tf.data.video` reads them.
+        index = np.stack([clip_indices(b, len(frames), t).numpy() for b in test_starts(len(frames), t)])
         probs = []
         for first in range(0, len(index), batch_size):
             clips = tf.constant(frames[index[first : first + batch_size]])
