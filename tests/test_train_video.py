@@ -112,7 +112,7 @@ def test_the_export_takes_uint8_clips_and_scores_them_as_the_test_set(video_run,
     np.testing.assert_allclose(exported, expected, atol=1e-5)
 
 
-def test_predict_scores_a_video_file_by_the_mean_of_its_clips(video_run, tmp_path):
+def test_predict_scores_a_video_file_by_the_mean_of_its_clips(video_run, tmp_path, capsys):
     import videos  # tests/videos.py
 
     from sskt_tf import video_io
@@ -133,6 +133,12 @@ def test_predict_scores_a_video_file_by_the_mean_of_its_clips(video_run, tmp_pat
     ranked = np.argsort(-probs)
     assert [c for c, _ in best] == [model.class_names[i] for i in ranked[:2]]
     np.testing.assert_allclose([s for _, s in best], probs[ranked[:2]], atol=1e-5)
+    # A video shorter than a clip is scored, with a note on stderr (as training notes such videos).
+    short = videos.write_video(str(tmp_path / "short.avi"), frames[:5])
+    capsys.readouterr()
+    [(_, scored)] = predict(str(out), [short], k=1)
+    assert len(scored) == 1
+    assert "has 5 frames, fewer than the model's clips of 8: its one clip repeats its frames" in capsys.readouterr().err
 
 
 def test_evaluate_scores_every_clip_of_the_test_videos(video_run, tmp_path):

@@ -248,6 +248,11 @@ def _check_not_empty(root, split, classes, items, flag, after_skipping=False) ->
         if not counts[label]:
             class_dir = os.path.join(root, split, name)
             why = " once the files that cannot be decoded are left out" if after_skipping else ""
+            from sskt_tf.video_io import VIDEO_EXTENSIONS  # Only here: image folders need no video decoder.
+
+            videos = os.path.isdir(class_dir) and any(n.lower().endswith(VIDEO_EXTENSIONS) for n in os.listdir(class_dir))
+            if videos:
+                why += f" (it holds videos: pass --dataset=video_folder:{root} for videos)"
             raise UserError(
                 f"{flag}: class folder {class_dir} has no image files{why} "
                 f"({'/'.join(IMAGE_EXTENSIONS)}); add images or remove the class from "

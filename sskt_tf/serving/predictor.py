@@ -174,7 +174,11 @@ def read_video(path):
         raise UserError(f"{path}: no such file; pass paths of video files.")
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory; pass video files.")
-    return video_io.read_video(path, short_side=video_io.DEFAULT_SHORT_SIDE)
+    report = video_io.DecodeReport()
+    frames = video_io.read_video(path, short_side=video_io.DEFAULT_SHORT_SIDE, report=report)
+    if report:  # As training names such videos: the frames that decode are scored.
+        print(f"note: {path}: damaged data skipped as ffmpeg skips it, {report.describe()}; the frames that decode are scored.", file=sys.stderr)
+    return frames
 
 
 def top_k(probabilities, class_names, k):
@@ -254,6 +258,13 @@ def _predict_videos(model, paths, videos, k, multi_label):
     predictor = Predictor(model, multi_label=multi_label)
     if predictor.clip_length is None:
         raise UserError(f"--model={model} is an image model; video files such as {paths[0]} need a video model (a run on a video dataset).")
+    for path, f in zip(paths, frames):
+        if len(f) < predictor.clip_length:
+            print(
+                f"note: {path} has {len(f)} frame{'s' if len(f) > 1 else ''}, fewer than the model's clips of "
+                f"{predictor.clip_length}: its one clip repeats its frames (loop padding, as in training).",
+                file=sys.stderr,
+            )
     probs = np.stack([predictor.video_probabilities(f) for f in frames])
     return list(zip(paths, top_k(probs, predictor.class_names, min(k, len(predictor.class_names)))))
 

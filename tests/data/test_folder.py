@@ -109,6 +109,10 @@ def test_folder_dataset_errors(tmp_path, user_error, make_tree):
     (root / "train" / "dog" / "readme.txt").write_text("no images here")
     assert str(root / "train" / "dog") in user_error(load)
     os.remove(root / "train" / "dog" / "readme.txt")
+    # A class folder of videos: the right dataset form is named.
+    (root / "train" / "dog" / "walk.mp4").write_bytes(b"not read")
+    assert f"it holds videos: pass --dataset=video_folder:{root} for videos" in user_error(load)
+    os.remove(root / "train" / "dog" / "walk.mp4")
     os.rmdir(root / "train" / "dog")
     os.rmdir(root / "test" / "dog")
 
